@@ -1,0 +1,175 @@
+//! The uds dir: the one directory both sidecar slots share (an `emptyDir` volume in a pod).
+//!
+//! Files in it, each with one owner at a time:
+//!
+//! | file            | owner                                  | how ownership is proven                         |
+//! |-----------------|----------------------------------------|--------------------------------------------------|
+//! | `serving.lock`  | every instance that accepts and can hand over | shared `flock`; a new instance probes it with a non-blocking exclusive lock to learn whether a live predecessor exists |
+//! | `reconfig.lock` | the one new instance taking over       | exclusive `flock`, held while `reconfig.sock` exists |
+//! | `reconfig.sock` | the holder of `reconfig.lock`          | only that holder binds or unlinks it             |
+//!
+//! `flock` locks live on the inode, so they work across containers with separate mount and PID namespaces
+//! that share this directory, and the kernel drops them when the holder dies: a stale `reconfig.sock` left by a
+//! killed process is recognised because its lock is free, and only then unlinked (MOSN #1817 / #2205 lost
+//! upgrades to the wrong process unlinking the socket).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::UnixListener;
+
+use crate::error::HandoffError;
+
+/// Name of the socket the new instance listens on.
+pub const RECONFIG_SOCK: &str = "reconfig.sock";
+const RECONFIG_TMP: &str = "reconfig.sock.tmp";
+const RECONFIG_LOCK: &str = "reconfig.lock";
+const SERVING_LOCK: &str = "serving.lock";
+
+/// The shared directory of the handoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UdsDir {
+    path: PathBuf,
+}
+
+/// Proof that this process accepts connections and can hand its listeners over. Dropping it releases it.
+#[derive(Debug)]
+pub struct ServingLock {
+    _lock: Flock<File>,
+}
+
+/// The reconfig socket, bound and listening, and the lock that makes this process its owner.
+/// Dropping it unlinks the socket, then releases the lock.
+#[derive(Debug)]
+pub struct ReconfigSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    _lock: Flock<File>,
+}
+
+impl UdsDir {
+    /// The directory at `path`; nothing is touched until used.
+    pub fn new(path: impl Into<PathBuf>) -> UdsDir {
+        UdsDir { path: path.into() }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Path of the reconfig socket.
+    pub fn reconfig_path(&self) -> PathBuf {
+        self.path.join(RECONFIG_SOCK)
+    }
+
+    /// Creates the directory if it is missing (mode 0700) and checks it is a writable directory.
+    pub fn ensure(&self) -> Result<(), HandoffError> {
+        let ctx = |what: &str, e: io::Error| HandoffError::Dir(format!("uds dir {}: {what}: {e}", self.path.display()));
+        match fs::metadata(&self.path) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(ctx("not a directory", io::Error::from(io::ErrorKind::InvalidInput))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(&self.path).map_err(|e| ctx("cannot create", e))?;
+                let _ = fs::set_permissions(&self.path, fs::Permissions::from_mode(0o700));
+            }
+            Err(e) => return Err(ctx("cannot stat", e)),
+        }
+        Ok(())
+    }
+
+    fn open_lock(&self, name: &str) -> Result<File, HandoffError> {
+        let path = self.path.join(name);
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| HandoffError::Dir(format!("cannot open {}: {e}", path.display())))
+    }
+
+    /// Whether a live instance holds `serving.lock` (and so can hand its listeners over).
+    pub fn peer_serving(&self) -> Result<bool, HandoffError> {
+        let file = self.open_lock(SERVING_LOCK)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_probe) => Ok(false), // nobody holds it; released at once when `_probe` drops
+            Err((_, Errno::EWOULDBLOCK)) => Ok(true),
+            Err((_, e)) => Err(HandoffError::Dir(format!("flock {SERVING_LOCK}: {e}"))),
+        }
+    }
+
+    /// Takes a shared hold on `serving.lock`: from now on, a new instance on this dir will wait for us.
+    pub fn hold_serving(&self) -> Result<ServingLock, HandoffError> {
+        let file = self.open_lock(SERVING_LOCK)?;
+        // Blocking: the only exclusive holder is a peer's probe, which lasts microseconds.
+        let lock = Flock::lock(file, FlockArg::LockShared)
+            .map_err(|(_, e)| HandoffError::Dir(format!("flock {SERVING_LOCK}: {e}")))?;
+        Ok(ServingLock { _lock: lock })
+    }
+
+    /// Becomes the owner of `reconfig.sock` and listens on it (mode 0600).
+    ///
+    /// Fails at once if another live process owns it (two new instances racing). A socket file left by a dead
+    /// owner is unlinked. The socket is bound under a temporary name and renamed into place once listening, so
+    /// a watcher that sees `reconfig.sock` appear can connect immediately.
+    pub fn bind_reconfig(&self) -> Result<ReconfigSocket, HandoffError> {
+        let file = self.open_lock(RECONFIG_LOCK)?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                return Err(HandoffError::Dir(format!(
+                    "another instance owns {} (it holds {RECONFIG_LOCK}): two new instances are racing for one uds dir",
+                    self.reconfig_path().display()
+                )))
+            }
+            Err((_, e)) => return Err(HandoffError::Dir(format!("flock {RECONFIG_LOCK}: {e}"))),
+        };
+        let path = self.reconfig_path();
+        let tmp = self.path.join(RECONFIG_TMP);
+        for stale in [&path, &tmp] {
+            match fs::remove_file(stale) {
+                Ok(()) => tracing::debug!(path = %stale.display(), "removed stale socket left by a dead owner"),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(HandoffError::Dir(format!(
+                        "cannot remove stale {}: {e}",
+                        stale.display()
+                    )))
+                }
+            }
+        }
+        let listener =
+            UnixListener::bind(&tmp).map_err(|e| HandoffError::Dir(format!("bind {}: {e}", tmp.display())))?;
+        let ready = fs::set_permissions(&tmp, fs::Permissions::from_mode(0o600)).and_then(|()| fs::rename(&tmp, &path));
+        if let Err(e) = ready {
+            let _ = fs::remove_file(&tmp);
+            return Err(HandoffError::Dir(format!("cannot publish {}: {e}", path.display())));
+        }
+        Ok(ReconfigSocket {
+            listener,
+            path,
+            _lock: lock,
+        })
+    }
+}
+
+impl ReconfigSocket {
+    /// The listening socket.
+    pub fn listener(&self) -> &UnixListener {
+        &self.listener
+    }
+}
+
+impl Drop for ReconfigSocket {
+    fn drop(&mut self) {
+        // We hold the lock, so the path is ours to remove; the socket and then the lock close after this, as the
+        // fields drop.
+        let _ = fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,57 @@
+//! # baton-migrate
+//!
+//! Hand the listening sockets of a running tokio server to its successor, without losing a queued connection,
+//! the way an OpenKruise SidecarSet `HotUpgrade` needs: two container slots in one pod, sharing only a volume
+//! (the *uds dir*) and the network namespace.
+//!
+//! - [`Role`] reads `SIDECARSET_VERSION` / `SIDECARSET_VERSION_ALT` and says whether to bind fresh, take over, or
+//!   idle.
+//! - [`Takeover`] (new side) owns `reconfig.sock` in the uds dir, receives the predecessor's listeners
+//!   ([`Inherited`], validated), and completes the two-phase commit once the caller accepts on all of them.
+//! - [`SuccessorWatch`] and [`hand_over`] (old side) notice the successor and send every listener with
+//!   SCM_RIGHTS; only an acknowledged commit tells the caller to stop accepting.
+//! - [`watch_takeover`] is the postStart hook's view: it blocks until the takeover ends, under a deadline.
+//!
+//! The crate knows nothing of what the listeners serve. The protocol, step by step, is in [`handoff`]; the
+//! frames are in [`wire`]. Only the private `sys` module handles raw fds.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use baton_migrate::{Identity, Inheritance, Role, Takeover, TakeoverOptions, UdsDir};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = UdsDir::new("/var/run/baton");
+//! let me = Identity { generation: 1, version: "v2".into() };
+//! if Role::from_env()? == Role::Takeover {
+//!     let mut takeover = Takeover::start(&dir, me, TakeoverOptions::new(Duration::from_secs(30)))?;
+//!     match takeover.receive().await? {
+//!         Inheritance::NoPeer => { /* bind fresh */ }
+//!         Inheritance::Peer(session) => {
+//!             // adopt session.listeners (check each `Inherited::check`), start accepting, then:
+//!             session.commit(Default::default()).await?;
+//!         }
+//!     }
+//!     takeover.finish(true, "complete", "").await;
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod conn;
+pub mod dir;
+pub mod error;
+pub mod handoff;
+pub mod role;
+mod sys;
+pub mod watch;
+pub mod wire;
+
+pub use dir::{ReconfigSocket, ServingLock, UdsDir};
+pub use error::{HandoffError, StepError};
+pub use handoff::{
+    hand_over, watch_takeover, Committed, Identity, Inheritance, Inherited, Offered, Session, Takeover, TakeoverOptions,
+};
+pub use role::{Role, RoleError};
+pub use watch::SuccessorWatch;
+pub use wire::{ListenerTag, Progress, Ready};

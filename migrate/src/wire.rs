@@ -1,0 +1,413 @@
+//! The wire format of the handoff protocol: length-prefixed, versioned, typed frames.
+//!
+//! ```text
+//! +----------------+---------------+------------+----------------------+
+//! | length: u32 BE | frame version | type: u8   | payload: JSON object |
+//! | (bytes after   | u8 (= 1)      |            |                      |
+//! |  this field)   |               |            |                      |
+//! +----------------+---------------+------------+----------------------+
+//! ```
+//!
+//! The decoder is pure (bytes in, messages out) so it can be property-tested and fuzzed without sockets.
+//! Listening sockets travel as SCM_RIGHTS ancillary data attached to the first byte of a [`Message::Listeners`]
+//! frame, one fd per [`ListenerTag`], in order; see [`crate::conn`].
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the frame layout above. A peer with another frame version is refused before anything else.
+pub const FRAME_VERSION: u8 = 1;
+/// Oldest handoff protocol version this build speaks (negotiated in [`Hello`]).
+pub const PROTOCOL_MIN: u16 = 1;
+/// Newest handoff protocol version this build speaks.
+pub const PROTOCOL_MAX: u16 = 1;
+/// Largest frame accepted, header included. Anything longer is a protocol error, not an allocation.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Most fds carried by one frame. Kept well below the kernel's SCM_MAX_FD (253) that HAProxy ran into.
+pub const MAX_FDS_PER_FRAME: usize = 64;
+/// Bytes before the payload: length (4), frame version (1), type (1).
+pub const HEADER_LEN: usize = 6;
+
+/// What a peer is to the instance that accepted its connection on the reconfig socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerRole {
+    /// The running (old) instance, offering its listening sockets.
+    Sender,
+    /// The new instance that listens on the reconfig socket.
+    Receiver,
+    /// A `migrate` hook that only wants to know how the handoff ends.
+    Watcher,
+}
+
+/// First message of each side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// What the sender of this message is.
+    pub role: PeerRole,
+    /// Oldest protocol version the sender speaks.
+    pub min_protocol: u16,
+    /// Newest protocol version the sender speaks. In the receiver's reply, min = max = the chosen version.
+    pub max_protocol: u16,
+    /// Upgrade generation of the sender: 1 for a fresh start, +1 at each handoff.
+    pub generation: u64,
+    /// The sender's software version, for logs.
+    pub version: String,
+}
+
+/// What a listening socket is, as the old instance knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerTag {
+    /// Listener name from the configuration (unique per kind).
+    pub name: String,
+    /// Local address the socket is bound to, as `ip:port`.
+    pub address: String,
+    /// Application-defined kind, e.g. `http`, `tcp`, `admin`.
+    pub kind: String,
+}
+
+/// The new instance's report when it is accepting on every listener.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ready {
+    /// Listener names adopted from the fds received.
+    pub adopted: Vec<String>,
+    /// Listener names bound fresh (in the new configuration, not handed over).
+    pub bound: Vec<String>,
+    /// Listener names handed over but not in the new configuration; closed by the new instance after DONE.
+    pub unclaimed: Vec<String>,
+}
+
+/// Where a takeover stands, as reported to `migrate` watchers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Short phase name: `waiting`, `receiving`, `adopting`, `ready`, `complete`, `fresh`, `failed`.
+    pub phase: String,
+    /// Final report: no further progress follows.
+    pub done: bool,
+    /// For a final report: whether the new instance is serving every listener.
+    pub ok: bool,
+    /// Human-readable detail (the reason on failure).
+    pub detail: String,
+}
+
+/// One frame of the handoff protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// Protocol negotiation and identity. Both sides send it first.
+    Hello(Hello),
+    /// A batch of listening sockets; carries exactly `len()` fds.
+    Listeners(Vec<ListenerTag>),
+    /// All batches sent; `total` fds in all.
+    ListenersEnd {
+        /// Number of listeners sent in all batches.
+        total: u32,
+    },
+    /// New → old: accepting on every listener.
+    Ready(Ready),
+    /// Old → new: about to stop accepting and drain.
+    Commit,
+    /// New → old: commit acknowledged, the handoff is complete.
+    Done,
+    /// Either side: this handoff is abandoned, with why.
+    Refuse {
+        /// Why, in one line.
+        reason: String,
+    },
+    /// New → watcher: progress of the takeover.
+    Progress(Progress),
+}
+
+impl Message {
+    /// The type byte on the wire.
+    pub fn type_byte(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::Listeners(_) => 2,
+            Message::ListenersEnd { .. } => 3,
+            Message::Ready(_) => 4,
+            Message::Commit => 5,
+            Message::Done => 6,
+            Message::Refuse { .. } => 7,
+            Message::Progress(_) => 8,
+        }
+    }
+
+    /// Name used in errors and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "HELLO",
+            Message::Listeners(_) => "LISTENERS",
+            Message::ListenersEnd { .. } => "LISTENERS_END",
+            Message::Ready(_) => "READY",
+            Message::Commit => "COMMIT",
+            Message::Done => "DONE",
+            Message::Refuse { .. } => "REFUSE",
+            Message::Progress(_) => "PROGRESS",
+        }
+    }
+
+    /// How many fds must arrive with this frame.
+    pub fn fd_count(&self) -> usize {
+        match self {
+            Message::Listeners(tags) => tags.len(),
+            _ => 0,
+        }
+    }
+
+    /// Encodes the frame, header included.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        let payload = match self {
+            Message::Hello(h) => serde_json::to_vec(h),
+            Message::Listeners(tags) => serde_json::to_vec(&Batch { listeners: tags }),
+            Message::ListenersEnd { total } => serde_json::to_vec(&End { total: *total }),
+            Message::Ready(r) => serde_json::to_vec(r),
+            Message::Commit | Message::Done => Ok(b"{}".to_vec()),
+            Message::Refuse { reason } => serde_json::to_vec(&Reason { reason: reason.clone() }),
+            Message::Progress(p) => serde_json::to_vec(p),
+        }
+        .map_err(|e| WireError::Payload(self.name(), e.to_string()))?;
+        if self.fd_count() > MAX_FDS_PER_FRAME {
+            return Err(WireError::TooManyFds(self.fd_count()));
+        }
+        let len = payload.len() + 2;
+        if len + 4 > MAX_FRAME {
+            return Err(WireError::TooLong(len + 4));
+        }
+        let mut out = Vec::with_capacity(len + 4);
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.push(FRAME_VERSION);
+        out.push(self.type_byte());
+        out.extend_from_slice(&payload);
+        Ok(out)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Batch<T> {
+    listeners: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct End {
+    total: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Reason {
+    reason: String,
+}
+
+/// A frame that cannot be decoded. Every variant is a peer's fault and ends the session.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// The length prefix announces more than [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLong(usize),
+    /// The length prefix announces fewer bytes than the header needs.
+    #[error("frame length {0} is shorter than its header")]
+    TooShort(usize),
+    /// Frame layout of another version.
+    #[error("peer speaks frame version {0}, this build speaks {FRAME_VERSION}")]
+    FrameVersion(u8),
+    /// Unknown type byte.
+    #[error("unknown message type {0}")]
+    UnknownType(u8),
+    /// The payload does not parse as the message its type byte names.
+    #[error("malformed {0} payload: {1}")]
+    Payload(&'static str, String),
+    /// A batch of more fds than [`MAX_FDS_PER_FRAME`].
+    #[error("a batch of {0} listeners exceeds the {MAX_FDS_PER_FRAME}-fd limit per frame")]
+    TooManyFds(usize),
+}
+
+/// Decodes one frame from the front of `buf`.
+///
+/// Returns `Ok(None)` when `buf` holds only part of a frame, and the message with the number of bytes it used
+/// otherwise. Never panics, whatever the bytes.
+pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if len < 2 {
+        return Err(WireError::TooShort(len));
+    }
+    if len > MAX_FRAME - 4 {
+        return Err(WireError::TooLong(len.saturating_add(4)));
+    }
+    // Check the version as soon as it arrives, before waiting for a possibly huge payload.
+    if buf.len() >= 5 && buf[4] != FRAME_VERSION {
+        return Err(WireError::FrameVersion(buf[4]));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    let ty = buf[5];
+    let payload = &buf[HEADER_LEN..4 + len];
+    let message = match ty {
+        1 => Message::Hello(parse(payload, "HELLO")?),
+        2 => {
+            let batch: Batch<Vec<ListenerTag>> = parse(payload, "LISTENERS")?;
+            if batch.listeners.len() > MAX_FDS_PER_FRAME {
+                return Err(WireError::TooManyFds(batch.listeners.len()));
+            }
+            Message::Listeners(batch.listeners)
+        }
+        3 => {
+            let end: End = parse(payload, "LISTENERS_END")?;
+            Message::ListenersEnd { total: end.total }
+        }
+        4 => Message::Ready(parse(payload, "READY")?),
+        5 => {
+            let _: serde_json::Map<String, serde_json::Value> = parse(payload, "COMMIT")?;
+            Message::Commit
+        }
+        6 => {
+            let _: serde_json::Map<String, serde_json::Value> = parse(payload, "DONE")?;
+            Message::Done
+        }
+        7 => {
+            let r: Reason = parse(payload, "REFUSE")?;
+            Message::Refuse { reason: r.reason }
+        }
+        8 => Message::Progress(parse(payload, "PROGRESS")?),
+        other => return Err(WireError::UnknownType(other)),
+    };
+    Ok(Some((message, 4 + len)))
+}
+
+fn parse<'a, T: Deserialize<'a>>(payload: &'a [u8], what: &'static str) -> Result<T, WireError> {
+    serde_json::from_slice(payload).map_err(|e| WireError::Payload(what, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello {
+                role: PeerRole::Sender,
+                min_protocol: 1,
+                max_protocol: 3,
+                generation: 7,
+                version: "v2".into(),
+            }),
+            Message::Listeners(vec![ListenerTag {
+                name: "ingress".into(),
+                address: "127.0.0.1:15006".into(),
+                kind: "http".into(),
+            }]),
+            Message::ListenersEnd { total: 1 },
+            Message::Ready(Ready {
+                adopted: vec!["ingress".into()],
+                bound: vec!["egress".into()],
+                unclaimed: vec![],
+            }),
+            Message::Commit,
+            Message::Done,
+            Message::Refuse {
+                reason: "no \"thanks\"\n".into(),
+            },
+            Message::Progress(Progress {
+                phase: "complete".into(),
+                done: true,
+                ok: true,
+                detail: String::new(),
+            }),
+        ]
+    }
+
+    #[test]
+    fn round_trip_every_message() {
+        for m in samples() {
+            let bytes = m.encode().expect("encode");
+            assert_eq!(decode(&bytes).expect("decode"), Some((m.clone(), bytes.len())));
+            // Every strict prefix is incomplete, never an error or a wrong message.
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    decode(&bytes[..cut]).expect("prefix"),
+                    None,
+                    "{} cut at {cut}",
+                    m.name()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn back_to_back_frames() {
+        let mut buf = Vec::new();
+        for m in samples() {
+            buf.extend(m.encode().expect("encode"));
+        }
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while let Some((m, used)) = decode(&buf[at..]).expect("decode") {
+            seen.push(m);
+            at += used;
+        }
+        assert_eq!(seen, samples());
+        assert_eq!(at, buf.len());
+    }
+
+    #[test]
+    fn hostile_headers() {
+        assert_eq!(
+            decode(&[0xff, 0xff, 0xff, 0xff]),
+            Err(WireError::TooLong(0xffff_ffff + 4))
+        );
+        assert_eq!(decode(&[0, 0, 0, 1, 1]), Err(WireError::TooShort(1)));
+        assert_eq!(decode(&[0, 0, 0, 4, 9]), Err(WireError::FrameVersion(9)));
+        assert_eq!(
+            decode(&[0, 0, 0, 4, 1, 99, b'{', b'}']),
+            Err(WireError::UnknownType(99))
+        );
+        assert!(matches!(
+            decode(&[0, 0, 0, 4, 1, 1, b'{', b'}']),
+            Err(WireError::Payload("HELLO", _))
+        ));
+        assert!(matches!(
+            decode(&[0, 0, 0, 3, 1, 5, b'[']),
+            Err(WireError::Payload("COMMIT", _))
+        ));
+    }
+
+    #[test]
+    fn oversized_batches_are_refused_both_ways() {
+        let tag = ListenerTag {
+            name: "l".into(),
+            address: "127.0.0.1:1".into(),
+            kind: "tcp".into(),
+        };
+        let m = Message::Listeners(vec![tag; MAX_FDS_PER_FRAME + 1]);
+        assert_eq!(m.encode(), Err(WireError::TooManyFds(MAX_FDS_PER_FRAME + 1)));
+    }
+
+    /// Arbitrary bytes never panic the decoder (a small deterministic property test; `make fuzz` goes further).
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let valid: Vec<Vec<u8>> = samples().iter().map(|m| m.encode().expect("encode")).collect();
+        for i in 0..20_000 {
+            let mut buf = valid[i % valid.len()].clone();
+            let flips = (next() % 4) as usize;
+            for _ in 0..flips {
+                let at = (next() as usize) % buf.len();
+                buf[at] = next() as u8;
+            }
+            if next() % 3 == 0 {
+                let keep = (next() as usize) % (buf.len() + 1);
+                buf.truncate(keep);
+            }
+            if let Ok(Some((_, used))) = decode(&buf) {
+                assert!(used <= buf.len());
+            }
+        }
+    }
+}

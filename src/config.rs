@@ -1,0 +1,572 @@
+//! The configuration file: YAML (JSON syntax parses too), checked all at once so that every error is reported
+//! with the path of the field it concerns.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default uds dir: where both sidecar slots mount their shared volume.
+pub const DEFAULT_UDS_DIR: &str = "/var/run/baton";
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Proxy listeners, in file order.
+    pub listeners: Vec<ListenerConfig>,
+    /// Upstream clusters, in file order.
+    pub clusters: Vec<ClusterConfig>,
+    /// The admin listener (`/live`, `/ready`, `/status`), if any.
+    pub admin: Option<AdminConfig>,
+    /// Hot-upgrade settings.
+    pub handoff: HandoffConfig,
+}
+
+/// What a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 and h2c (prior knowledge) on one port, proxied per request.
+    Http,
+    /// A byte relay.
+    Tcp,
+}
+
+impl Protocol {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Tcp => "tcp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A proxy listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    /// Unique name; tags the socket in a handoff.
+    pub name: String,
+    /// Local address.
+    pub address: SocketAddr,
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// Index into [`Config::clusters`].
+    pub cluster: usize,
+}
+
+/// An upstream cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Unique name.
+    pub name: String,
+    /// Endpoints, used round robin.
+    pub endpoints: Vec<SocketAddr>,
+    /// Time allowed to open a connection to an endpoint (then 502).
+    pub connect_timeout: Duration,
+    /// HTTP only: time allowed for the upstream's response headers (then 504).
+    pub request_timeout: Duration,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Local address.
+    pub address: SocketAddr,
+}
+
+/// Hot-upgrade settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandoffConfig {
+    /// Directory shared by both sidecar slots.
+    pub uds_dir: PathBuf,
+    /// The whole handoff, both sides.
+    pub timeout: Duration,
+    /// How long an old instance drains before closing what is left; keep below terminationGracePeriodSeconds.
+    pub drain_timeout: Duration,
+}
+
+impl Default for HandoffConfig {
+    fn default() -> Self {
+        HandoffConfig {
+            uds_dir: PathBuf::from(DEFAULT_UDS_DIR),
+            timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, when read from one.
+    pub source: Option<PathBuf>,
+    /// One entry per problem, each starting with the field path.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Some(p) => write!(f, "invalid config {}:", p.display())?,
+            None => write!(f, "invalid config:")?,
+        }
+        for p in &self.problems {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    clusters: Vec<RawCluster>,
+    admin: Option<RawAdmin>,
+    #[serde(default)]
+    handoff: RawHandoff,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    address: String,
+    #[serde(default = "default_protocol")]
+    protocol: String,
+    cluster: String,
+}
+
+fn default_protocol() -> String {
+    "http".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    endpoints: Vec<String>,
+    connect_timeout: Option<String>,
+    request_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHandoff {
+    uds_dir: Option<PathBuf>,
+    timeout: Option<String>,
+    drain_timeout: Option<String>,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source: Some(path.to_path_buf()),
+            problems: vec![format!("cannot read: {e}")],
+        })?;
+        Config::parse(&text).map_err(|mut e| {
+            e.source = Some(path.to_path_buf());
+            e
+        })
+    }
+
+    /// Parses and validates YAML or JSON text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_yaml::from_str(text).map_err(|e| ConfigError {
+                source: None,
+                problems: vec![yaml_problem(&e)],
+            })?
+        };
+        raw.validate()
+    }
+}
+
+/// serde_yaml says `listeners[0]: unknown field ...` with the path first; keep it, and the line when known.
+fn yaml_problem(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    match e.location() {
+        Some(loc) if !msg.contains("line ") => format!("{msg} (line {})", loc.line()),
+        _ => msg,
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let mut clusters = Vec::new();
+        let mut cluster_names = HashSet::new();
+        for (i, c) in self.clusters.iter().enumerate() {
+            let at = format!("clusters[{i}]");
+            check_name(&mut problems, &at, &c.name, &mut cluster_names, "cluster");
+            if c.endpoints.is_empty() {
+                problems.push(format!("{at}.endpoints: at least one endpoint is required"));
+            }
+            let endpoints = c
+                .endpoints
+                .iter()
+                .enumerate()
+                .filter_map(|(j, e)| address(&mut problems, &format!("{at}.endpoints[{j}]"), e))
+                .collect();
+            let connect_timeout = duration_or(
+                &mut problems,
+                &format!("{at}.connect_timeout"),
+                &c.connect_timeout,
+                Duration::from_secs(1),
+            );
+            let request_timeout = duration_or(
+                &mut problems,
+                &format!("{at}.request_timeout"),
+                &c.request_timeout,
+                Duration::from_secs(30),
+            );
+            clusters.push(ClusterConfig {
+                name: c.name.clone(),
+                endpoints,
+                connect_timeout,
+                request_timeout,
+            });
+        }
+
+        let mut listeners = Vec::new();
+        let mut listener_names = HashSet::new();
+        let mut addresses: Vec<(SocketAddr, String)> = Vec::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let at = format!("listeners[{i}]");
+            check_name(&mut problems, &at, &l.name, &mut listener_names, "listener");
+            let addr = address(&mut problems, &format!("{at}.address"), &l.address);
+            if let Some(a) = addr {
+                unique_address(&mut problems, &mut addresses, a, &format!("{at}.address"));
+            }
+            let protocol = match l.protocol.as_str() {
+                "http" => Some(Protocol::Http),
+                "tcp" => Some(Protocol::Tcp),
+                other => {
+                    problems.push(format!("{at}.protocol: {other:?} is not one of \"http\", \"tcp\""));
+                    None
+                }
+            };
+            let cluster = clusters.iter().position(|c| c.name == l.cluster);
+            if cluster.is_none() {
+                problems.push(format!("{at}.cluster: no cluster named {:?}", l.cluster));
+            }
+            if let (Some(address), Some(protocol), Some(cluster)) = (addr, protocol, cluster) {
+                listeners.push(ListenerConfig {
+                    name: l.name.clone(),
+                    address,
+                    protocol,
+                    cluster,
+                });
+            }
+        }
+
+        let admin = self.admin.as_ref().and_then(|a| {
+            let addr = address(&mut problems, "admin.address", &a.address)?;
+            unique_address(&mut problems, &mut addresses, addr, "admin.address");
+            Some(AdminConfig { address: addr })
+        });
+
+        let defaults = HandoffConfig::default();
+        let h = &self.handoff;
+        let handoff = HandoffConfig {
+            uds_dir: h.uds_dir.clone().unwrap_or(defaults.uds_dir),
+            timeout: duration_or(&mut problems, "handoff.timeout", &h.timeout, defaults.timeout),
+            drain_timeout: duration_or(
+                &mut problems,
+                "handoff.drain_timeout",
+                &h.drain_timeout,
+                defaults.drain_timeout,
+            ),
+        };
+        if handoff.uds_dir.as_os_str().is_empty() {
+            problems.push("handoff.uds_dir: must not be empty".into());
+        }
+        if handoff.timeout.is_zero() {
+            problems.push("handoff.timeout: must be greater than 0".into());
+        }
+
+        if problems.is_empty() {
+            Ok(Config {
+                listeners,
+                clusters,
+                admin,
+                handoff,
+            })
+        } else {
+            Err(ConfigError { source: None, problems })
+        }
+    }
+}
+
+fn check_name(problems: &mut Vec<String>, at: &str, name: &str, seen: &mut HashSet<String>, what: &str) {
+    if name.trim().is_empty() {
+        problems.push(format!("{at}.name: must not be empty"));
+    } else if !seen.insert(name.to_string()) {
+        problems.push(format!("{at}.name: duplicate {what} name {name:?}"));
+    }
+}
+
+fn address(problems: &mut Vec<String>, at: &str, value: &str) -> Option<SocketAddr> {
+    match value.trim().parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            problems.push(format!(
+                "{at}: {value:?} is not an address of the form ip:port (e.g. 127.0.0.1:8080, [::1]:8080)"
+            ));
+            None
+        }
+    }
+}
+
+fn unique_address(problems: &mut Vec<String>, seen: &mut Vec<(SocketAddr, String)>, addr: SocketAddr, at: &str) {
+    if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
+        problems.push(format!("{at}: {addr} is already used by {other}"));
+    } else {
+        seen.push((addr, at.to_string()));
+    }
+}
+
+fn duration_or(problems: &mut Vec<String>, at: &str, value: &Option<String>, default: Duration) -> Duration {
+    match value {
+        None => default,
+        Some(v) => match parse_duration(v) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("{at}: {e}"));
+                default
+            }
+        },
+    }
+}
+
+/// Parses durations like `500ms`, `30s`, `2m`, `1h`, `1m30s`. A bare number is refused: the unit must be
+/// explicit.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let s = text.trim();
+    let bad = || format!("{text:?} is not a duration (use e.g. 500ms, 30s, 2m, 1h)");
+    if s.is_empty() {
+        return Err(bad());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.saturating_mul(60)),
+            "h" => Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(bad()),
+        };
+        total = total.checked_add(unit).ok_or_else(bad)?;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Formats a duration the way the config spells it.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if !ms.is_multiple_of(1000) {
+        format!("{ms}ms")
+    } else if !ms.is_multiple_of(60_000) || ms == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{}m", ms / 60_000)
+    }
+}
+
+impl Config {
+    /// A one-screen summary, for `baton check`.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!("listeners ({}):\n", self.listeners.len()));
+        for l in &self.listeners {
+            let c = &self.clusters[l.cluster];
+            out.push_str(&format!(
+                "  {:<16} {:<6} {:<24} -> {}\n",
+                l.name, l.protocol, l.address, c.name
+            ));
+        }
+        out.push_str(&format!("clusters ({}):\n", self.clusters.len()));
+        for c in &self.clusters {
+            let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
+            out.push_str(&format!(
+                "  {:<16} [{}] connect_timeout={} request_timeout={}\n",
+                c.name,
+                eps.join(", "),
+                format_duration(c.connect_timeout),
+                format_duration(c.request_timeout)
+            ));
+        }
+        match &self.admin {
+            Some(a) => out.push_str(&format!("admin: {}\n", a.address)),
+            None => out.push_str("admin: none\n"),
+        }
+        out.push_str(&format!(
+            "handoff: uds_dir={} timeout={} drain_timeout={}\n",
+            self.handoff.uds_dir.display(),
+            format_duration(self.handoff.timeout),
+            format_duration(self.handoff.drain_timeout)
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listeners:
+  - name: ingress
+    address: 127.0.0.1:15006
+    protocol: http
+    cluster: app
+  - name: db
+    address: "[::1]:15432"
+    protocol: tcp
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:8080", "127.0.0.1:8081"]
+    connect_timeout: 500ms
+admin:
+  address: 127.0.0.1:15000
+handoff:
+  uds_dir: /tmp/x
+  timeout: 2m
+  drain_timeout: 1m30s
+"#;
+
+    fn problems(text: &str) -> Vec<String> {
+        Config::parse(text).expect_err("should be invalid").problems
+    }
+
+    #[test]
+    fn full_config() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.listeners.len(), 2);
+        assert_eq!(c.listeners[1].protocol, Protocol::Tcp);
+        assert_eq!(c.listeners[1].address, "[::1]:15432".parse().expect("addr"));
+        assert_eq!(c.clusters[0].connect_timeout, Duration::from_millis(500));
+        assert_eq!(c.clusters[0].request_timeout, Duration::from_secs(30));
+        assert_eq!(c.handoff.timeout, Duration::from_secs(120));
+        assert_eq!(c.handoff.drain_timeout, Duration::from_secs(90));
+        assert!(c.summary().contains("ingress"));
+    }
+
+    #[test]
+    fn json_parses_and_defaults_apply() {
+        let c = Config::parse(
+            r#"{"listeners":[{"name":"a","address":"127.0.0.1:1","cluster":"c"}],
+                "clusters":[{"name":"c","endpoints":["127.0.0.1:2"]}]}"#,
+        )
+        .expect("valid json");
+        assert_eq!(c.listeners[0].protocol, Protocol::Http);
+        assert_eq!(c.handoff, HandoffConfig::default());
+        assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn unknown_field_names_its_path() {
+        let p = problems("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    cluster: c\n    colour: red\n");
+        assert!(p[0].contains("listeners[0]") && p[0].contains("colour"), "{p:?}");
+        let p = problems("handoff:\n  timeout: 1s\n  grace: 2s\n");
+        assert!(p[0].contains("handoff") && p[0].contains("grace"), "{p:?}");
+    }
+
+    #[test]
+    fn every_semantic_error_at_once() {
+        let p = problems(
+            r#"
+listeners:
+  - {name: a, address: "localhost", cluster: app}
+  - {name: a, address: "127.0.0.1:1", cluster: nope, protocol: udp}
+  - {name: b, address: "127.0.0.1:1", cluster: app}
+clusters:
+  - {name: app, endpoints: [], connect_timeout: 3 parsecs}
+admin: {address: "127.0.0.1:1"}
+handoff: {timeout: 10, drain_timeout: 1x}
+"#,
+        );
+        let want = [
+            "listeners[0].address",
+            "listeners[1].name: duplicate listener name",
+            "listeners[1].cluster: no cluster named \"nope\"",
+            "listeners[1].protocol",
+            "listeners[2].address: 127.0.0.1:1 is already used by listeners[1].address",
+            "admin.address: 127.0.0.1:1 is already used",
+            "clusters[0].endpoints: at least one",
+            "clusters[0].connect_timeout: \"3 parsecs\" is not a duration",
+            "handoff.timeout: \"10\" is not a duration",
+            "handoff.drain_timeout",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x.contains(w)), "missing {w:?} in {p:#?}");
+        }
+        assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration(" 0s "), Ok(Duration::ZERO));
+        for bad in [
+            "",
+            "10",
+            "s",
+            "1.5s",
+            "-1s",
+            "1d",
+            "3 parsecs",
+            "99999999999999999999s",
+            "ms",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+    }
+
+    #[test]
+    fn empty_and_garbage() {
+        let c = Config::parse("").expect("empty config is valid: no listeners");
+        assert!(c.listeners.is_empty());
+        assert!(!problems(":::\n- [").is_empty());
+        assert!(!problems("listeners: 5").is_empty());
+    }
+}

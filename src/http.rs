@@ -1,0 +1,291 @@
+//! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on one port, each request proxied to the cluster's
+//! pooled keep-alive client with bodies streamed both ways.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::state::State;
+use crate::upstream::Cluster;
+
+/// Response body: the upstream's, streamed, or a short one of ours.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Everything a connection needs to proxy.
+pub struct HttpProxy {
+    /// Where requests go.
+    pub cluster: Arc<Cluster>,
+    /// Shared counters.
+    pub state: Arc<State>,
+}
+
+/// Serves one accepted connection until it ends, the drain asks it to end (HTTP/2 GOAWAY; HTTP/1 closes after
+/// its next response, which carries `Connection: close`), or the hard stop drops it.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    proxy: Arc<HttpProxy>,
+    drain: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let _ = stream.set_nodelay(true);
+    let sniffed = tokio::select! {
+        s = sniff(stream) => s,
+        _ = hard_stop.cancelled() => return,
+    };
+    let Ok((io, is_h2)) = sniffed else { return };
+    let io = TokioIo::new(io);
+    if is_h2 {
+        let svc_drain = drain.clone();
+        let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), true));
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = drain.cancelled() => conn.as_mut().graceful_shutdown(),
+            _ = hard_stop.cancelled() => return,
+        }
+        tokio::select! {
+            _ = conn => {},
+            _ = hard_stop.cancelled() => {},
+        }
+    } else {
+        let svc_drain = drain.clone();
+        let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), false));
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(io, svc);
+        // No graceful_shutdown() on drain: closing an idle keep-alive connection races with a client that is
+        // sending its next request on it. The next response says `Connection: close` instead.
+        tokio::select! {
+            _ = conn => {},
+            _ = hard_stop.cancelled() => {},
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    proxy: Arc<HttpProxy>,
+    drain: CancellationToken,
+    is_h2: bool,
+) -> Result<Response<ProxyBody>, Infallible> {
+    proxy.state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    let mut resp = forward(req, peer, &proxy.cluster).await;
+    if !is_h2 && drain.is_cancelled() {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    Ok(resp)
+}
+
+async fn forward(req: Request<Incoming>, peer: SocketAddr, cluster: &Cluster) -> Response<ProxyBody> {
+    let endpoint = cluster.pick();
+    let (mut parts, body) = req.into_parts();
+    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    parts.uri = match Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "baton: bad request target\n"),
+    };
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        let host = authority.unwrap_or_else(|| endpoint.to_string());
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    append_forwarded_for(&mut parts.headers, peer);
+    let upstream = cluster.http.request(Request::from_parts(parts, body));
+    match tokio::time::timeout(cluster.request_timeout, upstream).await {
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Ok(Err(e)) if e.is_connect() => {
+            tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream connect failed");
+            plain(StatusCode::BAD_GATEWAY, "baton: upstream connect failed\n")
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream request failed");
+            plain(StatusCode::BAD_GATEWAY, "baton: upstream request failed\n")
+        }
+        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "baton: upstream timed out\n"),
+    }
+}
+
+/// A short plain-text response of ours.
+pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names, plus the ones that are
+/// hop-by-hop by definition. Framing (`Transfer-Encoding`) is redone by hyper on each side.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip().to_string();
+    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert("x-forwarded-for", v);
+    }
+}
+
+/// Reads just enough to tell an HTTP/2 prior-knowledge preface from HTTP/1, and gives the bytes back.
+async fn sniff(mut stream: TcpStream) -> std::io::Result<(Rewind, bool)> {
+    let mut buf = [0u8; 24];
+    let mut n = 0;
+    loop {
+        let read = stream.read(&mut buf[n..]).await?;
+        if read == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        n += read;
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok((Rewind::new(Bytes::copy_from_slice(&buf[..n]), stream), false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok((Rewind::new(Bytes::copy_from_slice(&buf[..n]), stream), true));
+        }
+    }
+}
+
+/// A stream that first replays bytes already read from it.
+pub struct Rewind {
+    prefix: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
+        Rewind { prefix, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.prefix.has_remaining() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "content-type"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        append_forwarded_for(&mut h, "[::1]:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3, ::1");
+    }
+}

@@ -1,0 +1,162 @@
+//! The `baton` command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use baton::config::{parse_duration, Config, ConfigError, DEFAULT_UDS_DIR};
+use baton::run::{run, RunOptions};
+use baton_migrate::{watch_takeover, Role, UdsDir};
+use clap::{Parser, Subcommand};
+
+/// Exit code for usage and configuration errors.
+const USAGE: u8 = 2;
+
+#[derive(Parser)]
+#[command(name = "baton", version = baton::state::VERSION, about = "A sidecar proxy that hands its sockets to its successor on OpenKruise SidecarSet hot upgrade")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured listeners (takes over from a running instance when the Kruise env says so).
+    Run {
+        /// Configuration file (YAML or JSON).
+        #[arg(long, env = "BATON_CONFIG")]
+        config: PathBuf,
+        /// Directory shared by both sidecar slots [default: config handoff.uds_dir, else /var/run/baton].
+        #[arg(long, env = "BATON_UDS_DIR")]
+        uds_dir: Option<PathBuf>,
+    },
+    /// postStart hook: wait until this slot's instance has taken over (exit 0), or failed (exit 1).
+    Migrate {
+        /// Configuration file, read only for handoff.uds_dir.
+        #[arg(long, env = "BATON_CONFIG")]
+        config: Option<PathBuf>,
+        /// Directory shared by both sidecar slots [default: config handoff.uds_dir, else /var/run/baton].
+        #[arg(long, env = "BATON_UDS_DIR")]
+        uds_dir: Option<PathBuf>,
+        /// Give up after this long (e.g. 500ms, 30s, 2m).
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Validate a configuration file and print a summary.
+    Check {
+        /// Configuration file (YAML or JSON).
+        #[arg(long, env = "BATON_CONFIG")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Check { config } => match Config::load(&config) {
+            Ok(c) => {
+                println!("{}: valid", config.display());
+                print!("{}", c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        },
+        Command::Run { config, uds_dir } => {
+            let config = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => return config_error(&e),
+            };
+            let role = match Role::from_env() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("baton: {e}");
+                    return ExitCode::from(USAGE);
+                }
+            };
+            let uds_dir = uds_dir.unwrap_or_else(|| config.handoff.uds_dir.clone());
+            let failpoint = std::env::var("BATON_FAILPOINT").ok().filter(|s| !s.is_empty());
+            let code = runtime().block_on(run(RunOptions {
+                config,
+                uds_dir,
+                role,
+                failpoint,
+            }));
+            ExitCode::from(code as u8)
+        }
+        Command::Migrate {
+            config,
+            uds_dir,
+            timeout,
+        } => migrate(config, uds_dir, timeout),
+    }
+}
+
+fn migrate(config: Option<PathBuf>, uds_dir: Option<PathBuf>, timeout: Duration) -> ExitCode {
+    let role = match Role::from_env() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("baton migrate: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let config_dir = match config.map(|p| Config::load(&p)) {
+        Some(Ok(c)) => Some(c.handoff.uds_dir),
+        Some(Err(e)) => return config_error(&e),
+        None => None,
+    };
+    let dir = UdsDir::new(uds_dir.or(config_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_UDS_DIR)));
+    match role {
+        Role::Idle => {
+            println!("baton migrate: idle slot (SIDECARSET_VERSION is 0 or older than SIDECARSET_VERSION_ALT): nothing to migrate");
+            return ExitCode::SUCCESS;
+        }
+        Role::Fresh => {
+            println!("baton migrate: first start (no SIDECARSET_VERSION_ALT): nothing to migrate");
+            return ExitCode::SUCCESS;
+        }
+        Role::Takeover => {}
+    }
+    let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(watch_takeover(&dir, timeout)),
+        Err(e) => Err(format!("cannot start the runtime: {e}")),
+    };
+    match outcome {
+        Ok(p) if p.ok => {
+            println!("baton migrate: {}: {}", p.phase, p.detail);
+            ExitCode::SUCCESS
+        }
+        Ok(p) => {
+            eprintln!("baton migrate: handoff failed: {}", p.detail);
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("baton migrate: handoff failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(e: &ConfigError) -> ExitCode {
+    eprintln!("baton: {e}");
+    ExitCode::from(USAGE)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baton: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,359 @@
+//! `baton run`: the life of an instance — start in the role the Kruise env gives, serve, hand over to a
+//! successor or stop on a signal, drain, exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_migrate::{
+    hand_over, HandoffError, Identity, Inheritance, Role, ServingLock, StepError, SuccessorWatch, Takeover,
+    TakeoverOptions, UdsDir,
+};
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::listeners::{self, Listener};
+use crate::server::Server;
+use crate::state::{Phase, State, VERSION};
+use crate::upstream::Cluster;
+
+/// Exit code of a takeover instance stopped by a test failpoint (`BATON_FAILPOINT`).
+pub const FAILPOINT_EXIT: i32 = 86;
+
+/// What `baton run` needs.
+pub struct RunOptions {
+    /// Validated configuration.
+    pub config: Config,
+    /// Shared directory of the handoff.
+    pub uds_dir: PathBuf,
+    /// Role from the Kruise env.
+    pub role: Role,
+    /// Test hook: crash the takeover at this step (see `TakeoverOptions::crash_at`).
+    pub failpoint: Option<String>,
+}
+
+/// Runs an instance to its end and returns the process exit code: 0 after a drain (signal or handoff), 1 when it
+/// could not start serving.
+pub async fn run(opts: RunOptions) -> i32 {
+    let state = State::new(opts.role);
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return 1;
+        }
+    };
+    tracing::info!(version = VERSION, role = %opts.role, uds_dir = %opts.uds_dir.display(), "baton starting");
+    if opts.role == Role::Idle {
+        state.set_phase(Phase::Idle);
+        tracing::info!("idle slot (empty or superseded): no listeners; waiting for SIGTERM");
+        let sig = signals.next().await;
+        tracing::info!(signal = ?sig, "idle slot stopping");
+        return 0;
+    }
+
+    let dir = UdsDir::new(&opts.uds_dir);
+    let wanted = listeners::wanted(&opts.config);
+    let clusters: Vec<Arc<Cluster>> = opts.config.clusters.iter().map(|c| Arc::new(Cluster::new(c))).collect();
+    let started = Start {
+        dir: &dir,
+        wanted: &wanted,
+        clusters: &clusters,
+        state: &state,
+        config: &opts.config,
+    };
+    let begun = match opts.role {
+        Role::Takeover => started.take_over(&mut signals, opts.failpoint).await,
+        _ => started.fresh().map(|s| (s, None)),
+    };
+    let (running, finishing) = match begun {
+        Ok(r) => r,
+        Err(Stop::Exit(code)) => return code,
+        Err(Stop::Failed(e)) => {
+            tracing::error!("{e}");
+            eprintln!("baton: {e}");
+            return 1;
+        }
+    };
+    serve(running, finishing, &dir, &state, &opts.config, &mut signals).await
+}
+
+/// An instance accepting on every listener.
+struct Running {
+    server: Server,
+    serving: Option<ServingLock>,
+}
+
+enum Stop {
+    Exit(i32),
+    Failed(String),
+}
+
+struct Start<'a> {
+    dir: &'a UdsDir,
+    wanted: &'a [listeners::Wanted],
+    clusters: &'a [Arc<Cluster>],
+    state: &'a Arc<State>,
+    config: &'a Config,
+}
+
+impl Start<'_> {
+    fn start_server(&self, listeners: Vec<Listener>) -> Result<Server, Stop> {
+        Server::start(listeners, self.clusters, self.state.clone())
+            .map_err(|e| Stop::Failed(format!("cannot start accepting: {e}")))
+    }
+
+    /// Binds every listener and announces itself on the uds dir as a live instance.
+    fn fresh(&self) -> Result<Running, Stop> {
+        let listeners = listeners::bind_all(self.wanted).map_err(Stop::Failed)?;
+        let server = self.start_server(listeners)?;
+        let serving = self.hold_serving();
+        tracing::info!(generation = self.state.generation(), "bound every listener; serving");
+        Ok(Running { server, serving })
+    }
+
+    fn hold_serving(&self) -> Option<ServingLock> {
+        match self.dir.ensure().and_then(|()| self.dir.hold_serving()) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(error = %e, "the uds dir is unusable: serving, but this instance cannot hand over to a successor");
+                None
+            }
+        }
+    }
+
+    /// Takes over from the live instance on the uds dir, or binds fresh if there is none.
+    async fn take_over(
+        &self,
+        signals: &mut Signals,
+        failpoint: Option<String>,
+    ) -> Result<(Running, Option<JoinHandle<()>>), Stop> {
+        self.state.set_phase(Phase::Waiting);
+        let t0 = Instant::now();
+        let me = Identity {
+            generation: 1,
+            version: VERSION.to_string(),
+        };
+        let mut opts = TakeoverOptions::new(self.config.handoff.timeout);
+        opts.crash_at = failpoint;
+        let mut takeover =
+            Takeover::start(self.dir, me, opts).map_err(|e| Stop::Failed(format!("cannot take over: {e}")))?;
+        let received = tokio::select! {
+            r = takeover.receive() => r,
+            _ = signals.next() => {
+                tracing::info!("signal while waiting for the predecessor; exiting");
+                takeover.finish(false, "failed", "the new instance was stopped by a signal").await;
+                return Err(Stop::Exit(0));
+            }
+        };
+        match received {
+            Ok(Inheritance::NoPeer) => {
+                tracing::info!("no live instance holds the uds dir (first start, pod restart or crashed predecessor): binding fresh");
+                let running = self.fresh_or_report(&mut takeover).await?;
+                let finishing = spawn_finish(
+                    takeover,
+                    true,
+                    "fresh",
+                    "no live instance on the uds dir; bound every listener fresh",
+                );
+                Ok((running, Some(finishing)))
+            }
+            Ok(Inheritance::Peer(mut session)) => {
+                let peer_generation = session.peer.generation;
+                tracing::info!(peer_version = %session.peer.version, peer_generation, listeners = session.listeners.len(), "received listeners");
+                let adoption = match listeners::adopt(self.wanted, std::mem::take(&mut session.listeners)) {
+                    Ok(a) => a,
+                    Err(reason) => {
+                        session.refuse(&reason).await;
+                        takeover.finish(false, "failed", &reason).await;
+                        return Err(Stop::Failed(format!("takeover refused: {reason}")));
+                    }
+                };
+                let ready = adoption.ready.clone();
+                let server = self.start_server(adoption.listeners)?;
+                let serving = self.hold_serving();
+                match session.commit(ready.clone()).await {
+                    Ok(()) => {
+                        drop(adoption.unclaimed);
+                        self.state.set_generation(peer_generation.saturating_add(1));
+                        tracing::info!(
+                            generation = self.state.generation(),
+                            adopted = ?ready.adopted, bound = ?ready.bound, closed = ?ready.unclaimed,
+                            elapsed_ms = t0.elapsed().as_millis() as u64,
+                            "handoff complete: serving every listener"
+                        );
+                        let detail = format!(
+                            "generation {}: adopted {:?}, bound {:?}, closed {:?} in {} ms",
+                            self.state.generation(),
+                            ready.adopted,
+                            ready.bound,
+                            ready.unclaimed,
+                            t0.elapsed().as_millis()
+                        );
+                        Ok((
+                            Running { server, serving },
+                            Some(spawn_finish(takeover, true, "complete", &detail)),
+                        ))
+                    }
+                    Err(e) => {
+                        crash_if_failpoint(&e);
+                        // The predecessor did not commit: it still accepts on the same sockets. Step back.
+                        let reason = format!("handoff failed at {e}; the previous instance keeps serving");
+                        tracing::error!("{reason}");
+                        drop(serving);
+                        takeover.finish(false, "failed", &reason).await;
+                        self.state.set_phase(Phase::Draining);
+                        let report = server.drain(self.config.handoff.drain_timeout).await;
+                        tracing::info!(
+                            elapsed_ms = report.elapsed.as_millis() as u64,
+                            "drained what this instance accepted"
+                        );
+                        Err(Stop::Failed(reason))
+                    }
+                }
+            }
+            Err(e) => {
+                crash_if_failpoint(&e);
+                // A predecessor that died mid-handoff released serving.lock: then binding fresh is safe.
+                if matches!(self.dir.peer_serving(), Ok(false)) {
+                    tracing::warn!(error = %e, "the predecessor went away during the handoff: binding fresh");
+                    let running = self.fresh_or_report(&mut takeover).await?;
+                    let detail = format!("the predecessor went away during the handoff ({e}); bound fresh");
+                    return Ok((running, Some(spawn_finish(takeover, true, "fresh", &detail))));
+                }
+                let reason = format!("handoff failed at {e}");
+                takeover.finish(false, "failed", &reason).await;
+                Err(Stop::Failed(reason))
+            }
+        }
+    }
+
+    async fn fresh_or_report(&self, takeover: &mut Takeover) -> Result<Running, Stop> {
+        match self.fresh() {
+            Ok(r) => Ok(r),
+            Err(Stop::Failed(reason)) => {
+                takeover.report("failed", &reason);
+                Err(Stop::Failed(reason))
+            }
+            Err(other) => Err(other),
+        }
+    }
+}
+
+fn spawn_finish(takeover: Takeover, ok: bool, phase: &'static str, detail: &str) -> JoinHandle<()> {
+    let detail = detail.to_string();
+    tokio::spawn(async move { takeover.finish(ok, phase, &detail).await })
+}
+
+fn crash_if_failpoint(e: &StepError) {
+    if let HandoffError::Failpoint(step) = e.error {
+        tracing::warn!(step, "failpoint reached: exiting abruptly");
+        std::process::exit(FAILPOINT_EXIT);
+    }
+}
+
+/// Serves until a signal or a completed handoff, then drains. Returns the exit code.
+async fn serve(
+    running: Running,
+    mut finishing: Option<JoinHandle<()>>,
+    dir: &UdsDir,
+    state: &Arc<State>,
+    config: &Config,
+    signals: &mut Signals,
+) -> i32 {
+    let Running { mut server, serving } = running;
+    state.set_phase(Phase::Serving);
+    // Watch for a successor only once our own reconfig socket (if any) is gone, so we never dial ourselves.
+    let mut watch: Option<SuccessorWatch> = if finishing.is_none() && serving.is_some() {
+        Some(SuccessorWatch::new(dir))
+    } else {
+        None
+    };
+    let reason = loop {
+        tokio::select! {
+            sig = signals.next() => break format!("signal {}", sig.map(signal_name).unwrap_or("stream ended")),
+            _ = wait_finish(&mut finishing) => {
+                finishing = None;
+                if serving.is_some() {
+                    watch = Some(SuccessorWatch::new(dir));
+                }
+            }
+            stream = next_successor(&mut watch) => {
+                if hand_off(stream, &server, state, config).await {
+                    break "handed over to a successor".to_string();
+                }
+                state.set_phase(Phase::Serving);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    state.set_phase(Phase::Draining);
+    tracing::info!(reason = %reason, "draining");
+    server.stop_accepting().await;
+    drop(serving);
+    let report = server.drain(config.handoff.drain_timeout).await;
+    tracing::info!(
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        closed_at_deadline = report.closed_at_deadline,
+        requests_served = state.status().requests_served,
+        "drained; exiting"
+    );
+    0
+}
+
+/// Runs one handoff as the old side. True when the successor committed.
+async fn hand_off(stream: UnixStream, server: &Server, state: &Arc<State>, config: &Config) -> bool {
+    state.set_phase(Phase::HandingOff);
+    let t0 = Instant::now();
+    let me = Identity {
+        generation: state.generation(),
+        version: VERSION.to_string(),
+    };
+    let offered = server.offered();
+    tracing::info!(
+        listeners = offered.len(),
+        "successor found on the uds dir: handing over"
+    );
+    match hand_over(stream, &me, &offered, config.handoff.timeout).await {
+        Ok(c) => {
+            tracing::info!(
+                successor_version = %c.version, successor_generation = c.generation,
+                adopted = ?c.ready.adopted, elapsed_ms = t0.elapsed().as_millis() as u64,
+                "handoff committed"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "handoff failed; still serving");
+            false
+        }
+    }
+}
+
+async fn wait_finish(finishing: &mut Option<JoinHandle<()>>) {
+    match finishing {
+        Some(h) => {
+            let _ = h.await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn next_successor(watch: &mut Option<SuccessorWatch>) -> UnixStream {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        SIGTERM => "SIGTERM",
+        SIGINT => "SIGINT",
+        _ => "other",
+    }
+}
