@@ -146,7 +146,7 @@ impl Start<'_> {
             r = takeover.receive() => r,
             _ = signals.next() => {
                 tracing::info!("signal while waiting for the predecessor; exiting");
-                takeover.finish(false, "failed", "the new instance was stopped by a signal").await;
+                drop(takeover); // releases reconfig.sock at once: no lingering on the way out
                 return Err(Stop::Exit(0));
             }
         };

@@ -329,11 +329,18 @@ impl Takeover {
 
     /// Ends the takeover: publishes the final report to `migrate` watchers, waits until one has read it (or the
     /// linger time passes), then closes and unlinks the reconfig socket and releases its lock.
-    pub async fn finish(self, ok: bool, phase: &str, detail: &str) {
+    pub async fn finish(mut self, ok: bool, phase: &str, detail: &str) {
         self.progress.send_replace(progress(phase, true, ok, detail));
         let _ = tokio::time::timeout(self.opts.linger, self.informed.notified()).await;
         self.accept.abort();
-        let _ = self.accept.await;
+        let _ = (&mut self.accept).await;
+    }
+}
+
+impl Drop for Takeover {
+    /// A takeover dropped without [`Takeover::finish`] still releases the reconfig socket.
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }
 

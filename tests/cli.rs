@@ -1,0 +1,218 @@
+//! The `baton` command line: `check`, config errors, usage errors, `--version`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn valid_config() -> Config {
+    Config::default()
+        .listener("ingress", "127.0.0.1:15006", "http", "app")
+        .listener("raw", "127.0.0.1:15007", "tcp", "app")
+        .cluster("app", &["127.0.0.1:8080".parse().unwrap()])
+        .admin("127.0.0.1:15000".parse().unwrap())
+        .handoff("30s", "20s")
+}
+
+fn check(dir: &TestDir, file: &str, contents: &str) -> Outcome {
+    let path = dir.write(file, contents);
+    let p = path.display().to_string();
+    run_baton(
+        dir,
+        &format!("check-{file}"),
+        &["check", "--config", &p],
+        &Env::fresh(),
+        LIMIT,
+    )
+}
+
+/// `baton check` on `contents` must exit 2 and mention every one of `needles` on stderr.
+fn assert_invalid(contents: &str, needles: &[&str]) {
+    let dir = TestDir::new();
+    let out = check(&dir, "bad.yaml", contents);
+    assert_eq!(
+        out.code,
+        Some(2),
+        "baton check should reject this config (exit 2):\n{contents}\nstderr:\n{}",
+        out.stderr
+    );
+    for n in needles {
+        assert!(
+            out.stderr.contains(n),
+            "stderr should name {n:?}; config:\n{contents}\nstderr:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn check_accepts_valid_yaml() {
+    let dir = TestDir::new();
+    let out = check(&dir, "good.yaml", &valid_config().to_yaml());
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert!(!out.stdout.trim().is_empty(), "check should print a summary on stdout");
+}
+
+#[test]
+fn check_accepts_minimal_yaml_with_defaults() {
+    let dir = TestDir::new();
+    let yaml = "listeners:\n  - name: ingress\n    address: 127.0.0.1:15006\n    protocol: http\n    cluster: app\n\
+                clusters:\n  - name: app\n    endpoints: [\"127.0.0.1:8080\"]\n";
+    let out = check(&dir, "minimal.yaml", yaml);
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn check_accepts_json() {
+    let dir = TestDir::new();
+    let json = valid_config().to_json();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&json).is_ok(),
+        "test bug: not JSON"
+    );
+    let out = check(&dir, "good.json", &json);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "JSON config should be accepted; stderr:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn check_rejects_invalid_json_field() {
+    let dir = TestDir::new();
+    let mut cfg = valid_config();
+    cfg.listeners[0].address = "127.0.0.1".into();
+    let out = check(&dir, "bad.json", &cfg.to_json());
+    assert_eq!(out.code, Some(2), "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("listeners[0].address"), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn check_rejects_unknown_field() {
+    let yaml = valid_config()
+        .to_yaml()
+        .replace("    protocol: tcp\n", "    protocol: tcp\n    protcol: http\n");
+    assert!(yaml.contains("protcol"), "test bug");
+    assert_invalid(&yaml, &["protcol"]);
+}
+
+#[test]
+fn check_rejects_unknown_top_level_field() {
+    let yaml = format!("{}tracing: on\n", valid_config().to_yaml());
+    assert_invalid(&yaml, &["tracing"]);
+}
+
+#[test]
+fn check_rejects_duplicate_listener_name() {
+    let mut cfg = valid_config();
+    cfg.listeners[1].name = "ingress".into();
+    assert_invalid(&cfg.to_yaml(), &["listeners[1]", "name"]);
+}
+
+#[test]
+fn check_rejects_dangling_cluster_reference() {
+    let mut cfg = valid_config();
+    cfg.listeners[1].cluster = "nowhere".into();
+    assert_invalid(&cfg.to_yaml(), &["listeners[1].cluster"]);
+}
+
+#[test]
+fn check_rejects_bad_address() {
+    let mut cfg = valid_config();
+    cfg.listeners[0].address = "localhost-ish:http".into();
+    assert_invalid(&cfg.to_yaml(), &["listeners[0].address"]);
+}
+
+#[test]
+fn check_rejects_bad_duration() {
+    let cfg = valid_config().handoff("3 parsecs", "20s");
+    assert_invalid(&cfg.to_yaml(), &["handoff.timeout"]);
+}
+
+#[test]
+fn check_rejects_empty_endpoints() {
+    let mut cfg = valid_config();
+    cfg.clusters[0].endpoints.clear();
+    assert_invalid(&cfg.to_yaml(), &["clusters[0].endpoints"]);
+}
+
+#[test]
+fn check_rejects_missing_file() {
+    let dir = TestDir::new();
+    let p = dir.join("does-not-exist.yaml").display().to_string();
+    let out = run_baton(&dir, "check-missing", &["check", "--config", &p], &Env::fresh(), LIMIT);
+    assert_eq!(out.code, Some(2), "stderr:\n{}", out.stderr);
+    assert!(!out.stderr.trim().is_empty(), "should say why");
+}
+
+#[test]
+fn run_with_bad_config_is_exit_2() {
+    let dir = TestDir::new();
+    let http = free_addr();
+    let mut cfg = valid_config();
+    cfg.listeners.truncate(1);
+    cfg.listeners[0].address = http.to_string();
+    cfg.listeners[0].cluster = "nowhere".into();
+    cfg.admin = None;
+    let path = cfg.write_yaml(&dir, "bad.yaml").display().to_string();
+    let uds = dir.subdir("uds").display().to_string();
+    let out = run_baton(
+        &dir,
+        "run-bad",
+        &["run", "--config", &path, "--uds-dir", &uds],
+        &Env::fresh(),
+        LIMIT,
+    );
+    assert_eq!(out.code, Some(2), "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("listeners[0].cluster"), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn run_with_bad_config_from_env_is_exit_2() {
+    let dir = TestDir::new();
+    let path = dir
+        .write("bad.yaml", &valid_config().handoff("3 parsecs", "20s").to_yaml())
+        .display()
+        .to_string();
+    let uds = dir.subdir("uds").display().to_string();
+    let env = Env::fresh().with("BATON_CONFIG", &path);
+    let out = run_baton(&dir, "run-bad-env", &["run", "--uds-dir", &uds], &env, LIMIT);
+    assert_eq!(out.code, Some(2), "stderr:\n{}", out.stderr);
+    assert!(out.stderr.contains("handoff.timeout"), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn migrate_with_bad_timeout_is_exit_2() {
+    let dir = TestDir::new();
+    let path = valid_config().write_yaml(&dir, "good.yaml").display().to_string();
+    let uds = dir.subdir("uds").display().to_string();
+    let args = ["migrate", "--config", &path, "--uds-dir", &uds, "--timeout", "nonsense"];
+    let out = run_baton(&dir, "migrate-bad-timeout", &args, &Env::versions(R2, "1"), LIMIT);
+    assert_eq!(out.code, Some(2), "stderr:\n{}", out.stderr);
+    assert!(!out.stderr.trim().is_empty(), "should say why");
+}
+
+#[test]
+fn unknown_subcommand_is_exit_2() {
+    let dir = TestDir::new();
+    let out = run_baton(&dir, "bogus", &["frobnicate"], &Env::fresh(), LIMIT);
+    assert_eq!(out.code, Some(2), "stderr:\n{}", out.stderr);
+}
+
+#[test]
+fn version_flag() {
+    let dir = TestDir::new();
+    let out = run_baton(&dir, "version", &["--version"], &Env::fresh(), LIMIT);
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "--version should print {}; stdout: {:?}",
+        env!("CARGO_PKG_VERSION"),
+        out.stdout
+    );
+}
