@@ -104,6 +104,17 @@ impl UdsDir {
         }
     }
 
+    /// Whether a live process owns `reconfig.sock` (holds `reconfig.lock`): lets `migrate` tell a new instance
+    /// that has not bound the socket yet from one that has exited.
+    pub fn reconfig_owner_alive(&self) -> Result<bool, HandoffError> {
+        let file = self.open_lock(RECONFIG_LOCK)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(_probe) => Ok(false),
+            Err((_, Errno::EWOULDBLOCK)) => Ok(true),
+            Err((_, e)) => Err(HandoffError::Dir(format!("flock {RECONFIG_LOCK}: {e}"))),
+        }
+    }
+
     /// Takes a shared hold on `serving.lock`: from now on, a new instance on this dir will wait for us.
     pub fn hold_serving(&self) -> Result<ServingLock, HandoffError> {
         let file = self.open_lock(SERVING_LOCK)?;
@@ -119,16 +130,25 @@ impl UdsDir {
     /// owner is unlinked. The socket is bound under a temporary name and renamed into place once listening, so
     /// a watcher that sees `reconfig.sock` appear can connect immediately.
     pub fn bind_reconfig(&self) -> Result<ReconfigSocket, HandoffError> {
-        let file = self.open_lock(RECONFIG_LOCK)?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, Errno::EWOULDBLOCK)) => {
-                return Err(HandoffError::Dir(format!(
-                    "another instance owns {} (it holds {RECONFIG_LOCK}): two new instances are racing for one uds dir",
-                    self.reconfig_path().display()
-                )))
+        let mut file = self.open_lock(RECONFIG_LOCK)?;
+        // A `migrate` probe (see `reconfig_owner_alive`) may hold the lock for a few microseconds: retry briefly
+        // before calling it a race.
+        let give_up = std::time::Instant::now() + std::time::Duration::from_millis(250);
+        let lock = loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => break lock,
+                Err((f, Errno::EWOULDBLOCK)) if std::time::Instant::now() < give_up => {
+                    file = f;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    return Err(HandoffError::Dir(format!(
+                        "another instance owns {} (it holds {RECONFIG_LOCK}): two new instances are racing for one uds dir",
+                        self.reconfig_path().display()
+                    )))
+                }
+                Err((_, e)) => return Err(HandoffError::Dir(format!("flock {RECONFIG_LOCK}: {e}"))),
             }
-            Err((_, e)) => return Err(HandoffError::Dir(format!("flock {RECONFIG_LOCK}: {e}"))),
         };
         let path = self.reconfig_path();
         let tmp = self.path.join(RECONFIG_TMP);

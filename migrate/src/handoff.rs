@@ -442,18 +442,41 @@ async fn serve_peer(
     }
 }
 
+/// How long `migrate` waits for a new instance to own the reconfig socket before concluding it is not coming.
+/// A starting instance takes it within milliseconds of reading its config.
+const START_GRACE: Duration = Duration::from_secs(10);
+
 /// `migrate` side: waits until the takeover on `dir` ends, and returns its final report.
 ///
 /// Retries the connection until `timeout` (the new instance may not have bound the socket yet, or a stale file
 /// from a dead process may be there). Errors say what was last seen.
 pub async fn watch_takeover(dir: &UdsDir, timeout: Duration) -> Result<Progress, String> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let path = dir.reconfig_path();
+    let mut owner_seen = false;
     let stream = loop {
         let last_connect_error = match UnixStream::connect(&path).await {
             Ok(s) => break s,
             Err(e) => e,
         };
+        // Nobody answers. Is anybody about to? The owner of reconfig.lock is a live new instance.
+        match dir.reconfig_owner_alive() {
+            Ok(true) => owner_seen = true,
+            Ok(false) if owner_seen => {
+                return Err(format!(
+                    "the new instance exited before the handoff completed (it released {})",
+                    path.with_file_name("reconfig.lock").display()
+                ))
+            }
+            Ok(false) if started.elapsed() >= START_GRACE => {
+                return Err(format!(
+                    "no baton instance started a takeover on {} within {START_GRACE:?}: the new instance exited or never started",
+                    dir.path().display()
+                ))
+            }
+            _ => {}
+        }
         if Instant::now() + Duration::from_millis(20) >= deadline {
             return Err(format!(
                 "timed out after {timeout:?}: no baton instance answered on {} ({last_connect_error})",
