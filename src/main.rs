@@ -63,6 +63,7 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Run { config, uds_dir } => {
+            let early_stop = baton::run::catch_early_signals();
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),
@@ -81,6 +82,7 @@ fn main() -> ExitCode {
                 uds_dir,
                 role,
                 failpoint,
+                early_stop,
             }));
             ExitCode::from(code as u8)
         }

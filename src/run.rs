@@ -2,6 +2,7 @@
 //! successor or stop on a signal, drain, exit.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +35,40 @@ pub struct RunOptions {
     pub role: Role,
     /// Test hook: crash the takeover at this step (see `TakeoverOptions::crash_at`).
     pub failpoint: Option<String>,
+    /// Set by a SIGTERM/SIGINT that arrived before the runtime was up (see [`catch_early_signals`]).
+    pub early_stop: Arc<AtomicBool>,
+}
+
+/// Catches SIGTERM and SIGINT from the first instant of `baton run`, before config loading and runtime start:
+/// without it, an early SIGTERM would kill the process (or, as PID 1, be dropped and cost the whole grace
+/// period). [`run`] honours the flag as soon as it can.
+pub fn catch_early_signals() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for sig in [SIGTERM, SIGINT] {
+        if let Err(e) = signal_hook::flag::register(sig, flag.clone()) {
+            eprintln!("baton: cannot install a handler for signal {sig}: {e}");
+        }
+    }
+    flag
+}
+
+/// The stop signals, with any that arrived before the stream existed.
+struct StopSignals {
+    stream: Signals,
+    early: Arc<AtomicBool>,
+}
+
+impl StopSignals {
+    /// Resolves at the next SIGTERM or SIGINT, with its name.
+    async fn next(&mut self) -> &'static str {
+        if self.early.swap(false, Ordering::AcqRel) {
+            return "SIGTERM/SIGINT (early)";
+        }
+        match self.stream.next().await {
+            Some(sig) => signal_name(sig),
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Runs an instance to its end and returns the process exit code: 0 after a drain (signal or handoff), 1 when it
@@ -41,7 +76,10 @@ pub struct RunOptions {
 pub async fn run(opts: RunOptions) -> i32 {
     let state = State::new(opts.role);
     let mut signals = match Signals::new([SIGTERM, SIGINT]) {
-        Ok(s) => s,
+        Ok(stream) => StopSignals {
+            stream,
+            early: opts.early_stop.clone(),
+        },
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers");
             return 1;
@@ -52,7 +90,7 @@ pub async fn run(opts: RunOptions) -> i32 {
         state.set_phase(Phase::Idle);
         tracing::info!("idle slot (empty or superseded): no listeners; waiting for SIGTERM");
         let sig = signals.next().await;
-        tracing::info!(signal = ?sig, "idle slot stopping");
+        tracing::info!(signal = sig, "idle slot stopping");
         return 0;
     }
 
@@ -129,7 +167,7 @@ impl Start<'_> {
     /// Takes over from the live instance on the uds dir, or binds fresh if there is none.
     async fn take_over(
         &self,
-        signals: &mut Signals,
+        signals: &mut StopSignals,
         failpoint: Option<String>,
     ) -> Result<(Running, Option<JoinHandle<()>>), Stop> {
         self.state.set_phase(Phase::Waiting);
@@ -263,7 +301,7 @@ async fn serve(
     dir: &UdsDir,
     state: &Arc<State>,
     config: &Config,
-    signals: &mut Signals,
+    signals: &mut StopSignals,
 ) -> i32 {
     let Running { mut server, serving } = running;
     state.set_phase(Phase::Serving);
@@ -275,7 +313,7 @@ async fn serve(
     };
     let reason = loop {
         tokio::select! {
-            sig = signals.next() => break format!("signal {}", sig.map(signal_name).unwrap_or("stream ended")),
+            sig = signals.next() => break format!("signal {sig}"),
             _ = wait_finish(&mut finishing) => {
                 finishing = None;
                 if serving.is_some() {

@@ -141,12 +141,7 @@ impl UdsDir {
                     file = f;
                     std::thread::sleep(std::time::Duration::from_millis(5));
                 }
-                Err((_, Errno::EWOULDBLOCK)) => {
-                    return Err(HandoffError::Dir(format!(
-                        "another instance owns {} (it holds {RECONFIG_LOCK}): two new instances are racing for one uds dir",
-                        self.reconfig_path().display()
-                    )))
-                }
+                Err((_, Errno::EWOULDBLOCK)) => return Err(self.race()),
                 Err((_, e)) => return Err(HandoffError::Dir(format!("flock {RECONFIG_LOCK}: {e}"))),
             }
         };
@@ -176,6 +171,15 @@ impl UdsDir {
             path,
             _lock: lock,
         })
+    }
+}
+
+impl UdsDir {
+    fn race(&self) -> HandoffError {
+        HandoffError::Dir(format!(
+            "another instance owns {} (it holds {RECONFIG_LOCK}): two new instances are racing for one uds dir",
+            self.reconfig_path().display()
+        ))
     }
 }
 

@@ -445,6 +445,8 @@ async fn serve_peer(
 /// How long `migrate` waits for a new instance to own the reconfig socket before concluding it is not coming.
 /// A starting instance takes it within milliseconds of reading its config.
 const START_GRACE: Duration = Duration::from_secs(10);
+/// Pause between connection attempts of `migrate`.
+const RETRY: Duration = Duration::from_millis(5);
 
 /// `migrate` side: waits until the takeover on `dir` ends, and returns its final report.
 ///
@@ -477,13 +479,13 @@ pub async fn watch_takeover(dir: &UdsDir, timeout: Duration) -> Result<Progress,
             }
             _ => {}
         }
-        if Instant::now() + Duration::from_millis(20) >= deadline {
+        if Instant::now() + RETRY >= deadline {
             return Err(format!(
                 "timed out after {timeout:?}: no baton instance answered on {} ({last_connect_error})",
                 path.display()
             ));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(RETRY).await;
     };
     let mut conn = Conn::new(stream).map_err(|e| e.to_string())?;
     let hello = Hello {

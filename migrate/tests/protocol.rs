@@ -49,7 +49,9 @@ async fn listeners_move_with_their_queued_connections() {
 
     let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover");
     let mut watch = SuccessorWatch::new(&dir);
-    let stream = tokio::time::timeout(Duration::from_secs(2), watch.next()).await.expect("successor seen");
+    let stream = tokio::time::timeout(Duration::from_secs(2), watch.next())
+        .await
+        .expect("successor seen");
 
     let old = tokio::spawn(async move {
         let offered = vec![
@@ -115,7 +117,10 @@ async fn no_live_peer_means_bind_fresh_at_once() {
     let dir = UdsDir::new(tmp.path().join("created"));
     let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover creates the dir");
     let t0 = std::time::Instant::now();
-    assert!(matches!(takeover.receive().await.expect("receive"), Inheritance::NoPeer));
+    assert!(matches!(
+        takeover.receive().await.expect("receive"),
+        Inheritance::NoPeer
+    ));
     assert!(t0.elapsed() < Duration::from_millis(500));
     let watcher = tokio::spawn({
         let dir = dir.clone();
@@ -133,10 +138,16 @@ async fn reconfig_socket_has_one_owner_and_stale_files_are_cleaned() {
     std::fs::write(dir.reconfig_path(), b"stale").expect("stale file");
     let first = dir.bind_reconfig().expect("stale file removed, socket bound");
     let mode = std::fs::metadata(dir.reconfig_path()).expect("meta");
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777, 0o600);
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o600
+    );
     let second = dir.bind_reconfig().expect_err("second owner refused");
     assert!(second.to_string().contains("racing"), "{second}");
-    assert!(dir.reconfig_path().exists(), "the loser did not unlink the owner's socket");
+    assert!(
+        dir.reconfig_path().exists(),
+        "the loser did not unlink the owner's socket"
+    );
     drop(first);
     assert!(!dir.reconfig_path().exists());
     let _third = dir.bind_reconfig().expect("free again");
@@ -164,7 +175,9 @@ async fn garbage_from_a_sender_is_rejected_without_harm() {
     let _serving = dir.hold_serving().expect("a 'live' peer");
     let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover");
 
-    let mut stream = tokio::net::UnixStream::connect(dir.reconfig_path()).await.expect("connect");
+    let mut stream = tokio::net::UnixStream::connect(dir.reconfig_path())
+        .await
+        .expect("connect");
     let hello = Message::Hello(Hello {
         role: PeerRole::Sender,
         min_protocol: 1,

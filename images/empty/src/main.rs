@@ -15,10 +15,19 @@
 
 use core::ffi::{c_char, c_int, CStr};
 
-const VERSION: &[u8] = concat!("baton-empty ", env!("CARGO_PKG_VERSION"), " (hot-upgrade placeholder)\n").as_bytes();
+const VERSION: &[u8] = concat!(
+    "baton-empty ",
+    env!("CARGO_PKG_VERSION"),
+    " (hot-upgrade placeholder)\n"
+)
+.as_bytes();
 
+/// The C entry point.
+///
+/// # Safety
+/// Called by the C runtime only, with `argv` holding `argc` valid NUL-terminated strings.
 #[no_mangle]
-pub extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+pub unsafe extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
     // SAFETY: argv holds argc valid NUL-terminated strings, as the C runtime guarantees.
     let first = if argc > 1 {
         unsafe { CStr::from_ptr(*argv.add(1)) }.to_bytes()

@@ -1,0 +1,49 @@
+# baton — every entry point a developer or CI needs. `make help` lists them.
+
+CARGO ?= cargo
+RELEASE_DIR ?= target/release
+VERSION ?= dev
+export CONTAINERS_CONF ?= $(CURDIR)/images/containers.conf
+
+.PHONY: all help build demo test lint unit test-pod image clean
+
+all: build
+
+## help: list the targets
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
+
+## build: release build of the baton binary and the examples (upstream, loadgen, demo)
+build:
+	$(CARGO) build --release --locked --bins --examples
+
+## demo: two Kruise-style hot upgrades of baton under load, on loopback (see examples/demo.rs)
+demo: build
+	$(RELEASE_DIR)/examples/demo
+
+## test: everything — lint, unit and integration tests, the real-container pod test
+test: lint unit test-pod
+
+## lint: rustfmt and clippy (warnings are errors) on both workspaces
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path images/empty/Cargo.toml -- --check
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --manifest-path images/empty/Cargo.toml -- -D warnings
+
+## unit: unit, protocol and process-level integration tests (cargo test)
+unit:
+	$(CARGO) test --locked --workspace
+
+## test-pod: the Kruise HotUpgrade sequence in a real podman pod (needs podman, runc, catatonit: see .ci/run)
+test-pod:
+	bash scripts/pod-test.sh
+
+## image: container images baton:$(VERSION) and baton-empty:$(VERSION) (make image VERSION=v2)
+image:
+	VERSION=$(VERSION) CARGO=$(CARGO) bash scripts/image.sh
+
+## clean: remove build outputs
+clean:
+	$(CARGO) clean
+	rm -rf images/empty/target

@@ -1,0 +1,1384 @@
+//! `demo`: two zero-downtime hot upgrades of baton under load, driven exactly as OpenKruise does it.
+//!
+//! Everything runs on loopback with ephemeral ports, in a fresh temporary directory that is removed at the
+//! end (keep it with `--keep`). The demo plays kubelet and the SidecarSet controller for a pod with the two
+//! sidecar slots `proxy-1` and `proxy-2` (see `/work/shared/kruise/README.md` for the env table):
+//!
+//! * T0, pod created: `proxy-1` runs v1 (`SIDECARSET_VERSION=1`, `ALT=0`), `proxy-2` the empty image (`0`, `1`);
+//!   each container's postStart hook `baton migrate` runs right after it starts and must exit 0.
+//! * Load starts: `loadgen` (keep-alive and new-connection HTTP clients) against baton's http listener, and one
+//!   TCP echo round trip every 100 ms, each on a new connection, through baton's tcp listener.
+//! * T1, upgrade v1→v2: kubelet stops the empty `proxy-2` (SIGTERM, must exit 0 promptly) and starts v2 in it
+//!   (`R2`, `1`); its postStart (`baton migrate`) is the handoff and is timed.
+//! * T2, reset: the controller gives `proxy-1` the empty image; kubelet SIGTERMs the old v1 process (it must
+//!   drain and exit 0; timed) and starts the empty image (`0`, `R2`). baton's old instance usually exits 0 by
+//!   itself right after draining; kubelet then first restarts it with the same image, now with the env
+//!   (`1`, `R2`): that process must idle, and the reset SIGTERMs it instead.
+//! * T3, upgrade v2→v3 the other way round: empty `proxy-1` stopped, v3 started there (`R3`, `R2`), postStart.
+//! * T4, reset: `proxy-2` gets SIGTERM and restarts empty (`0`, `R3`).
+//! * Then the load stops and a summary is printed: requests, failures, handoff and drain times, exit codes.
+//!
+//! While running it prints one progress line per second and one line per Kubernetes step. Exit code 0 only
+//! if no HTTP request or TCP round trip failed, every baton process exited 0 when told to, `/status` showed
+//! generations 1 → 2 → 3 from the expected processes, and nothing else unexpected happened. Every child
+//! process is killed on any exit path.
+//!
+//! ```text
+//! make demo        # or: cargo build --release --bins --examples && target/release/examples/demo
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http::{header, Request};
+use http_body_util::{BodyExt as _, Empty};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+use tokio::process::{ChildStdout, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// SidecarSet resourceVersion written by the v1→v2 upgrade.
+const R2: u64 = 7_340_032;
+/// SidecarSet resourceVersion written by the v2→v3 upgrade.
+const R3: u64 = 7_340_571;
+/// `handoff.drain_timeout` in the generated config.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an old slot may take to exit after SIGTERM (drain timeout plus slack; kubelet would allow 30 s).
+const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
+/// How long an idle (empty) slot may take to exit after SIGTERM.
+const IDLE_STOP_DEADLINE: Duration = Duration::from_secs(3);
+/// Time between kubelet restarting an exited old slot and the controller's reset stopping it again.
+const RESTART_GAP: Duration = Duration::from_millis(500);
+/// Our own deadline for a postStart hook (kubelet has none; baton's default is 60 s).
+const POST_START_DEADLINE: Duration = Duration::from_secs(30);
+/// loadgen clients that reuse one keep-alive connection each.
+const KEEPALIVE_CLIENTS: usize = 8;
+/// loadgen clients that open a new connection per request.
+const NEWCONN_CLIENTS: usize = 4;
+/// Interval between TCP echo round trips.
+const TCP_INTERVAL: Duration = Duration::from_millis(100);
+/// Deadline for one TCP echo round trip.
+const TCP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline for one admin HTTP request.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
+/// The error `run` ends with on SIGINT/SIGTERM.
+const INTERRUPTED: &str = "interrupted by a signal";
+/// Environment variables that must not leak from the caller into the children.
+const SCRUBBED_ENV: &[&str] = &[
+    "SIDECARSET_VERSION",
+    "SIDECARSET_VERSION_ALT",
+    "BATON_CONFIG",
+    "BATON_UDS_DIR",
+    "BATON_FAILPOINT",
+];
+
+#[derive(Parser, Debug)]
+#[command(about = "Two baton hot upgrades under load, driven the way OpenKruise SidecarSet does it")]
+struct Args {
+    /// The baton binary [default: `baton` next to the examples directory, i.e. target/release/baton].
+    #[arg(long)]
+    baton: Option<PathBuf>,
+    /// The upstream example [default: next to this executable, i.e. target/release/examples/upstream].
+    #[arg(long)]
+    upstream: Option<PathBuf>,
+    /// The loadgen example [default: next to this executable, i.e. target/release/examples/loadgen].
+    #[arg(long)]
+    loadgen: Option<PathBuf>,
+    /// Seconds of load before each upgrade and before the end.
+    #[arg(long, default_value_t = 3.0, value_parser = parse_pause)]
+    pause: f64,
+    /// Keep the temporary directory (config, uds dir, logs) instead of removing it.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn parse_pause(s: &str) -> Result<f64> {
+    let v: f64 = s.parse().with_context(|| format!("not a number of seconds: {s:?}"))?;
+    if !(0.0..=60.0).contains(&v) {
+        bail!("--pause must be between 0 and 60 seconds");
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Output
+
+/// `println!` without the panic on a closed stdout (e.g. `demo | head`): with `panic = "abort"` a panic would
+/// skip the guards that kill the children.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` without the panic on a closed stderr.
+macro_rules! say_err {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
+static START: OnceLock<Instant> = OnceLock::new();
+
+fn elapsed() -> f64 {
+    START.get_or_init(Instant::now).elapsed().as_secs_f64()
+}
+
+/// Prints one timestamped line (stdout is line-locked, so lines from tasks never interleave).
+fn log(msg: impl AsRef<str>) {
+    say!("[{:5.1}s] {}", elapsed(), msg.as_ref());
+}
+
+fn ms(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Child processes
+
+/// Minimal process control without an extra dependency: `kill(2)` and `prctl(2)` from the C library std
+/// already links.
+mod sys {
+    extern "C" {
+        fn kill(pid: i32, sig: i32) -> i32;
+    }
+
+    pub const SIGINT: i32 = 2;
+    pub const SIGKILL: i32 = 9;
+    pub const SIGTERM: i32 = 15;
+    /// "No such process" (same value on Linux and macOS).
+    pub const ESRCH: i32 = 3;
+
+    /// Sends `sig` to the single process `pid` (never to a group: `pid` must be positive).
+    pub fn send_signal(pid: i32, sig: i32) -> std::io::Result<()> {
+        if pid <= 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "refusing to signal pid <= 0",
+            ));
+        }
+        // SAFETY: kill(2) takes two integers and touches no memory of ours.
+        if unsafe { kill(pid, sig) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+
+    /// Makes the child get SIGKILL when the demo dies, however it dies (even SIGKILL or an abort, which skip
+    /// every drop guard). Linux only; elsewhere the drop guards are all there is.
+    #[cfg(target_os = "linux")]
+    pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+        extern "C" {
+            fn prctl(option: i32, ...) -> i32;
+        }
+        const PR_SET_PDEATHSIG: i32 = 1;
+        let parent = std::process::id();
+        // SAFETY: the closure runs in the child between fork and exec; it only makes the async-signal-safe
+        // system calls prctl(2) and getppid(2) and does not allocate.
+        unsafe {
+            cmd.pre_exec(move || {
+                if prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before prctl took effect.
+                if std::os::unix::process::parent_id() != parent {
+                    return Err(std::io::Error::from_raw_os_error(ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn die_with_parent(_cmd: &mut tokio::process::Command) {}
+
+    pub fn name(sig: i32) -> &'static str {
+        match sig {
+            SIGINT => "SIGINT",
+            SIGKILL => "SIGKILL",
+            SIGTERM => "SIGTERM",
+            _ => "signal",
+        }
+    }
+}
+
+/// How a child ended.
+#[derive(Clone, Copy, Debug)]
+struct Exit {
+    code: Option<i32>,
+    signal: Option<i32>,
+    at: Instant,
+}
+
+impl Exit {
+    fn from_status(status: std::io::Result<ExitStatus>) -> Exit {
+        use std::os::unix::process::ExitStatusExt as _;
+        let (code, signal) = match status {
+            Ok(status) => (status.code(), status.signal()),
+            Err(_) => (None, None),
+        };
+        Exit {
+            code,
+            signal,
+            at: Instant::now(),
+        }
+    }
+
+    fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    fn describe(&self) -> String {
+        match (self.code, self.signal) {
+            (Some(code), _) => format!("exit {code}"),
+            (None, Some(sig)) => format!("killed by signal {sig}"),
+            (None, None) => "unknown exit".into(),
+        }
+    }
+}
+
+/// A `Command` for `program` without the caller's baton/Kruise env, and without colours in log files.
+fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new(program);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("NO_COLOR", "1");
+    sys::die_with_parent(&mut cmd);
+    cmd
+}
+
+/// A running child. A background task owns the `tokio::process::Child` and publishes its exit; dropping the
+/// `Proc` SIGKILLs the process if it is still running (and the `Child` itself is `kill_on_drop`), so no
+/// child outlives the demo whatever path it exits by.
+struct Proc {
+    name: String,
+    pid: i32,
+    exit: watch::Receiver<Option<Exit>>,
+    waiter: JoinHandle<()>,
+}
+
+impl Proc {
+    /// Spawns `cmd` in its own process group (a Ctrl-C on the terminal reaches only the demo, which then
+    /// stops everything itself). Returns the child's stdout if it was piped.
+    fn spawn(name: impl Into<String>, cmd: &mut Command) -> Result<(Proc, Option<ChildStdout>)> {
+        let name = name.into();
+        cmd.stdin(Stdio::null()).kill_on_drop(true).process_group(0);
+        let mut child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .with_context(|| format!("{name} has no pid"))?;
+        let stdout = child.stdout.take();
+        let (tx, exit) = watch::channel(None);
+        let waiter = tokio::spawn(async move {
+            let status = child.wait().await;
+            let _ = tx.send(Some(Exit::from_status(status)));
+        });
+        Ok((
+            Proc {
+                name,
+                pid,
+                exit,
+                waiter,
+            },
+            stdout,
+        ))
+    }
+
+    fn exited(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    /// Signals the process unless it has already exited.
+    fn signal(&self, sig: i32) -> Result<()> {
+        if self.exited().is_some() {
+            return Ok(());
+        }
+        match sys::send_signal(self.pid, sig) {
+            // Exited (and was reaped by the waiter) since the check above.
+            Err(err) if err.raw_os_error() == Some(sys::ESRCH) => Ok(()),
+            other => other.with_context(|| format!("sending {} to {}", sys::name(sig), self.name)),
+        }
+    }
+
+    /// Waits for the exit; `None` on timeout.
+    async fn wait(&mut self, timeout: Duration) -> Option<Exit> {
+        let mut exit = self.exit.clone();
+        let result = tokio::time::timeout(timeout, exit.wait_for(|e| e.is_some())).await;
+        match result {
+            Ok(Ok(e)) => *e,
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = sys::send_signal(self.pid, sys::SIGKILL);
+        }
+        self.waiter.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Admin API
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+struct Status {
+    pid: i64,
+    generation: u64,
+    role: String,
+    phase: String,
+    listeners: Vec<StatusListener>,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+struct StatusListener {
+    name: String,
+    origin: String,
+}
+
+/// `GET path` on a new connection; returns the status code and the body.
+async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr).await.context("connecting")?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("HTTP handshake")?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = Request::get(path)
+            .header(header::HOST, addr.to_string())
+            .header(header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .context("building the request")?;
+        let resp = sender.send_request(req).await.context("sending the request")?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.context("reading the body")?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(ADMIN_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(anyhow!("timed out after {}", ms(ADMIN_TIMEOUT))))
+        .with_context(|| format!("GET http://{addr}{path}"))
+}
+
+async fn get_status(admin: SocketAddr) -> Result<Status> {
+    let (code, body) = http_get(admin, "/status").await?;
+    if code != 200 {
+        bail!("GET /status returned {code}: {}", body.trim());
+    }
+    serde_json::from_str(&body).with_context(|| format!("parsing /status: {body}"))
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Live view shared with the progress printer
+
+/// What the demo knows about one slot (container) of the pod.
+#[derive(Clone, Default)]
+struct SlotView {
+    /// Image label: `v1`, `v2`, `v3` or `empty`.
+    label: String,
+    pid: Option<i32>,
+    idle: bool,
+    stopping: bool,
+    exit: Option<watch::Receiver<Option<Exit>>>,
+}
+
+#[derive(Default)]
+struct Board {
+    slots: [SlotView; 2],
+    /// Latest loadgen progress line.
+    load: Option<LoadReport>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy)]
+struct LoadReport {
+    requests: u64,
+    failed: u64,
+    rps: f64,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+struct LoadSummary {
+    requests: u64,
+    failed: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct TcpStats {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+type Shared<T> = Arc<Mutex<T>>;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means a task panicked while holding it; the data is still fine for display.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prints one progress line per second until aborted. Started with loadgen; ticking half a second out of
+/// phase with loadgen's own reports, each line shows the latest report.
+async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, admin: SocketAddr) {
+    let period = Duration::from_secs(1);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period / 2, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let status = get_status(admin).await.ok();
+        let board = lock(&board);
+        let load = match board.load {
+            Some(l) => format!("rps={:>7.0} requests={:>8} failed={}", l.rps, l.requests, l.failed),
+            None => format!("rps={:>7} requests={:>8} failed=-", "-", "-"),
+        };
+        let tcp_line = format!(
+            "tcp={}/{}",
+            tcp.ok.load(Ordering::Relaxed),
+            tcp.failed.load(Ordering::Relaxed)
+        );
+        let mut phase = String::new();
+        for (i, slot) in board.slots.iter().enumerate() {
+            let _ = write!(phase, " proxy-{}={}", i + 1, slot_phase(slot, status.as_ref()));
+        }
+        let admin_line = match &status {
+            Some(s) => format!("admin: pid {} gen {}", s.pid, s.generation),
+            None => "admin: no answer".into(),
+        };
+        log(format!("{load} {tcp_line}  phase:{phase}  ({admin_line})"));
+    }
+}
+
+fn slot_phase(slot: &SlotView, status: Option<&Status>) -> String {
+    let Some(pid) = slot.pid else { return "-".into() };
+    let exited = slot.exit.as_ref().and_then(|e| *e.borrow());
+    let state = if let Some(exit) = exited {
+        format!("exited({})", exit.describe())
+    } else if let Some(s) = status.filter(|s| s.pid == i64::from(pid)) {
+        s.phase.clone()
+    } else if slot.stopping {
+        "stopping".into()
+    } else if slot.idle {
+        "idle".into()
+    } else if status.is_some() {
+        "handed-off".into()
+    } else {
+        "starting".into()
+    };
+    format!("{}:{state}", slot.label)
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// TCP round trips
+
+async fn tcp_checker(addr: SocketAddr, stats: Arc<TcpStats>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TCP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for n in 0u64.. {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let result = tokio::time::timeout(TCP_TIMEOUT, tcp_round_trip(addr, n))
+            .await
+            .unwrap_or_else(|_| Err("timeout".into()));
+        match result {
+            Ok(()) => {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kind) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                log(format!("TCP round trip #{n} FAILED: {kind}"));
+                *lock(&stats.errors).entry(kind).or_insert(0) += 1;
+            }
+        }
+    }
+}
+
+/// Connect, write a line, read the same line back, close.
+async fn tcp_round_trip(addr: SocketAddr, n: u64) -> Result<(), String> {
+    let io = |stage: &str, e: std::io::Error| format!("{stage}:{:?}", e.kind());
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| io("connect", e))?;
+    let _ = stream.set_nodelay(true);
+    let msg = format!("baton demo tcp round trip {n}\n");
+    stream.write_all(msg.as_bytes()).await.map_err(|e| io("write", e))?;
+    let mut buf = vec![0u8; msg.len()];
+    stream.read_exact(&mut buf).await.map_err(|e| io("read", e))?;
+    if buf != msg.as_bytes() {
+        return Err("echo mismatch".into());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The scenario
+
+struct Paths {
+    baton: PathBuf,
+    upstream: PathBuf,
+    loadgen: PathBuf,
+}
+
+impl Paths {
+    fn resolve(args: &Args) -> Result<Paths> {
+        // This executable lives in <target>/release/examples/; its siblings are the other examples.
+        let examples_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let default = |rel: &str, fallback: &str| -> PathBuf {
+            examples_dir
+                .as_ref()
+                .and_then(|dir| std::fs::canonicalize(dir.join(rel)).ok())
+                .filter(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from(fallback))
+        };
+        let paths = Paths {
+            baton: args
+                .baton
+                .clone()
+                .unwrap_or_else(|| default("../baton", "target/release/baton")),
+            upstream: args
+                .upstream
+                .clone()
+                .unwrap_or_else(|| default("upstream", "target/release/examples/upstream")),
+            loadgen: args
+                .loadgen
+                .clone()
+                .unwrap_or_else(|| default("loadgen", "target/release/examples/loadgen")),
+        };
+        for (what, path) in [
+            ("baton", &paths.baton),
+            ("upstream", &paths.upstream),
+            ("loadgen", &paths.loadgen),
+        ] {
+            if !path.is_file() {
+                bail!(
+                    "{what} binary not found at {} (build with `make build`, or pass --{what} PATH)",
+                    path.display()
+                );
+            }
+        }
+        Ok(paths)
+    }
+}
+
+/// A container of the pod and the process running in it.
+struct Slot {
+    /// 1 or 2 (`proxy-1`, `proxy-2`).
+    index: usize,
+    /// Image label: `v1`, `v2`, `v3` or `empty`.
+    label: String,
+    /// The SIDECARSET_VERSION it was started with.
+    version: u64,
+    proc: Proc,
+}
+
+/// One hot upgrade's measurements.
+struct Upgrade {
+    name: String,
+    /// Duration of the new slot's postStart (`baton migrate`).
+    handoff: Duration,
+    generation: u64,
+    /// When the old serving process exited (on its own after the handoff, or after SIGTERM at the reset).
+    drain: String,
+    old_exit: Option<Exit>,
+}
+
+/// One line of the exit-code table.
+struct ExitRecord {
+    what: String,
+    exit: Option<Exit>,
+    note: String,
+}
+
+struct Demo {
+    paths: Paths,
+    dir: PathBuf,
+    config: PathBuf,
+    admin: SocketAddr,
+    board: Shared<Board>,
+    problems: Vec<String>,
+    upgrades: Vec<Upgrade>,
+    exits: Vec<ExitRecord>,
+    /// Number of baton processes started so far (names the log files).
+    started: usize,
+}
+
+impl Demo {
+    fn problem(&mut self, msg: impl Into<String>) {
+        let msg = msg.into();
+        log(format!("UNEXPECTED: {msg}"));
+        self.problems.push(msg);
+    }
+
+    fn log_file(&self, name: &str) -> Result<(std::fs::File, std::fs::File)> {
+        let path = self.dir.join("logs").join(name);
+        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let clone = file.try_clone().context("duplicating a log file handle")?;
+        Ok((file, clone))
+    }
+
+    fn baton_cmd(&self, sub: &str, version: u64, alt: u64, log_name: &str) -> Result<Command> {
+        let (out, err) = self.log_file(log_name)?;
+        let mut cmd = command(&self.paths.baton);
+        cmd.arg(sub)
+            .arg("--config")
+            .arg(&self.config)
+            .env("SIDECARSET_VERSION", version.to_string())
+            .env("SIDECARSET_VERSION_ALT", alt.to_string())
+            .stdout(out)
+            .stderr(err);
+        Ok(cmd)
+    }
+
+    /// kubelet starts container `proxy-<slot>` running `baton run`, then runs its postStart hook
+    /// (`baton migrate`, same env) to completion. Returns the process and the hook's duration.
+    async fn start_slot(&mut self, slot: usize, label: &str, version: u64, alt: u64) -> Result<(Slot, Duration)> {
+        self.started += 1;
+        let name = format!("proxy-{slot} {label} ({version}/{alt})");
+        let log_base = format!("{:02}-proxy-{slot}-{label}", self.started);
+        let mut cmd = self.baton_cmd("run", version, alt, &format!("{log_base}.run.log"))?;
+        let (proc, _) = Proc::spawn(name.clone(), &mut cmd)?;
+        log(format!(
+            "kubelet: start proxy-{slot} image {label}: `baton run` SIDECARSET_VERSION={version} \
+             SIDECARSET_VERSION_ALT={alt} -> pid {}",
+            proc.pid
+        ));
+        let idle = version == 0 || version < alt;
+        lock(&self.board).slots[slot - 1] = SlotView {
+            label: label.into(),
+            pid: Some(proc.pid),
+            idle,
+            stopping: false,
+            exit: Some(proc.exit.clone()),
+        };
+
+        let mut hook = self.baton_cmd("migrate", version, alt, &format!("{log_base}.poststart.log"))?;
+        let started = Instant::now();
+        let (mut hook, _) = Proc::spawn(format!("postStart of proxy-{slot}"), &mut hook)?;
+        let exit = hook.wait(POST_START_DEADLINE).await;
+        let took = started.elapsed();
+        match exit {
+            Some(e) if e.success() => log(format!(
+                "kubelet: postStart proxy-{slot}: `baton migrate` exit 0 after {}",
+                ms(took)
+            )),
+            Some(e) => {
+                let why = last_line(&self.dir.join("logs").join(format!("{log_base}.poststart.log")));
+                bail!(
+                    "postStart of proxy-{slot} (`baton migrate`, {version}/{alt}) failed: {}: {why}",
+                    e.describe()
+                );
+            }
+            None => bail!(
+                "postStart of proxy-{slot} (`baton migrate`, {version}/{alt}) still running after {}",
+                ms(POST_START_DEADLINE)
+            ),
+        }
+        if let Some(e) = proc.exited() {
+            bail!("{name} exited right after its postStart: {}", e.describe());
+        }
+        Ok((
+            Slot {
+                index: slot,
+                label: label.into(),
+                version,
+                proc,
+            },
+            took,
+        ))
+    }
+
+    /// kubelet stops a container: SIGTERM, then waits up to `deadline` (SIGKILL after that). Returns the exit
+    /// (None if it had to be killed) and the time from SIGTERM to exit.
+    async fn stop_slot(&mut self, slot: Slot, deadline: Duration, why: &str) -> (Option<Exit>, Duration) {
+        let Slot {
+            index: slot, mut proc, ..
+        } = slot;
+        lock(&self.board).slots[slot - 1].stopping = true;
+        let name = proc.name.clone();
+        let sent = Instant::now();
+        if let Err(err) = proc.signal(sys::SIGTERM) {
+            self.problem(format!("{err:#}"));
+        }
+        log(format!("kubelet: {why}: SIGTERM proxy-{slot} (pid {})", proc.pid));
+        let exit = proc.wait(deadline).await;
+        let took = sent.elapsed();
+        match exit {
+            Some(e) => {
+                log(format!(
+                    "kubelet: proxy-{slot} (pid {}) {} after {}",
+                    proc.pid,
+                    e.describe(),
+                    ms(took)
+                ));
+                if !e.success() {
+                    self.problem(format!("{name} ended with {} after SIGTERM", e.describe()));
+                }
+            }
+            None => {
+                let _ = proc.signal(sys::SIGKILL);
+                self.problem(format!(
+                    "{name} did not exit within {} of SIGTERM; killed",
+                    ms(deadline)
+                ));
+            }
+        }
+        self.exits.push(ExitRecord {
+            what: name,
+            exit,
+            note: format!("{why}: SIGTERM -> exit {}", ms(took)),
+        });
+        (exit, took)
+    }
+
+    /// Polls `/ready` until it answers 200 (while `slot` keeps running).
+    async fn wait_ready(&mut self, slot: &Slot, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = slot.proc.exited() {
+                bail!("{} exited ({}) before it was ready", slot.proc.name, e.describe());
+            }
+            match http_get(self.admin, "/ready").await {
+                Ok((200, _)) => return Ok(()),
+                Ok(_) | Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok((code, body)) => bail!("admin /ready still {code} ({}) after {}", body.trim(), ms(timeout)),
+                Err(err) => bail!("admin /ready not answering after {}: {err:#}", ms(timeout)),
+            }
+        }
+    }
+
+    /// Checks that `/status` is answered by `proc` with the expected generation and role.
+    async fn check_status(&mut self, slot: &Slot, generation: u64, role: &str) -> Result<Status> {
+        let proc = &slot.proc;
+        // The admin socket may still be served by the old process for a moment after the handoff.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let status = loop {
+            let status = get_status(self.admin).await;
+            match status {
+                Ok(s) if s.pid == i64::from(proc.pid) => break s,
+                _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+                Ok(s) => bail!(
+                    "/status is answered by pid {} instead of {} ({})",
+                    s.pid,
+                    proc.pid,
+                    proc.name
+                ),
+                Err(err) => return Err(err),
+            }
+        };
+        let origins: Vec<String> = status
+            .listeners
+            .iter()
+            .map(|l| format!("{}={}", l.name, l.origin))
+            .collect();
+        log(format!(
+            "admin /status: pid {} generation {} role {} phase {} listeners [{}]",
+            status.pid,
+            status.generation,
+            status.role,
+            status.phase,
+            origins.join(" ")
+        ));
+        if status.generation != generation {
+            self.problem(format!(
+                "{}: generation {} (expected {generation})",
+                proc.name, status.generation
+            ));
+        }
+        if status.role != role {
+            self.problem(format!("{}: role {} (expected {role})", proc.name, status.role));
+        }
+        if status.phase != "serving" {
+            self.problem(format!("{}: phase {} (expected serving)", proc.name, status.phase));
+        }
+        // Every configured listener must be there with the right origin (an admin entry may be listed too).
+        let want_origin = if role == "takeover" { "inherited" } else { "bound" };
+        let listed = |name: &str| status.listeners.iter().any(|l| l.name == name);
+        if !listed("ingress") || !listed("echo") || status.listeners.iter().any(|l| l.origin != want_origin) {
+            self.problem(format!(
+                "{}: listeners [{}] (expected ingress and echo, all {want_origin})",
+                proc.name,
+                origins.join(" ")
+            ));
+        }
+        Ok(status)
+    }
+
+    /// Verifies an idle slot stays out of the way: still running, and `/status` still from `serving`.
+    async fn check_idle(&mut self, idle: &Slot, serving: &Slot) {
+        let (idle, serving) = (&idle.proc, &serving.proc);
+        if let Some(e) = idle.exited() {
+            self.problem(format!("idle {} exited: {}", idle.name, e.describe()));
+        }
+        match get_status(self.admin).await {
+            Ok(s) if s.pid == i64::from(serving.pid) => {}
+            Ok(s) => self.problem(format!("/status answered by pid {} instead of {}", s.pid, serving.name)),
+            Err(err) => self.problem(format!("{err:#}")),
+        }
+    }
+
+    /// One SidecarSet hot upgrade: the idle slot `empty` is restarted with the new image (SIDECARSET_VERSION
+    /// `version`, ALT `alt`) and its postStart hands over; then the controller resets `old` to the empty
+    /// image. Returns (new serving slot, new idle slot).
+    async fn upgrade(
+        &mut self,
+        name: &str,
+        old: Slot,
+        empty: Slot,
+        new_label: &str,
+        (version, alt): (u64, u64),
+        generation: u64,
+    ) -> Result<(Slot, Slot)> {
+        let (old_slot, new_slot) = (old.index, empty.index);
+        log(format!(
+            "=== upgrade {name}: SidecarSet updated, proxy-{new_slot} gets image {new_label}"
+        ));
+        // Changing the image of the empty container restarts it: kubelet stops the idle process first.
+        let (exit, took) = self.stop_slot(empty, IDLE_STOP_DEADLINE, "image change").await;
+        if exit.is_some_and(|e| e.success()) && took > Duration::from_secs(1) {
+            self.problem(format!("idle proxy-{new_slot} took {} to exit after SIGTERM", ms(took)));
+        }
+
+        let new_started = Instant::now();
+        let (new, handoff) = self.start_slot(new_slot, new_label, version, alt).await?;
+        self.check_status(&new, generation, "takeover").await?;
+
+        // The controller resets the old slot to the empty image once the new one is running and ready.
+        log(format!("=== reset: proxy-{old_slot} gets the empty image"));
+        let old_name = old.proc.name.clone();
+        let (drain, old_exit) = match old.proc.exited() {
+            None => {
+                let reset_at = Instant::now();
+                let (exit, took) = self.stop_slot(old, DRAIN_DEADLINE, "reset").await;
+                let drain = match exit {
+                    // It exited by itself in the instant between the check above and the SIGTERM.
+                    Some(e) if e.at <= reset_at => format!(
+                        "on its own, {} after the new slot started",
+                        ms(e.at.saturating_duration_since(new_started))
+                    ),
+                    Some(e) => format!(
+                        "{} after SIGTERM at the reset ({} after the new slot started)",
+                        ms(took),
+                        ms(e.at.saturating_duration_since(new_started))
+                    ),
+                    None => format!("still running {} after SIGTERM", ms(took)),
+                };
+                (drain, exit)
+            }
+            Some(e) => {
+                // baton exits by itself once drained. kubelet then restarts the container with the same image;
+                // the downward-API env now reads (old version, new version), so the restarted process must idle
+                // until the reset stops it.
+                let drain = format!(
+                    "on its own, {} after the new slot started",
+                    ms(e.at.saturating_duration_since(new_started))
+                );
+                log(format!("{old_name} had already exited ({}), {drain}", e.describe()));
+                self.exits.push(ExitRecord {
+                    what: old_name.clone(),
+                    exit: Some(e),
+                    note: format!("handed off, exited {drain}"),
+                });
+                if !e.success() {
+                    self.problem(format!("{old_name} ended with {}", e.describe()));
+                }
+                log(format!(
+                    "kubelet: proxy-{old_slot} exited, restart it with the same image"
+                ));
+                let (restarted, _) = self.start_slot(old_slot, &old.label, old.version, version).await?;
+                // Neither a kubelet restart nor the controller's reaction is instantaneous.
+                tokio::time::sleep(RESTART_GAP).await;
+                self.check_idle(&restarted, &new).await;
+                self.stop_slot(restarted, IDLE_STOP_DEADLINE, "reset").await;
+                (drain, Some(e))
+            }
+        };
+        let (empty, _) = self.start_slot(old_slot, "empty", 0, version).await?;
+        self.check_idle(&empty, &new).await;
+
+        self.upgrades.push(Upgrade {
+            name: name.into(),
+            handoff,
+            generation,
+            drain,
+            old_exit,
+        });
+        Ok((new, empty))
+    }
+}
+
+/// The last non-empty line of a file (for error messages).
+fn last_line(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
+        .unwrap_or_else(|| "(no output)".into())
+}
+
+/// Binds 127.0.0.1:0 `n` times at once and returns the ports (released again when this returns).
+fn free_ports(n: usize) -> Result<Vec<u16>> {
+    let listeners = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port"))
+        .collect::<Result<Vec<_>>>()?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<Result<Vec<_>>>()
+}
+
+/// Reads one stdout line of the upstream, expecting `<prefix> ADDR`.
+async fn read_addr(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>, prefix: &str) -> Result<SocketAddr> {
+    let line = tokio::time::timeout(Duration::from_secs(5), lines.next_line())
+        .await
+        .context("upstream did not announce its address within 5 s")?
+        .context("reading upstream's stdout")?
+        .context("upstream exited before announcing its address")?;
+    line.strip_prefix(prefix)
+        .and_then(|rest| rest.trim().parse().ok())
+        .with_context(|| format!("unexpected upstream output {line:?} (expected `{prefix}ADDR`)"))
+}
+
+fn write_config(
+    dir: &Path,
+    http: SocketAddr,
+    tcp: SocketAddr,
+    admin: SocketAddr,
+    upstream: SocketAddr,
+    echo: SocketAddr,
+) -> Result<PathBuf> {
+    let uds = dir.join("uds");
+    std::fs::create_dir_all(&uds).with_context(|| format!("creating {}", uds.display()))?;
+    let uds = uds.to_str().context("temporary directory path is not UTF-8")?;
+    // A JSON string is a valid YAML double-quoted scalar.
+    let uds = serde_json::to_string(uds)?;
+    let config = format!(
+        "# generated by examples/demo.rs\n\
+         listeners:\n\
+         \x20 - name: ingress\n\
+         \x20   address: {http}\n\
+         \x20   protocol: http\n\
+         \x20   cluster: app\n\
+         \x20 - name: echo\n\
+         \x20   address: {tcp}\n\
+         \x20   protocol: tcp\n\
+         \x20   cluster: echo\n\
+         clusters:\n\
+         \x20 - name: app\n\
+         \x20   endpoints: [\"{upstream}\"]\n\
+         \x20   connect_timeout: 1s\n\
+         \x20   request_timeout: 5s\n\
+         \x20 - name: echo\n\
+         \x20   endpoints: [\"{echo}\"]\n\
+         admin:\n\
+         \x20 address: {admin}\n\
+         handoff:\n\
+         \x20 uds_dir: {uds}\n\
+         \x20 drain_timeout: {}s\n",
+        DRAIN_TIMEOUT.as_secs()
+    );
+    let path = dir.join("baton.yaml");
+    std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Everything the final report needs.
+struct Outcome {
+    load: Option<LoadSummary>,
+    tcp_ok: u64,
+    tcp_failed: u64,
+    tcp_errors: BTreeMap<String, u64>,
+    upgrades: Vec<Upgrade>,
+    exits: Vec<ExitRecord>,
+    problems: Vec<String>,
+}
+
+async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
+    let paths = Paths::resolve(args)?;
+    let pause = Duration::from_secs_f64(args.pause);
+    std::fs::create_dir_all(dir.join("logs")).context("creating the logs directory")?;
+    log(format!("work dir {}", dir.display()));
+    log(format!("baton {}", paths.baton.display()));
+
+    // Upstream: HTTP plus TCP echo, on ephemeral ports it reports on stdout.
+    let upstream_log = std::fs::File::create(dir.join("logs").join("upstream.log")).context("creating upstream.log")?;
+    let mut cmd = command(&paths.upstream);
+    cmd.args(["--listen", "127.0.0.1:0", "--tcp-echo", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(upstream_log);
+    let (mut upstream, stdout) = Proc::spawn("upstream", &mut cmd)?;
+    let mut lines = BufReader::new(stdout.context("upstream stdout not captured")?).lines();
+    let upstream_http = read_addr(&mut lines, "listening on ").await?;
+    let upstream_echo = read_addr(&mut lines, "tcp echo listening on ").await?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    log(format!(
+        "upstream (pid {}): http {upstream_http}, tcp echo {upstream_echo}",
+        upstream.pid
+    ));
+
+    // baton config on free ephemeral ports.
+    let ports = free_ports(3)?;
+    let [http, tcp, admin] = [ports[0], ports[1], ports[2]].map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    let config = write_config(dir, http, tcp, admin, upstream_http, upstream_echo)?;
+    log(format!(
+        "config {}: http {http} -> {upstream_http}, tcp {tcp} -> {upstream_echo}, admin {admin}, drain_timeout {}s",
+        config.display(),
+        DRAIN_TIMEOUT.as_secs()
+    ));
+    let check = command(&paths.baton)
+        .args(["check", "--config"])
+        .arg(&config)
+        .kill_on_drop(true)
+        .output();
+    let check = tokio::time::timeout(Duration::from_secs(10), check)
+        .await
+        .context("`baton check` hung")?
+        .context("running `baton check`")?;
+    if !check.status.success() {
+        bail!(
+            "`baton check` rejected the generated config ({}): {}",
+            check.status,
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+    }
+    log("`baton check --config` accepted the config");
+
+    let board: Shared<Board> = Arc::default();
+    let mut demo = Demo {
+        paths,
+        dir: dir.to_path_buf(),
+        config,
+        admin,
+        board: board.clone(),
+        problems: Vec::new(),
+        upgrades: Vec::new(),
+        exits: Vec::new(),
+        started: 0,
+    };
+
+    // T0: the pod is created. proxy-1 runs v1, proxy-2 the empty image; -1 starts (and its postStart
+    // returns) before -2 starts.
+    log("=== T0 pod created: proxy-1 image v1, proxy-2 image empty");
+    let (slot1, _) = demo.start_slot(1, "v1", 1, 0).await?;
+    demo.wait_ready(&slot1, Duration::from_secs(10)).await?;
+    demo.check_status(&slot1, 1, "fresh").await?;
+    let (slot2, _) = demo.start_slot(2, "empty", 0, 1).await?;
+    demo.check_idle(&slot2, &slot1).await;
+
+    // Load: HTTP through the http listener, TCP round trips through the tcp listener, live progress.
+    let mut cmd = command(&demo.paths.loadgen);
+    let loadgen_args = format!(
+        "--target {http} --keepalive {KEEPALIVE_CLIENTS} --newconn {NEWCONN_CLIENTS} --duration 120s \
+         --report-interval 1s"
+    );
+    cmd.args(loadgen_args.split_whitespace())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("logs").join("loadgen.log")).context("creating loadgen.log")?);
+    let (mut loadgen, stdout) = Proc::spawn("loadgen", &mut cmd)?;
+    let reader = tokio::spawn(read_loadgen(
+        stdout.context("loadgen stdout not captured")?,
+        board.clone(),
+    ));
+    log(format!("loadgen (pid {}): {loadgen_args}", loadgen.pid));
+    let tcp_stats = Arc::new(TcpStats::default());
+    let (stop_tcp, stop_rx) = watch::channel(false);
+    let tcp_task = tokio::spawn(tcp_checker(tcp, tcp_stats.clone(), stop_rx));
+    log(format!(
+        "tcp checker: one echo round trip every {} on a new connection -> {tcp}",
+        ms(TCP_INTERVAL)
+    ));
+    let printer = AbortOnDrop(tokio::spawn(progress(board.clone(), tcp_stats.clone(), admin)));
+    tokio::time::sleep(pause).await;
+
+    // T1 + T2: v1 -> v2 (proxy-2 takes over), then proxy-1 reset to empty.
+    let (slot2, slot1) = demo.upgrade("v1 -> v2", slot1, slot2, "v2", (R2, 1), 2).await?;
+    tokio::time::sleep(pause).await;
+    // T3 + T4: v2 -> v3 (proxy-1 takes over), then proxy-2 reset to empty.
+    let (slot1, slot2) = demo.upgrade("v2 -> v3", slot2, slot1, "v3", (R3, R2), 3).await?;
+    tokio::time::sleep(pause).await;
+
+    // Stop the load and collect the results.
+    log("=== stopping the load");
+    let _ = stop_tcp.send(true);
+    let _ = tcp_task.await;
+    loadgen.signal(sys::SIGINT)?;
+    let loadgen_exit = loadgen.wait(Duration::from_secs(10)).await;
+    drop(printer);
+    let load = match tokio::time::timeout(Duration::from_secs(5), reader).await {
+        Ok(Ok(summary)) => summary,
+        _ => None,
+    };
+    match (&load, loadgen_exit) {
+        (None, _) => demo.problem("loadgen printed no summary"),
+        (Some(s), _) if s.requests == 0 => demo.problem("loadgen completed no request"),
+        (Some(s), Some(e)) if (s.failed == 0) != e.success() => demo.problem(format!(
+            "loadgen {} does not match {} failed requests",
+            e.describe(),
+            s.failed
+        )),
+        _ => {}
+    }
+    if loadgen_exit.is_none() {
+        demo.problem("loadgen did not exit within 10 s of SIGINT");
+    }
+    demo.exits.push(ExitRecord {
+        what: "loadgen".into(),
+        exit: loadgen_exit,
+        note: "SIGINT at the end".into(),
+    });
+    if let Some(s) = &load {
+        if s.failed > 0 {
+            demo.problem(format!(
+                "{} of {} HTTP requests failed: {:?}",
+                s.failed, s.requests, s.errors
+            ));
+        }
+    }
+    let tcp_ok = tcp_stats.ok.load(Ordering::Relaxed);
+    let tcp_failed = tcp_stats.failed.load(Ordering::Relaxed);
+    if tcp_failed > 0 {
+        demo.problem(format!(
+            "{tcp_failed} of {} TCP round trips failed",
+            tcp_ok + tcp_failed
+        ));
+    } else if tcp_ok == 0 {
+        demo.problem("no TCP round trip completed");
+    }
+
+    // Pod deletion: every container gets SIGTERM and must exit 0.
+    log("=== pod deleted");
+    demo.stop_slot(slot1, DRAIN_DEADLINE, "pod deletion").await;
+    demo.stop_slot(slot2, IDLE_STOP_DEADLINE, "pod deletion").await;
+    upstream.signal(sys::SIGTERM)?;
+    let upstream_exit = upstream.wait(Duration::from_secs(5)).await;
+    demo.exits.push(ExitRecord {
+        what: "upstream".into(),
+        exit: upstream_exit,
+        note: "SIGTERM at the end".into(),
+    });
+
+    let tcp_errors = lock(&tcp_stats.errors).clone();
+    Ok(Outcome {
+        load,
+        tcp_ok,
+        tcp_failed,
+        tcp_errors,
+        upgrades: std::mem::take(&mut demo.upgrades),
+        exits: std::mem::take(&mut demo.exits),
+        problems: std::mem::take(&mut demo.problems),
+    })
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Feeds loadgen's progress lines to the board; returns its summary line.
+async fn read_loadgen(stdout: ChildStdout, board: Shared<Board>) -> Option<LoadSummary> {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut summary = None;
+    while let Ok(Some(line)) = lines.next_line().await {
+        let value: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(_) => {
+                log(format!("loadgen: {line}"));
+                continue;
+            }
+        };
+        if value.get("summary").is_some() {
+            summary = serde_json::from_value(value).ok();
+        } else if let Ok(report) = serde_json::from_value::<LoadReport>(value) {
+            lock(&board).load = Some(report);
+        }
+    }
+    summary
+}
+
+fn print_report(outcome: &Outcome) {
+    say!();
+    say!("==================================== summary ====================================");
+    match &outcome.load {
+        Some(s) => {
+            say!("HTTP requests         {}", s.requests);
+            say!("HTTP failed           {}", s.failed);
+            if !s.errors.is_empty() {
+                say!("HTTP failure kinds    {:?}", s.errors);
+            }
+        }
+        None => say!("HTTP requests         (no loadgen summary)"),
+    }
+    say!("TCP round trips       {}", outcome.tcp_ok + outcome.tcp_failed);
+    say!("TCP failed            {}", outcome.tcp_failed);
+    if !outcome.tcp_errors.is_empty() {
+        say!("TCP failure kinds     {:?}", outcome.tcp_errors);
+    }
+    say!();
+    let head = [
+        "upgrade",
+        "handoff",
+        "generation",
+        "old exit",
+        "old slot drained and exited",
+    ];
+    say!(
+        "{:<10} {:>10} {:>11}  {:<12} {}",
+        head[0],
+        head[1],
+        head[2],
+        head[3],
+        head[4]
+    );
+    for u in &outcome.upgrades {
+        say!(
+            "{:<10} {:>10} {:>11}  {:<12} {}",
+            u.name,
+            ms(u.handoff),
+            format!("{} -> {}", u.generation - 1, u.generation),
+            u.old_exit.map(|e| e.describe()).unwrap_or_else(|| "killed".into()),
+            u.drain,
+        );
+    }
+    say!("(handoff = duration of the new slot's postStart `baton migrate`)");
+    say!();
+    let head = ["process", "exit", "note"];
+    say!("{:<36} {:<18} {}", head[0], head[1], head[2]);
+    for e in &outcome.exits {
+        say!(
+            "{:<36} {:<18} {}",
+            e.what,
+            e.exit.map(|e| e.describe()).unwrap_or_else(|| "did not exit".into()),
+            e.note
+        );
+    }
+    say!();
+}
+
+/// Prints the last lines of every log in `dir/logs`, to explain a failure.
+fn print_log_tails(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join("logs")) else {
+        return;
+    };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    files.sort();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let lines: Vec<&str> = text.lines().collect();
+        if lines.is_empty() {
+            continue;
+        }
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        say!("--- {name} (last {} of {} lines)", lines.len().min(15), lines.len());
+        for line in &lines[lines.len().saturating_sub(15)..] {
+            say!("    {line}");
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = START.set(Instant::now());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!("baton-demo-{}-{nanos:x}", std::process::id()));
+
+    // A single thread: it spawns every child and lives as long as the process, which PR_SET_PDEATHSIG needs
+    // (the death signal follows the spawning *thread*).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            say_err!("demo: starting the tokio runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let interrupted = async {
+            use tokio::signal::unix::{signal, SignalKind};
+            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            result = run(&args, &dir) => result,
+            _ = interrupted => Err(anyhow!(INTERRUPTED)),
+        }
+    });
+    // Dropping the runtime drops every task and every `Proc`: all children are killed here.
+    drop(runtime);
+
+    let ok = match &result {
+        Ok(outcome) => {
+            print_report(outcome);
+            if outcome.problems.is_empty() {
+                say!("RESULT: PASS - no failed request, every old slot exited 0, generations 1 -> 2 -> 3");
+                true
+            } else {
+                say!("RESULT: FAIL");
+                for p in &outcome.problems {
+                    say!("  - {p}");
+                }
+                false
+            }
+        }
+        Err(err) => {
+            say!();
+            say!("RESULT: FAIL - demo aborted: {err:#}");
+            false
+        }
+    };
+    let interrupted = result.as_ref().is_err_and(|e| e.to_string() == INTERRUPTED);
+    if !ok && !interrupted {
+        print_log_tails(&dir);
+    }
+    if args.keep {
+        say!("work dir kept: {}", dir.display());
+    } else if let Err(err) = std::fs::remove_dir_all(&dir) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            say_err!("demo: removing {}: {err}", dir.display());
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,200 @@
+//! `upstream`: a small, fast upstream server for exercising baton on loopback.
+//!
+//! * HTTP on `--listen ADDR` (default `127.0.0.1:0`), HTTP/1.1 and h2c (prior knowledge) on the same port:
+//!   - `POST` (any path): 200, echoes the request body back;
+//!   - anything else: 200 with the body `hello from upstream\n`;
+//!   - optional query parameter `sleep_ms=N` (capped at 60000): waits N ms before answering, handy for
+//!     in-flight requests across a handoff.
+//! * TCP echo on `--tcp-echo ADDR` (optional): every byte read is written back.
+//!
+//! Stdout protocol (each line flushed): the first line is `listening on ADDR` with the actual HTTP address;
+//! with `--tcp-echo` the second line is `tcp echo listening on ADDR`. Nothing else is written to stdout.
+//! Exits 0 on SIGTERM or SIGINT.
+//!
+//! ```text
+//! cargo run --release --example upstream -- --listen 127.0.0.1:8080 --tcp-echo 127.0.0.1:9090
+//! ```
+
+use std::convert::Infallible;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use clap::Parser;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, watch};
+
+const HELLO: &str = "hello from upstream\n";
+/// Longest `sleep_ms` honoured.
+const MAX_SLEEP_MS: u64 = 60_000;
+/// How long open HTTP connections get to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Parser, Debug)]
+#[command(about = "Small HTTP/1.1 + h2c upstream (and optional TCP echo) for baton tests and the demo")]
+struct Args {
+    /// Address of the HTTP listener.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Also run a TCP echo server on this address.
+    #[arg(long, value_name = "ADDR")]
+    tcp_echo: Option<SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+
+    // Install the handlers before announcing anything, so a signal sent right after the first line is honoured.
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+
+    let http = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding the HTTP listener on {}", args.listen))?;
+    let echo = match args.tcp_echo {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TCP echo listener on {addr}"))?,
+        ),
+        None => None,
+    };
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {}", http.local_addr()?)?;
+        if let Some(echo) = &echo {
+            writeln!(out, "tcp echo listening on {}", echo.local_addr()?)?;
+        }
+        out.flush()?;
+    }
+
+    let echo_task = echo.map(|listener| tokio::spawn(echo_accept_loop(listener)));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    // `stop` tells connections to finish gracefully; every connection task holds a clone of `alive`, so
+    // `alive_rx.recv()` returns `None` once all of them are gone.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (alive, mut alive_rx) = mpsc::channel::<()>(1);
+
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+            accepted = http.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(err) => {
+                        // EMFILE and friends: back off briefly instead of spinning.
+                        let _ = writeln!(std::io::stderr(), "upstream: accept failed: {err}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(builder.clone(), stream, stop_rx.clone(), alive.clone()));
+            }
+        }
+    }
+
+    drop(http);
+    if let Some(task) = echo_task {
+        task.abort();
+    }
+    // Let in-flight requests finish, but do not wait for slow clients forever.
+    let _ = stop_tx.send(true);
+    drop(alive);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv()).await;
+    Ok(())
+}
+
+/// Serves one HTTP connection; on `stop` it finishes the request in flight and closes.
+async fn serve(
+    builder: auto::Builder<TokioExecutor>,
+    stream: TcpStream,
+    mut stop: watch::Receiver<bool>,
+    _alive: mpsc::Sender<()>,
+) {
+    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handle));
+    tokio::pin!(conn);
+    // Client resets and the like are normal for a load-test upstream: connection errors are not reported.
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        // Only `true` is ever sent, and a dropped sender also means "stop".
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// Answers one HTTP request (see the module documentation).
+async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(ms) = sleep_ms(req.uri().query()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let response = if req.method() == Method::POST {
+        match req.into_body().collect().await {
+            Ok(body) => Response::new(Full::new(body.to_bytes())),
+            Err(err) => {
+                let mut resp = Response::new(Full::new(Bytes::from(format!("reading the request body: {err}\n"))));
+                *resp.status_mut() = StatusCode::BAD_REQUEST;
+                resp
+            }
+        }
+    } else {
+        Response::new(Full::new(Bytes::from_static(HELLO.as_bytes())))
+    };
+    Ok(response)
+}
+
+/// Extracts `sleep_ms=N` from a query string (ignored when malformed).
+fn sleep_ms(query: Option<&str>) -> Option<u64> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sleep_ms="))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| ms.min(MAX_SLEEP_MS))
+}
+
+/// Accepts TCP echo connections until the task is aborted.
+async fn echo_accept_loop(listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(echo(stream));
+            }
+            Err(err) => {
+                let _ = writeln!(std::io::stderr(), "upstream: tcp echo accept failed: {err}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Writes back everything it reads until the peer closes its side, then closes ours.
+async fn echo(mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = stream.shutdown().await;
+}
