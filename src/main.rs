@@ -29,6 +29,9 @@ enum Command {
         /// Directory shared by both sidecar slots [default: config handoff.uds_dir, else /var/run/baton].
         #[arg(long, env = "BATON_UDS_DIR")]
         uds_dir: Option<PathBuf>,
+        /// Worker threads [default: one per CPU]. 1 runs everything on a single thread.
+        #[arg(long, env = "BATON_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+        workers: Option<u16>,
     },
     /// postStart hook: wait until this slot's instance has taken over (exit 0), or failed (exit 1).
     Migrate {
@@ -62,7 +65,11 @@ fn main() -> ExitCode {
             }
             Err(e) => config_error(&e),
         },
-        Command::Run { config, uds_dir } => {
+        Command::Run {
+            config,
+            uds_dir,
+            workers,
+        } => {
             let early_stop = baton::run::catch_early_signals();
             let config = match Config::load(&config) {
                 Ok(c) => c,
@@ -77,7 +84,7 @@ fn main() -> ExitCode {
             };
             let uds_dir = uds_dir.unwrap_or_else(|| config.handoff.uds_dir.clone());
             let failpoint = std::env::var("BATON_FAILPOINT").ok().filter(|s| !s.is_empty());
-            let code = runtime().block_on(run(RunOptions {
+            let code = runtime(workers).block_on(run(RunOptions {
                 config,
                 uds_dir,
                 role,
@@ -144,8 +151,16 @@ fn config_error(e: &ConfigError) -> ExitCode {
     ExitCode::from(USAGE)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+fn runtime(workers: Option<u16>) -> tokio::runtime::Runtime {
+    let built = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        Some(n) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(usize::from(n))
+            .enable_all()
+            .build(),
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+    };
+    match built {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("baton: cannot start the runtime: {e}");
