@@ -25,6 +25,8 @@ use crate::upstream::Cluster;
 /// Response body: the upstream's, streamed, or a short one of ours.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Everything a connection needs to proxy.
@@ -97,24 +99,29 @@ async fn handle(
 }
 
 async fn forward(req: Request<Incoming>, peer: SocketAddr, cluster: &Cluster) -> Response<ProxyBody> {
-    let endpoint = cluster.pick();
+    let endpoint = cluster.pick_authority();
     let (mut parts, body) = req.into_parts();
-    let authority = parts.uri.authority().map(|a| a.as_str().to_string());
-    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
-        .path_and_query(path)
-        .build()
-    {
+    let client_authority = parts.uri.authority().cloned();
+    let mut target = http::uri::Parts::default();
+    target.scheme = Some(http::uri::Scheme::HTTP);
+    target.authority = Some(endpoint.clone());
+    target.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    parts.uri = match Uri::from_parts(target) {
         Ok(u) => u,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "baton: bad request target\n"),
     };
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {
-        let host = authority.unwrap_or_else(|| endpoint.to_string());
-        if let Ok(v) = HeaderValue::from_str(&host) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
+        let host = client_authority.unwrap_or_else(|| endpoint.clone());
+        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
             parts.headers.insert(header::HOST, v);
         }
     }
@@ -178,13 +185,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    let ip = peer.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let ip = peer.ip();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip,
+        _ => ip.to_string(),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
-        headers.insert("x-forwarded-for", v);
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     }
 }
 

@@ -2,6 +2,8 @@
 //! under the cluster's timeouts.
 
 use std::net::SocketAddr;
+
+use http::uri::Authority;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,6 +20,8 @@ pub struct Cluster {
     /// Config name.
     pub name: String,
     endpoints: Vec<SocketAddr>,
+    /// `ip:port` of each endpoint, ready for request URIs (built once, cloned cheaply per request).
+    authorities: Vec<Authority>,
     next: AtomicUsize,
     /// Time to connect to an endpoint.
     pub connect_timeout: Duration,
@@ -40,6 +44,11 @@ impl Cluster {
         Cluster {
             name: config.name.clone(),
             endpoints: config.endpoints.clone(),
+            authorities: config
+                .endpoints
+                .iter()
+                .filter_map(|e| Authority::try_from(e.to_string()).ok())
+                .collect(),
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
@@ -52,6 +61,13 @@ impl Cluster {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         // Validation guarantees at least one endpoint.
         self.endpoints[i % self.endpoints.len()]
+    }
+
+    /// The next endpoint, round robin, as an URI authority.
+    pub fn pick_authority(&self) -> Authority {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        // Every `SocketAddr` formats as a valid authority, so there is one per endpoint.
+        self.authorities[i % self.authorities.len()].clone()
     }
 
     /// Opens a TCP connection to the next endpoint under the connect timeout.
