@@ -59,6 +59,11 @@ fn wait_for_stop() {
     }
 }
 
+/// Never called (panic = "abort" everywhere), but an unoptimised build of the prebuilt core library still
+/// references the unwinder's personality routine.
+#[no_mangle]
+extern "C" fn rust_eh_personality() {}
+
 #[panic_handler]
 fn panic(_: &core::panic::PanicInfo) -> ! {
     // SAFETY: ending the process is always sound.
