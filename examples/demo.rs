@@ -2,7 +2,7 @@
 //!
 //! Everything runs on loopback with ephemeral ports, in a fresh temporary directory that is removed at the
 //! end (keep it with `--keep`). The demo plays kubelet and the SidecarSet controller for a pod with the two
-//! sidecar slots `proxy-1` and `proxy-2` (see `/work/shared/kruise/README.md` for the env table):
+//! sidecar slots `proxy-1` and `proxy-2` (see `../shared/kruise/README.md` for the env table):
 //!
 //! * T0, pod created: `proxy-1` runs v1 (`SIDECARSET_VERSION=1`, `ALT=0`), `proxy-2` the empty image (`0`, `1`);
 //!   each container's postStart hook `baton migrate` runs right after it starts and must exit 0.

@@ -6,7 +6,7 @@
 #   proxy-1  sidecar slot 1, baton:vN or baton-empty:vN                       (the two hot-upgrade slots share
 #   proxy-2  sidecar slot 2                                                    the uds volume /var/run/baton)
 #   client   the example loadgen against baton's listener 127.0.0.1:15006    (image baton-testkit:dev)
-# and the script plays kubelet and the SidecarSet controller (env values from /work/shared/kruise/README.md):
+# and the script plays kubelet and the SidecarSet controller (env values from ../shared/kruise/README.md):
 #   step 1  T0 create: proxy-1 baton:v1 (1/0), proxy-2 baton-empty:v1 (0/1), postStart `baton migrate` each
 #   step 2  T1 upgrade v1->v2: the empty proxy-2 stopped (must exit 0) and recreated from baton:v2 (R2/1); it
 #           takes over at start, its postStart (timed) waits for the handoff and must report it complete;
