@@ -1,4 +1,4 @@
-//! The admin listener: `/live`, `/ready`, `/status`.
+//! The admin listener: `/live`, `/ready`, `/status`, `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -41,6 +41,15 @@ fn route(req: &Request<Incoming>, state: &State, draining: bool) -> Response<Ful
                 draining,
             ),
         },
+        "/metrics" => {
+            let mut resp = text(StatusCode::OK, "", draining);
+            *resp.body_mut() = Full::new(Bytes::from(state.metrics()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         "/status" => match serde_json::to_vec_pretty(&state.status()) {
             Ok(mut body) => {
                 body.push(b'\n');
@@ -54,7 +63,7 @@ fn route(req: &Request<Incoming>, state: &State, draining: bool) -> Response<Ful
         },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /live, /ready, /status\n",
+            "not found: try /live, /ready, /status, /metrics\n",
             draining,
         ),
     }

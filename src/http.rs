@@ -3,23 +3,23 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Instant;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::State;
+use crate::io::ClientIo;
+use crate::metrics::ListenerMetrics;
 use crate::upstream::Cluster;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
@@ -33,8 +33,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct HttpProxy {
     /// Where requests go.
     pub cluster: Arc<Cluster>,
-    /// Shared counters.
-    pub state: Arc<State>,
+    /// This listener's metrics.
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 /// Serves one accepted connection until it ends, the drain asks it to end (HTTP/2 GOAWAY; HTTP/1 closes after
@@ -48,7 +48,7 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let sniffed = tokio::select! {
-        s = sniff(stream) => s,
+        s = sniff(stream, &proxy.metrics) => s,
         _ = hard_stop.cancelled() => return,
     };
     let Ok((io, is_h2)) = sniffed else { return };
@@ -89,8 +89,9 @@ async fn handle(
     drain: CancellationToken,
     is_h2: bool,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    proxy.state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    let mut resp = forward(req, peer, &proxy.cluster).await;
+    let start = Instant::now();
+    let mut resp = forward(req, peer, &proxy.cluster, &proxy.metrics).await;
+    proxy.metrics.response(resp.status().as_u16(), start.elapsed());
     if !is_h2 && drain.is_cancelled() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -98,7 +99,12 @@ async fn handle(
     Ok(resp)
 }
 
-async fn forward(req: Request<Incoming>, peer: SocketAddr, cluster: &Cluster) -> Response<ProxyBody> {
+async fn forward(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    cluster: &Cluster,
+    metrics: &ListenerMetrics,
+) -> Response<ProxyBody> {
     let endpoint = cluster.pick_authority();
     let (mut parts, body) = req.into_parts();
     let client_authority = parts.uri.authority().cloned();
@@ -134,6 +140,7 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, cluster: &Cluster) ->
             Response::from_parts(parts, Either::Left(body))
         }
         Ok(Err(e)) if e.is_connect() => {
+            metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream connect failed");
             plain(StatusCode::BAD_GATEWAY, "baton: upstream connect failed\n")
         }
@@ -141,7 +148,10 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, cluster: &Cluster) ->
             tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream request failed");
             plain(StatusCode::BAD_GATEWAY, "baton: upstream request failed\n")
         }
-        Err(_) => plain(StatusCode::GATEWAY_TIMEOUT, "baton: upstream timed out\n"),
+        Err(_) => {
+            metrics.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
+            plain(StatusCode::GATEWAY_TIMEOUT, "baton: upstream timed out\n")
+        }
     }
 }
 
@@ -196,7 +206,7 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 }
 
 /// Reads just enough to tell an HTTP/2 prior-knowledge preface from HTTP/1, and gives the bytes back.
-async fn sniff(mut stream: TcpStream) -> std::io::Result<(Rewind, bool)> {
+async fn sniff(mut stream: TcpStream, metrics: &Arc<ListenerMetrics>) -> std::io::Result<(ClientIo<TcpStream>, bool)> {
     let mut buf = [0u8; 24];
     let mut n = 0;
     loop {
@@ -205,62 +215,12 @@ async fn sniff(mut stream: TcpStream) -> std::io::Result<(Rewind, bool)> {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         n += read;
-        if buf[..n] != H2_PREFACE[..n] {
-            return Ok((Rewind::new(Bytes::copy_from_slice(&buf[..n]), stream), false));
+        let is_h2 = buf[..n] == H2_PREFACE[..n];
+        if !is_h2 || n == H2_PREFACE.len() {
+            metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+            let prefix = Bytes::copy_from_slice(&buf[..n]);
+            return Ok((ClientIo::new(prefix, stream, metrics.clone()), is_h2));
         }
-        if n == H2_PREFACE.len() {
-            return Ok((Rewind::new(Bytes::copy_from_slice(&buf[..n]), stream), true));
-        }
-    }
-}
-
-/// A stream that first replays bytes already read from it.
-pub struct Rewind {
-    prefix: Bytes,
-    inner: TcpStream,
-}
-
-impl Rewind {
-    fn new(prefix: Bytes, inner: TcpStream) -> Rewind {
-        Rewind { prefix, inner }
-    }
-}
-
-impl AsyncRead for Rewind {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if self.prefix.has_remaining() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Rewind {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod config;
 pub mod http;
+pub mod io;
 pub mod listeners;
+pub mod metrics;
 pub mod run;
 pub mod server;
 pub mod state;

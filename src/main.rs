@@ -15,8 +15,22 @@ const USAGE: u8 = 2;
 #[derive(Parser)]
 #[command(name = "baton", version = baton::state::VERSION, about = "A sidecar proxy that hands its sockets to its successor on OpenKruise SidecarSet hot upgrade")]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "BATON_LOG_FORMAT")]
+    log_format: LogFormat,
+    /// Log level or filter (e.g. `debug`, `info,baton_migrate=debug`) [default: RUST_LOG, else info].
+    #[arg(long, global = true, env = "BATON_LOG_LEVEL")]
+    log_level: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +59,15 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print the phase of every baton instance running on the uds dir (exit 0 if one is serving, else 1).
+    Status {
+        /// Configuration file, read only for handoff.uds_dir.
+        #[arg(long, env = "BATON_CONFIG")]
+        config: Option<PathBuf>,
+        /// Directory shared by both sidecar slots [default: config handoff.uds_dir, else /var/run/baton].
+        #[arg(long, env = "BATON_UDS_DIR")]
+        uds_dir: Option<PathBuf>,
+    },
     /// Validate a configuration file and print a summary.
     Check {
         /// Configuration file (YAML or JSON).
@@ -55,7 +78,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    if let Err(e) = init_logging(cli.log_format, cli.log_level.as_deref()) {
+        eprintln!("baton: --log-level: {e}");
+        return ExitCode::from(USAGE);
+    }
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -97,11 +123,67 @@ fn main() -> ExitCode {
             config,
             uds_dir,
             timeout,
-        } => migrate(config, uds_dir, timeout),
+        } => match uds_dir_of(config, uds_dir) {
+            Ok(dir) => migrate(&dir, timeout),
+            Err(code) => code,
+        },
+        Command::Status { config, uds_dir } => match uds_dir_of(config, uds_dir) {
+            Ok(dir) => status(&dir),
+            Err(code) => code,
+        },
     }
 }
 
-fn migrate(config: Option<PathBuf>, uds_dir: Option<PathBuf>, timeout: Duration) -> ExitCode {
+/// The uds dir: flag (or `BATON_UDS_DIR`), else the config's `handoff.uds_dir`, else the default.
+fn uds_dir_of(config: Option<PathBuf>, uds_dir: Option<PathBuf>) -> Result<UdsDir, ExitCode> {
+    let config_dir = match config.map(|p| Config::load(&p)) {
+        Some(Ok(c)) => Some(c.handoff.uds_dir),
+        Some(Err(e)) => return Err(config_error(&e)),
+        None => None,
+    };
+    Ok(UdsDir::new(
+        uds_dir.or(config_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_UDS_DIR)),
+    ))
+}
+
+fn status(dir: &UdsDir) -> ExitCode {
+    let instances = match dir.live_instances() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("baton status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut docs: Vec<serde_json::Value> = instances
+        .iter()
+        .filter_map(|text| serde_json::from_str(text).ok())
+        .collect();
+    docs.sort_by_key(|d| d["generation"].as_u64().unwrap_or(0));
+    if docs.is_empty() {
+        println!("no baton instance is running on {}", dir.path().display());
+        return ExitCode::FAILURE;
+    }
+    let mut serving = false;
+    for d in &docs {
+        let phase = d["phase"].as_str().unwrap_or("?");
+        serving |= matches!(phase, "serving" | "handing-off");
+        println!(
+            "generation {:<3} phase {:<12} role {:<9} version {:<12} pid {}",
+            d["generation"],
+            phase,
+            d["role"].as_str().unwrap_or("?"),
+            d["version"].as_str().unwrap_or("?"),
+            d["pid"]
+        );
+    }
+    if serving {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn migrate(dir: &UdsDir, timeout: Duration) -> ExitCode {
     let role = match Role::from_env() {
         Ok(r) => r,
         Err(e) => {
@@ -109,12 +191,6 @@ fn migrate(config: Option<PathBuf>, uds_dir: Option<PathBuf>, timeout: Duration)
             return ExitCode::from(USAGE);
         }
     };
-    let config_dir = match config.map(|p| Config::load(&p)) {
-        Some(Ok(c)) => Some(c.handoff.uds_dir),
-        Some(Err(e)) => return config_error(&e),
-        None => None,
-    };
-    let dir = UdsDir::new(uds_dir.or(config_dir).unwrap_or_else(|| PathBuf::from(DEFAULT_UDS_DIR)));
     match role {
         Role::Idle => {
             println!("baton migrate: idle slot (SIDECARSET_VERSION is 0 or older than SIDECARSET_VERSION_ALT): nothing to migrate");
@@ -127,7 +203,7 @@ fn migrate(config: Option<PathBuf>, uds_dir: Option<PathBuf>, timeout: Duration)
         Role::Takeover => {}
     }
     let outcome = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt.block_on(watch_takeover(&dir, timeout)),
+        Ok(rt) => rt.block_on(watch_takeover(dir, timeout)),
         Err(e) => Err(format!("cannot start the runtime: {e}")),
     };
     match outcome {
@@ -169,12 +245,20 @@ fn runtime(workers: Option<u16>) -> tokio::runtime::Runtime {
     }
 }
 
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l).map_err(|e| e.to_string())?,
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+    }
+    Ok(())
 }

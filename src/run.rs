@@ -86,6 +86,8 @@ pub async fn run(opts: RunOptions) -> i32 {
         }
     };
     tracing::info!(version = VERSION, role = %opts.role, uds_dir = %opts.uds_dir.display(), "baton starting");
+    let dir = UdsDir::new(&opts.uds_dir);
+    state.publish_in(&dir);
     if opts.role == Role::Idle {
         state.set_phase(Phase::Idle);
         tracing::info!("idle slot (empty or superseded): no listeners; waiting for SIGTERM");
@@ -94,7 +96,6 @@ pub async fn run(opts: RunOptions) -> i32 {
         return 0;
     }
 
-    let dir = UdsDir::new(&opts.uds_dir);
     let wanted = listeners::wanted(&opts.config);
     let clusters: Vec<Arc<Cluster>> = opts.config.clusters.iter().map(|c| Arc::new(Cluster::new(c))).collect();
     let started = Start {
@@ -190,6 +191,7 @@ impl Start<'_> {
         };
         match received {
             Ok(Inheritance::NoPeer) => {
+                self.state.handoff.received_fresh.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("no live instance holds the uds dir (first start, pod restart or crashed predecessor): binding fresh");
                 let running = self.fresh_or_report(&mut takeover).await?;
                 let finishing = spawn_finish(
@@ -206,6 +208,7 @@ impl Start<'_> {
                 let adoption = match listeners::adopt(self.wanted, std::mem::take(&mut session.listeners)) {
                     Ok(a) => a,
                     Err(reason) => {
+                        self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
                         session.refuse(&reason).await;
                         takeover.finish(false, "failed", &reason).await;
                         return Err(Stop::Failed(format!("takeover refused: {reason}")));
@@ -217,6 +220,8 @@ impl Start<'_> {
                 match session.commit(ready.clone()).await {
                     Ok(()) => {
                         drop(adoption.unclaimed);
+                        self.state.handoff.received_committed.fetch_add(1, Ordering::Relaxed);
+                        self.state.handoff.duration.observe(t0.elapsed());
                         self.state.set_generation(peer_generation.saturating_add(1));
                         tracing::info!(
                             generation = self.state.generation(),
@@ -240,6 +245,7 @@ impl Start<'_> {
                     Err(e) => {
                         crash_if_failpoint(&e);
                         // The predecessor did not commit: it still accepts on the same sockets. Step back.
+                        self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("handoff failed at {e}; the previous instance keeps serving");
                         tracing::error!("{reason}");
                         drop(serving);
@@ -258,11 +264,13 @@ impl Start<'_> {
                 crash_if_failpoint(&e);
                 // A predecessor that died mid-handoff released serving.lock: then binding fresh is safe.
                 if matches!(self.dir.peer_serving(), Ok(false)) {
+                    self.state.handoff.received_fresh.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "the predecessor went away during the handoff: binding fresh");
                     let running = self.fresh_or_report(&mut takeover).await?;
                     let detail = format!("the predecessor went away during the handoff ({e}); bound fresh");
                     return Ok((running, Some(spawn_finish(takeover, true, "fresh", &detail))));
                 }
+                self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
                 let reason = format!("handoff failed at {e}");
                 takeover.finish(false, "failed", &reason).await;
                 Err(Stop::Failed(reason))
@@ -358,6 +366,8 @@ async fn hand_off(stream: UnixStream, server: &Server, state: &Arc<State>, confi
     );
     match hand_over(stream, &me, &offered, config.handoff.timeout).await {
         Ok(c) => {
+            state.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
+            state.handoff.duration.observe(t0.elapsed());
             tracing::info!(
                 successor_version = %c.version, successor_generation = c.generation,
                 adopted = ?c.ready.adopted, elapsed_ms = t0.elapsed().as_millis() as u64,
@@ -366,6 +376,7 @@ async fn hand_off(stream: UnixStream, server: &Server, state: &Arc<State>, confi
             true
         }
         Err(e) => {
+            state.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "handoff failed; still serving");
             false
         }

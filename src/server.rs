@@ -12,8 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::Protocol;
 use crate::http::HttpProxy;
 use crate::listeners::{Kind, Listener};
+use crate::metrics::ListenerMetrics;
 use crate::state::{ConnectionGuard, State};
 use crate::upstream::Cluster;
 use crate::{admin, http, tcp};
@@ -56,6 +58,7 @@ impl Server {
             let socket = Arc::new(TcpListener::from_std(l.socket)?);
             let task = tokio::spawn(accept_loop(
                 socket.clone(),
+                l.name.clone(),
                 l.kind,
                 clusters.to_vec(),
                 server.state.clone(),
@@ -102,11 +105,7 @@ impl Server {
         let closed_at_deadline = match tokio::time::timeout(timeout, self.tracker.wait()).await {
             Ok(()) => 0,
             Err(_) => {
-                let left = self
-                    .state
-                    .stats
-                    .active_connections
-                    .load(std::sync::atomic::Ordering::Relaxed);
+                let left = self.state.active_connections();
                 self.hard_stop.cancel();
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
                 left
@@ -122,6 +121,7 @@ impl Server {
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop(
     socket: Arc<TcpListener>,
+    name: String,
     kind: Kind,
     clusters: Vec<Arc<Cluster>>,
     state: Arc<State>,
@@ -130,12 +130,20 @@ async fn accept_loop(
     hard_stop: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let http_proxy = match kind {
-        Kind::Proxy(_, cluster) => Some(Arc::new(HttpProxy {
-            cluster: clusters[cluster].clone(),
-            state: state.clone(),
-        })),
+    let metrics = match kind {
+        Kind::Proxy(protocol, _) => {
+            let m = Arc::new(ListenerMetrics::new(&name, protocol.as_str()));
+            state.register(m.clone());
+            Some(m)
+        }
         Kind::Admin => None,
+    };
+    let http_proxy = match (kind, &metrics) {
+        (Kind::Proxy(Protocol::Http, cluster), Some(metrics)) => Some(Arc::new(HttpProxy {
+            cluster: clusters[cluster].clone(),
+            metrics: metrics.clone(),
+        })),
+        _ => None,
     };
     loop {
         let accepted = tokio::select! {
@@ -152,25 +160,25 @@ async fn accept_loop(
                 continue;
             }
         };
-        match (kind, &http_proxy) {
-            (Kind::Admin, _) => {
-                tokio::spawn(admin::serve(stream, state.clone(), drain.clone()));
-            }
-            (Kind::Proxy(crate::config::Protocol::Http, _), Some(proxy)) => {
-                let guard = ConnectionGuard::new(&state);
+        match (kind, &metrics, &http_proxy) {
+            (Kind::Proxy(Protocol::Http, _), Some(metrics), Some(proxy)) => {
+                let guard = ConnectionGuard::new(metrics);
                 let (proxy, drain, hard_stop) = (proxy.clone(), drain.clone(), hard_stop.clone());
                 tracker.spawn(async move {
                     http::serve(stream, peer, proxy, drain, hard_stop).await;
                     drop(guard);
                 });
             }
-            (Kind::Proxy(_, cluster), _) => {
-                let guard = ConnectionGuard::new(&state);
-                let (cluster, state, hard_stop) = (clusters[cluster].clone(), state.clone(), hard_stop.clone());
+            (Kind::Proxy(_, cluster), Some(metrics), _) => {
+                let guard = ConnectionGuard::new(metrics);
+                let (cluster, metrics, hard_stop) = (clusters[cluster].clone(), metrics.clone(), hard_stop.clone());
                 tracker.spawn(async move {
-                    tcp::serve(stream, peer, cluster, state, hard_stop).await;
+                    tcp::serve(stream, peer, cluster, metrics, hard_stop).await;
                     drop(guard);
                 });
+            }
+            _ => {
+                tokio::spawn(admin::serve(stream, state.clone(), drain.clone()));
             }
         }
     }

@@ -1,11 +1,13 @@
 //! What an instance knows about itself, shared by the proxy, the admin endpoint and the handoff: identity,
-//! phase, listeners and counters.
+//! phase, listeners and metrics.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use baton_migrate::Role;
+use baton_migrate::{InstanceFile, Role, UdsDir};
 use serde::Serialize;
+
+use crate::metrics::{HandoffMetrics, ListenerMetrics};
 
 /// The software version shown in `/status` and logs: `BATON_VERSION` at build time (images set it to their
 /// tag, e.g. `v2`), else the crate version.
@@ -33,6 +35,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase.
+    pub const ALL: [Phase; 6] = [
+        Phase::Starting,
+        Phase::Waiting,
+        Phase::Serving,
+        Phase::HandingOff,
+        Phase::Draining,
+        Phase::Idle,
+    ];
+
     /// Name in `/status`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -70,34 +82,25 @@ pub struct ListenerInfo {
     pub origin: &'static str,
 }
 
-/// Counters of proxied traffic. The admin listener's own connections are not counted.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Proxy connections open now.
-    pub active_connections: AtomicI64,
-    /// Proxy connections accepted since start.
-    pub connections_total: AtomicU64,
-    /// HTTP requests proxied (any status), plus TCP streams relayed.
-    pub requests: AtomicU64,
-}
-
 /// Counts a proxy connection as active for as long as it lives.
 pub struct ConnectionGuard {
-    state: Arc<State>,
+    metrics: Arc<ListenerMetrics>,
 }
 
 impl ConnectionGuard {
     /// Counts a newly accepted connection.
-    pub fn new(state: &Arc<State>) -> ConnectionGuard {
-        state.stats.active_connections.fetch_add(1, Ordering::Relaxed);
-        state.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        ConnectionGuard { state: state.clone() }
+    pub fn new(metrics: &Arc<ListenerMetrics>) -> ConnectionGuard {
+        metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: metrics.clone(),
+        }
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.state.stats.active_connections.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -111,8 +114,10 @@ pub struct State {
     generation: AtomicU64,
     phase: AtomicU8,
     listeners: Mutex<Vec<ListenerInfo>>,
-    /// Traffic counters.
-    pub stats: Stats,
+    traffic: Mutex<Vec<Arc<ListenerMetrics>>>,
+    instance: Mutex<Option<InstanceFile>>,
+    /// Handoff counters.
+    pub handoff: HandoffMetrics,
 }
 
 /// The `/status` document.
@@ -147,7 +152,9 @@ impl State {
             generation: AtomicU64::new(1),
             phase: AtomicU8::new(Phase::Starting as u8),
             listeners: Mutex::new(Vec::new()),
-            stats: Stats::default(),
+            traffic: Mutex::new(Vec::new()),
+            instance: Mutex::new(None),
+            handoff: HandoffMetrics::default(),
         })
     }
 
@@ -159,6 +166,40 @@ impl State {
     /// Moves to `phase`.
     pub fn set_phase(&self, phase: Phase) {
         self.phase.store(phase as u8, Ordering::Release);
+        self.publish();
+    }
+
+    /// Publishes this instance's phase in the uds dir, for `baton status`, from now on.
+    pub fn publish_in(&self, dir: &UdsDir) {
+        match dir.ensure().and_then(|()| dir.publish_instance(&self.instance_doc())) {
+            Ok(file) => {
+                if let Ok(mut i) = self.instance.lock() {
+                    *i = Some(file);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot publish this instance's status in the uds dir"),
+        }
+    }
+
+    fn instance_doc(&self) -> String {
+        serde_json::json!({
+            "version": VERSION,
+            "pid": self.pid,
+            "generation": self.generation(),
+            "role": self.role.as_str(),
+            "phase": self.phase().as_str(),
+        })
+        .to_string()
+    }
+
+    fn publish(&self) {
+        if let Ok(guard) = self.instance.lock() {
+            if let Some(file) = guard.as_ref() {
+                if let Err(e) = file.write(&self.instance_doc()) {
+                    tracing::debug!(error = %e, "cannot update the instance file");
+                }
+            }
+        }
     }
 
     /// Upgrade generation.
@@ -169,6 +210,7 @@ impl State {
     /// Sets the upgrade generation (after a takeover).
     pub fn set_generation(&self, g: u64) {
         self.generation.store(g, Ordering::Relaxed);
+        self.publish();
     }
 
     /// Records the listeners being served.
@@ -178,8 +220,42 @@ impl State {
         }
     }
 
+    /// Registers the traffic metrics of a proxy listener.
+    pub fn register(&self, metrics: Arc<ListenerMetrics>) {
+        if let Ok(mut t) = self.traffic.lock() {
+            t.push(metrics);
+        }
+    }
+
+    fn traffic(&self) -> Vec<Arc<ListenerMetrics>> {
+        self.traffic.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+
+    /// Proxy connections open now.
+    pub fn active_connections(&self) -> i64 {
+        self.traffic()
+            .iter()
+            .map(|m| m.connections_active.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The `/metrics` document.
+    pub fn metrics(&self) -> String {
+        let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        crate::metrics::render(&crate::metrics::Snapshot {
+            version: VERSION,
+            role: self.role.as_str(),
+            phase: self.phase().as_str(),
+            phases: &phases,
+            generation: self.generation(),
+            listeners: &self.traffic(),
+            handoff: &self.handoff,
+        })
+    }
+
     /// Snapshot for `/status`.
     pub fn status(&self) -> Status {
+        let traffic = self.traffic();
         Status {
             version: VERSION,
             pid: self.pid,
@@ -187,9 +263,15 @@ impl State {
             role: self.role.as_str(),
             phase: self.phase().as_str(),
             listeners: self.listeners.lock().map(|l| l.clone()).unwrap_or_default(),
-            active_connections: self.stats.active_connections.load(Ordering::Relaxed),
-            connections_total: self.stats.connections_total.load(Ordering::Relaxed),
-            requests_served: self.stats.requests.load(Ordering::Relaxed),
+            active_connections: traffic
+                .iter()
+                .map(|m| m.connections_active.load(Ordering::Relaxed))
+                .sum(),
+            connections_total: traffic
+                .iter()
+                .map(|m| m.connections_total.load(Ordering::Relaxed))
+                .sum(),
+            requests_served: traffic.iter().map(|m| m.requests_total()).sum(),
         }
     }
 }

@@ -4,31 +4,36 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::State;
+use crate::io::ClientIo;
+use crate::metrics::ListenerMetrics;
 use crate::upstream::Cluster;
 
 /// Relays one accepted connection until either side closes, or the hard stop drops it. The drain does not
 /// interrupt a stream: it runs until it ends or the drain deadline passes.
 pub async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     cluster: Arc<Cluster>,
-    state: Arc<State>,
+    metrics: Arc<ListenerMetrics>,
     hard_stop: CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
+    let mut client = ClientIo::new(Bytes::new(), client, metrics.clone());
     let relay = async {
         let (endpoint, mut upstream) = match cluster.connect().await {
             Ok(c) => c,
             Err(e) => {
+                metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(cluster = %cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
                 return;
             }
         };
-        state.stats.requests.fetch_add(1, Ordering::Relaxed);
+        // A relayed stream counts as one "2xx request".
+        metrics.requests[1].fetch_add(1, Ordering::Relaxed);
         if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(cluster = %cluster.name, %peer, %endpoint, error = %e, "tcp relay ended with an error");
         }

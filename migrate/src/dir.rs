@@ -7,6 +7,7 @@
 //! | `serving.lock`  | every instance that accepts and can hand over | shared `flock`; a new instance probes it with a non-blocking exclusive lock to learn whether a live predecessor exists |
 //! | `reconfig.lock` | the one new instance taking over       | exclusive `flock`, held while `reconfig.sock` exists |
 //! | `reconfig.sock` | the holder of `reconfig.lock`          | only that holder binds or unlinks it             |
+//! | `instance-<nonce>.json` | one running instance (status for `baton status`) | shared `flock` on the file itself; a unique name per process |
 //!
 //! `flock` locks live on the inode, so they work across containers with separate mount and PID namespaces
 //! that share this directory, and the kernel drops them when the holder dies: a stale `reconfig.sock` left by a
@@ -29,6 +30,7 @@ pub const RECONFIG_SOCK: &str = "reconfig.sock";
 const RECONFIG_TMP: &str = "reconfig.sock.tmp";
 const RECONFIG_LOCK: &str = "reconfig.lock";
 const SERVING_LOCK: &str = "serving.lock";
+const INSTANCE_PREFIX: &str = "instance-";
 
 /// The shared directory of the handoff.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +42,15 @@ pub struct UdsDir {
 #[derive(Debug)]
 pub struct ServingLock {
     _lock: Flock<File>,
+}
+
+/// This process's entry in the uds dir, `instance-<nonce>.json`: a status document rewritten in place, with a
+/// shared `flock` held for the life of the process so readers can tell live entries from those of dead processes.
+/// Dropping it removes the file.
+#[derive(Debug)]
+pub struct InstanceFile {
+    lock: Flock<File>,
+    path: PathBuf,
 }
 
 /// The reconfig socket, bound and listening, and the lock that makes this process its owner.
@@ -175,6 +186,62 @@ impl UdsDir {
 }
 
 impl UdsDir {
+    /// Publishes this process's instance file (see [`InstanceFile`]) with `contents`.
+    pub fn publish_instance(&self, contents: &str) -> Result<InstanceFile, HandoffError> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let nonce = format!("{:016x}", h.finish());
+        let tmp = self.path.join(format!(".instance-{nonce}.tmp"));
+        let path = self.path.join(format!("{INSTANCE_PREFIX}{nonce}.json"));
+        let err = |what: &str, e: &dyn std::fmt::Display| HandoffError::Dir(format!("{what} {}: {e}", tmp.display()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| err("cannot create", &e))?;
+        // Locked before it gets its public name, so no reader ever sees it unlocked and takes it for dead.
+        let lock = Flock::lock(file, FlockArg::LockShared).map_err(|(_, e)| err("flock", &e))?;
+        let mut entry = InstanceFile {
+            lock,
+            path: tmp.clone(),
+        };
+        entry.write(contents).map_err(|e| err("cannot write", &e))?;
+        fs::rename(&tmp, &path).map_err(|e| err("cannot publish", &e))?;
+        entry.path = path;
+        Ok(entry)
+    }
+
+    /// The status documents of every live instance on this dir. Entries left by dead processes are removed:
+    /// their names are unique to that process, so nobody else will ever write them.
+    pub fn live_instances(&self) -> Result<Vec<String>, HandoffError> {
+        let entries = fs::read_dir(&self.path)
+            .map_err(|e| HandoffError::Dir(format!("cannot list {}: {e}", self.path.display())))?;
+        let mut live = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if !name.starts_with(INSTANCE_PREFIX) || !name.ends_with(".json") {
+                continue;
+            }
+            let Ok(file) = File::open(entry.path()) else { continue };
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(_dead) => {
+                    let _ = fs::remove_file(entry.path());
+                }
+                Err((_, Errno::EWOULDBLOCK)) => {
+                    if let Ok(text) = fs::read_to_string(entry.path()) {
+                        live.push(text);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(live)
+    }
+
     fn race(&self) -> HandoffError {
         HandoffError::Dir(format!(
             "another instance owns {} (it holds {RECONFIG_LOCK}): two new instances are racing for one uds dir",
@@ -187,6 +254,22 @@ impl ReconfigSocket {
     /// The listening socket.
     pub fn listener(&self) -> &UnixListener {
         &self.listener
+    }
+}
+
+impl InstanceFile {
+    /// Replaces the status document (in place: same inode, same lock).
+    pub fn write(&self, contents: &str) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file: &File = &self.lock;
+        file.set_len(0)?;
+        file.write_all_at(contents.as_bytes(), 0)
+    }
+}
+
+impl Drop for InstanceFile {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
     }
 }
 

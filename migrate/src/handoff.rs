@@ -85,8 +85,10 @@ pub async fn hand_over(
     listeners: &[Offered<'_>],
     timeout: Duration,
 ) -> Result<Committed, StepError> {
-    let deadline = Instant::now() + timeout;
+    let t0 = Instant::now();
+    let deadline = t0 + timeout;
     let mut conn = Conn::new(stream).map_err(|e| e.at("connect"))?;
+    step_event("old", "connect", me.generation, "", t0);
 
     // 1. HELLO: negotiate the protocol version.
     let hello = Hello {
@@ -109,6 +111,7 @@ pub async fn hand_over(
         refuse(&mut conn, &reason, deadline).await;
         return Err(HandoffError::Protocol(reason).at("hello"));
     }
+    step_event("old", "hello", me.generation, &peer.version, t0);
 
     // 2. LISTENERS: every listening socket, in batches, each fd tagged with its name and address.
     for batch in listeners.chunks(MAX_FDS_PER_FRAME) {
@@ -122,6 +125,7 @@ pub async fn hand_over(
     conn.send(&Message::ListenersEnd { total }, &[], deadline)
         .await
         .map_err(|e| e.at("listeners"))?;
+    step_event("old", "listeners", me.generation, &peer.version, t0);
 
     // 3. READY: the successor accepts on everything.
     let ready = match conn.recv(deadline).await.map_err(|e| e.at("ready"))?.0 {
@@ -129,6 +133,7 @@ pub async fn hand_over(
         Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("ready")),
         other => return Err(unexpected(&other, "READY").at("ready")),
     };
+    step_event("old", "ready", me.generation, &peer.version, t0);
 
     // 4. COMMIT / DONE: only an acknowledged commit lets the caller stop accepting.
     conn.send(&Message::Commit, &[], deadline)
@@ -139,6 +144,7 @@ pub async fn hand_over(
         Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("commit")),
         other => return Err(unexpected(&other, "DONE").at("commit")),
     }
+    step_event("old", "commit", me.generation, &peer.version, t0);
     Ok(Committed {
         ready,
         generation: peer.generation,
@@ -206,6 +212,8 @@ pub struct Session {
     deadline: Instant,
     progress: Arc<watch::Sender<Progress>>,
     crash_at: Option<String>,
+    started: Instant,
+    generation: u64,
     /// The predecessor's HELLO.
     pub peer: Hello,
     /// The listeners it sent.
@@ -266,6 +274,9 @@ impl Takeover {
         };
         drop(senders); // any later sender is refused by the accept loop
         let deadline = self.deadline;
+        let t0 = Instant::now();
+        let generation = peer.generation.saturating_add(1);
+        step_event("new", "connect", generation, &peer.version, t0);
 
         // 1. HELLO: pick the newest protocol both speak, or refuse.
         let chosen = PROTOCOL_MAX.min(peer.max_protocol);
@@ -289,6 +300,7 @@ impl Takeover {
         conn.send(&Message::Hello(hello), &[], deadline)
             .await
             .map_err(|e| e.at("hello"))?;
+        step_event("new", "hello", generation, &peer.version, t0);
         failpoint(&self.opts.crash_at, "after-hello")?;
         self.report("receiving", "");
 
@@ -315,6 +327,7 @@ impl Takeover {
                 }
             }
         }
+        step_event("new", "listeners", generation, &peer.version, t0);
         failpoint(&self.opts.crash_at, "after-fds")?;
         self.report("adopting", "");
         Ok(Inheritance::Peer(Box::new(Session {
@@ -322,6 +335,8 @@ impl Takeover {
             deadline,
             progress: self.progress.clone(),
             crash_at: self.opts.crash_at.clone(),
+            started: t0,
+            generation,
             peer,
             listeners,
         })))
@@ -356,6 +371,7 @@ impl Session {
             .await
             .map_err(|e| e.at("ready"))?;
         self.progress.send_replace(progress("ready", false, false, ""));
+        step_event("new", "ready", self.generation, &self.peer.version, self.started);
         match self.conn.recv(self.deadline).await.map_err(|e| e.at("commit"))?.0 {
             Message::Commit => {}
             Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("commit")),
@@ -364,7 +380,9 @@ impl Session {
         self.conn
             .send(&Message::Done, &[], self.deadline)
             .await
-            .map_err(|e| e.at("commit"))
+            .map_err(|e| e.at("commit"))?;
+        step_event("new", "commit", self.generation, &self.peer.version, self.started);
+        Ok(())
     }
 
     /// Abandons the session, telling the predecessor why. It keeps serving.
@@ -515,6 +533,19 @@ pub async fn watch_takeover(dir: &UdsDir, timeout: Duration) -> Result<Progress,
             Err(e) => return Err(format!("{e} (last phase: {phase})")),
         }
     }
+}
+
+/// One structured event per completed protocol step, on either side.
+fn step_event(side: &'static str, step: &'static str, generation: u64, peer_version: &str, started: Instant) {
+    tracing::info!(
+        target: "baton_migrate::handoff",
+        side,
+        step,
+        generation,
+        peer_version,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "handoff step done"
+    );
 }
 
 fn progress(phase: &str, done: bool, ok: bool, detail: &str) -> Progress {

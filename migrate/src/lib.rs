@@ -47,7 +47,7 @@ mod sys;
 pub mod watch;
 pub mod wire;
 
-pub use dir::{ReconfigSocket, ServingLock, UdsDir};
+pub use dir::{InstanceFile, ReconfigSocket, ServingLock, UdsDir};
 pub use error::{HandoffError, StepError};
 pub use handoff::{
     hand_over, watch_takeover, Committed, Identity, Inheritance, Inherited, Offered, Session, Takeover, TakeoverOptions,
