@@ -77,6 +77,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // `baton run` catches SIGTERM/SIGINT before anything else (even argument parsing) is done.
+    let early_stop = std::env::args()
+        .skip(1)
+        .any(|a| a == "run")
+        .then(baton::run::catch_early_signals);
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("baton: --log-level: {e}");
@@ -96,7 +101,7 @@ fn main() -> ExitCode {
             uds_dir,
             workers,
         } => {
-            let early_stop = baton::run::catch_early_signals();
+            let early_stop = early_stop.unwrap_or_else(baton::run::catch_early_signals);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),

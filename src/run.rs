@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_migrate::{
-    hand_over, HandoffError, Identity, Inheritance, Role, ServingLock, StepError, SuccessorWatch, Takeover,
+    hand_over_with, HandoffError, Identity, Inheritance, Role, ServingLock, StepError, SuccessorWatch, Takeover,
     TakeoverOptions, UdsDir,
 };
 use futures_util::StreamExt;
@@ -105,8 +105,16 @@ pub async fn run(opts: RunOptions) -> i32 {
         state: &state,
         config: &opts.config,
     };
+    // Failpoints named `old-...` apply when this instance hands over; the others when it takes over.
+    let (old_failpoint, new_failpoint) = match opts.failpoint {
+        Some(f) => match f.strip_prefix("old-") {
+            Some(old) => (Some(old.to_string()), None),
+            None => (None, Some(f)),
+        },
+        None => (None, None),
+    };
     let begun = match opts.role {
-        Role::Takeover => started.take_over(&mut signals, opts.failpoint).await,
+        Role::Takeover => started.take_over(&mut signals, new_failpoint).await,
         _ => started.fresh().map(|s| (s, None)),
     };
     let (running, finishing) = match begun {
@@ -118,7 +126,16 @@ pub async fn run(opts: RunOptions) -> i32 {
             return 1;
         }
     };
-    serve(running, finishing, &dir, &state, &opts.config, &mut signals).await
+    serve(
+        running,
+        finishing,
+        &dir,
+        &state,
+        &opts.config,
+        &mut signals,
+        old_failpoint,
+    )
+    .await
 }
 
 /// An instance accepting on every listener.
@@ -216,39 +233,14 @@ impl Start<'_> {
                 };
                 let ready = adoption.ready.clone();
                 let server = self.start_server(adoption.listeners)?;
-                let serving = self.hold_serving();
-                match session.commit(ready.clone()).await {
-                    Ok(()) => {
-                        drop(adoption.unclaimed);
-                        self.state.handoff.received_committed.fetch_add(1, Ordering::Relaxed);
-                        self.state.handoff.duration.observe(t0.elapsed());
-                        self.state.set_generation(peer_generation.saturating_add(1));
-                        tracing::info!(
-                            generation = self.state.generation(),
-                            adopted = ?ready.adopted, bound = ?ready.bound, closed = ?ready.unclaimed,
-                            elapsed_ms = t0.elapsed().as_millis() as u64,
-                            "handoff complete: serving every listener"
-                        );
-                        let detail = format!(
-                            "generation {}: adopted {:?}, bound {:?}, closed {:?} in {} ms",
-                            self.state.generation(),
-                            ready.adopted,
-                            ready.bound,
-                            ready.unclaimed,
-                            t0.elapsed().as_millis()
-                        );
-                        Ok((
-                            Running { server, serving },
-                            Some(spawn_finish(takeover, true, "complete", &detail)),
-                        ))
-                    }
-                    Err(e) => {
-                        crash_if_failpoint(&e);
-                        // The predecessor did not commit: it still accepts on the same sockets. Step back.
+                let committed = session.commit(ready.clone()).await;
+                let warning = match committed {
+                    Ok(()) => None,
+                    Err(e) if matches!(e.error, HandoffError::Refused(_)) => {
+                        // The predecessor said it keeps serving: step back.
                         self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
                         let reason = format!("handoff failed at {e}; the previous instance keeps serving");
                         tracing::error!("{reason}");
-                        drop(serving);
                         takeover.finish(false, "failed", &reason).await;
                         self.state.set_phase(Phase::Draining);
                         let report = server.drain(self.config.handoff.drain_timeout).await;
@@ -256,14 +248,57 @@ impl Start<'_> {
                             elapsed_ms = report.elapsed.as_millis() as u64,
                             "drained what this instance accepted"
                         );
-                        Err(Stop::Failed(reason))
+                        return Err(Stop::Failed(reason));
                     }
-                }
+                    Err(e) => {
+                        crash_if_failpoint(&e);
+                        // After READY, a silent or vanished predecessor crashed or hung mid-commit. We accept on
+                        // the very sockets it held, so serving on is safe whether it is dead or stuck (a live one
+                        // may accept too: one shared queue, nothing lost). Stepping back could leave nobody.
+                        let alive = !self.predecessor_gone(Duration::from_millis(200)).await;
+                        tracing::warn!(error = %e, predecessor_alive = alive, "the predecessor did not confirm the commit; serving anyway");
+                        Some(format!(
+                            "; the predecessor did not confirm the commit ({e}; {}), serving anyway",
+                            if alive {
+                                "it still holds serving.lock"
+                            } else {
+                                "it exited"
+                            }
+                        ))
+                    }
+                };
+                // From now on a successor waits for us; taken after the commit so that probing a silent
+                // predecessor above does not see our own lock.
+                let serving = self.hold_serving();
+                drop(adoption.unclaimed);
+                self.state.handoff.received_committed.fetch_add(1, Ordering::Relaxed);
+                self.state.handoff.duration.observe(t0.elapsed());
+                self.state.set_generation(peer_generation.saturating_add(1));
+                tracing::info!(
+                    generation = self.state.generation(),
+                    adopted = ?ready.adopted, bound = ?ready.bound, closed = ?ready.unclaimed,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "handoff complete: serving every listener"
+                );
+                let detail = format!(
+                    "generation {}: adopted {:?}, bound {:?}, closed {:?} in {} ms{}",
+                    self.state.generation(),
+                    ready.adopted,
+                    ready.bound,
+                    ready.unclaimed,
+                    t0.elapsed().as_millis(),
+                    warning.unwrap_or_default()
+                );
+                Ok((
+                    Running { server, serving },
+                    Some(spawn_finish(takeover, true, "complete", &detail)),
+                ))
             }
             Err(e) => {
                 crash_if_failpoint(&e);
-                // A predecessor that died mid-handoff released serving.lock: then binding fresh is safe.
-                if matches!(self.dir.peer_serving(), Ok(false)) {
+                // A predecessor that died mid-handoff releases serving.lock as its process ends (a moment after
+                // its socket closed): then binding fresh is safe.
+                if self.predecessor_gone(Duration::from_secs(1)).await {
                     self.state.handoff.received_fresh.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(error = %e, "the predecessor went away during the handoff: binding fresh");
                     let running = self.fresh_or_report(&mut takeover).await?;
@@ -274,6 +309,18 @@ impl Start<'_> {
                 let reason = format!("handoff failed at {e}");
                 takeover.finish(false, "failed", &reason).await;
                 Err(Stop::Failed(reason))
+            }
+        }
+    }
+
+    /// Whether the predecessor released serving.lock, waiting up to `patience` for it to finish exiting.
+    async fn predecessor_gone(&self, patience: Duration) -> bool {
+        let give_up = Instant::now() + patience;
+        loop {
+            match self.dir.peer_serving() {
+                Ok(false) => return true,
+                Ok(true) if Instant::now() < give_up => tokio::time::sleep(Duration::from_millis(10)).await,
+                _ => return false,
             }
         }
     }
@@ -310,6 +357,7 @@ async fn serve(
     state: &Arc<State>,
     config: &Config,
     signals: &mut StopSignals,
+    failpoint: Option<String>,
 ) -> i32 {
     let Running { mut server, serving } = running;
     state.set_phase(Phase::Serving);
@@ -329,7 +377,7 @@ async fn serve(
                 }
             }
             stream = next_successor(&mut watch) => {
-                if hand_off(stream, &server, state, config).await {
+                if hand_off(stream, &server, state, config, failpoint.as_deref()).await {
                     break "handed over to a successor".to_string();
                 }
                 state.set_phase(Phase::Serving);
@@ -352,7 +400,13 @@ async fn serve(
 }
 
 /// Runs one handoff as the old side. True when the successor committed.
-async fn hand_off(stream: UnixStream, server: &Server, state: &Arc<State>, config: &Config) -> bool {
+async fn hand_off(
+    stream: UnixStream,
+    server: &Server,
+    state: &Arc<State>,
+    config: &Config,
+    failpoint: Option<&str>,
+) -> bool {
     state.set_phase(Phase::HandingOff);
     let t0 = Instant::now();
     let me = Identity {
@@ -364,7 +418,7 @@ async fn hand_off(stream: UnixStream, server: &Server, state: &Arc<State>, confi
         listeners = offered.len(),
         "successor found on the uds dir: handing over"
     );
-    match hand_over(stream, &me, &offered, config.handoff.timeout).await {
+    match hand_over_with(stream, &me, &offered, config.handoff.timeout, failpoint).await {
         Ok(c) => {
             state.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
             state.handoff.duration.observe(t0.elapsed());
@@ -376,6 +430,7 @@ async fn hand_off(stream: UnixStream, server: &Server, state: &Arc<State>, confi
             true
         }
         Err(e) => {
+            crash_if_failpoint(&e);
             state.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "handoff failed; still serving");
             false

@@ -1,5 +1,8 @@
 //! A framed connection on the reconfig socket: whole [`Message`]s in and out, fds attached where the protocol
 //! says, every read and write under a deadline.
+//!
+//! [`crate::hand_over`], [`crate::Takeover`] and [`crate::watch_takeover`] use it for you. It is public for tests
+//! and tools that drive the protocol by hand (to play a misbehaving peer, say).
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,6 +17,9 @@ use crate::sys;
 use crate::wire::{self, Message};
 
 /// One end of a handoff session.
+///
+/// Owns the buffering that SCM_RIGHTS makes necessary: fds arrive with whatever `recvmsg` call read the first
+/// byte of their frame, so they are queued here until the frame is complete and can be checked against it.
 pub struct Conn {
     stream: UnixStream,
     buf: Vec<u8>,
@@ -22,7 +28,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Wraps a connected stream after checking with SO_PEERCRED that the peer runs as our own uid.
+    /// Wraps a connected stream after checking with SO_PEERCRED that the peer runs as our own uid: the socket
+    /// file's mode 0600 already keeps other users out, and this also covers a directory with looser permissions.
     pub fn new(stream: UnixStream) -> Result<Conn, HandoffError> {
         let peer_uid = sys::peer_uid(stream.as_fd()).map_err(|e| HandoffError::Io("SO_PEERCRED".into(), e))?;
         let ours = sys::euid();
@@ -37,12 +44,15 @@ impl Conn {
         })
     }
 
-    /// Uid of the peer, as checked at construction.
+    /// Uid of the peer, as checked at construction (always ours; kept for logs).
     pub fn peer_uid(&self) -> u32 {
         self.peer_uid
     }
 
     /// Sends one message with `fds` attached (exactly `msg.fd_count()` of them), before `deadline`.
+    ///
+    /// The fds are borrowed: the kernel installs duplicates in the peer, and ours stay open, which is what lets
+    /// the old instance keep serving until the commit.
     pub async fn send(&mut self, msg: &Message, fds: &[BorrowedFd<'_>], deadline: Instant) -> Result<(), HandoffError> {
         if fds.len() != msg.fd_count() {
             return Err(HandoffError::Protocol(format!(

@@ -25,7 +25,8 @@ use tokio::net::UnixListener;
 
 use crate::error::HandoffError;
 
-/// Name of the socket the new instance listens on.
+/// Name of the socket the new instance listens on. Public so that tools (and a `SuccessorWatch`) can recognise it
+/// among the other files of the uds dir.
 pub const RECONFIG_SOCK: &str = "reconfig.sock";
 const RECONFIG_TMP: &str = "reconfig.sock.tmp";
 const RECONFIG_LOCK: &str = "reconfig.lock";
@@ -33,12 +34,43 @@ const SERVING_LOCK: &str = "serving.lock";
 const INSTANCE_PREFIX: &str = "instance-";
 
 /// The shared directory of the handoff.
+///
+/// Under Kruise the two sidecar slots share nothing but the network namespace and the volumes they both mount:
+/// no PIDs, no signals, no `/dev/shm`. This directory (an `emptyDir` mounted by both slots) is therefore the
+/// only meeting point, and every fact the handoff needs lives in it as a file with a `flock`: who serves
+/// (`serving.lock`), who is taking over (`reconfig.lock`), where to connect (`reconfig.sock`). A `UdsDir` is
+/// only a path; cloning it is cheap, and nothing is created until a method needs it.
+///
+/// Unix socket paths are limited to about 108 bytes, so keep the directory's path short.
+///
+/// ```
+/// use baton_migrate::UdsDir;
+///
+/// let dir = UdsDir::new(std::env::temp_dir().join(format!("baton-doc-{}", std::process::id())));
+/// dir.ensure()?; // created with mode 0700 if missing
+///
+/// // Nobody serves yet: a new instance would bind fresh instead of waiting for a predecessor.
+/// assert!(!dir.peer_serving()?);
+/// let serving = dir.hold_serving()?;
+/// // Now a new instance (here: the same check, from another open file) sees a live predecessor.
+/// assert!(dir.peer_serving()?);
+/// drop(serving); // after a committed handoff, or when exiting
+/// assert!(!dir.peer_serving()?);
+/// # std::fs::remove_dir_all(dir.path()).ok();
+/// # Ok::<(), baton_migrate::HandoffError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UdsDir {
     path: PathBuf,
 }
 
 /// Proof that this process accepts connections and can hand its listeners over. Dropping it releases it.
+///
+/// It is what lets a new instance tell "the predecessor is alive but has not connected yet" (wait for it) from
+/// "there is no predecessor" (bind fresh at once), without PIDs. The kernel releases it when the process dies,
+/// so a crashed instance never makes its successor wait. Hold it for as long as you accept and watch for a
+/// successor; drop it after a committed handoff, before draining, so a further successor does not wait for an
+/// instance that no longer has anything to give.
 #[derive(Debug)]
 pub struct ServingLock {
     _lock: Flock<File>,
@@ -47,6 +79,9 @@ pub struct ServingLock {
 /// This process's entry in the uds dir, `instance-<nonce>.json`: a status document rewritten in place, with a
 /// shared `flock` held for the life of the process so readers can tell live entries from those of dead processes.
 /// Dropping it removes the file.
+///
+/// Optional: the handoff does not use it. It exists so an operator tool (`baton status`) can list both slots of
+/// a pod from inside either container, where the other slot's process is invisible.
 #[derive(Debug)]
 pub struct InstanceFile {
     lock: Flock<File>,
@@ -55,6 +90,10 @@ pub struct InstanceFile {
 
 /// The reconfig socket, bound and listening, and the lock that makes this process its owner.
 /// Dropping it unlinks the socket, then releases the lock.
+///
+/// Tying the socket file to the lock is what keeps a process from ever unlinking another's socket: only the
+/// lock holder removes the path. [`crate::Takeover`] owns one for the length of a takeover; use it directly only
+/// to build another protocol on the same directory.
 #[derive(Debug)]
 pub struct ReconfigSocket {
     listener: UnixListener,
@@ -63,22 +102,27 @@ pub struct ReconfigSocket {
 }
 
 impl UdsDir {
-    /// The directory at `path`; nothing is touched until used.
+    /// The directory at `path`; nothing is touched until used, so this cannot fail (call [`UdsDir::ensure`] to
+    /// check it early and fail with a clear message).
     pub fn new(path: impl Into<PathBuf>) -> UdsDir {
         UdsDir { path: path.into() }
     }
 
-    /// The directory's path.
+    /// The directory's path, for messages and for tools that look at its files.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Path of the reconfig socket.
+    /// Path of the reconfig socket (`<dir>/reconfig.sock`): where the old instance and the postStart hook connect.
     pub fn reconfig_path(&self) -> PathBuf {
         self.path.join(RECONFIG_SOCK)
     }
 
-    /// Creates the directory if it is missing (mode 0700) and checks it is a writable directory.
+    /// Creates the directory if it is missing (mode 0700) and checks it is a directory.
+    ///
+    /// Call it before [`UdsDir::hold_serving`] on a fresh start ([`crate::Takeover::start`] calls it itself): the
+    /// volume is normally there already, but outside Kubernetes (tests, a laptop) it may not be, and a clear
+    /// "not a directory" beats an `ENOENT` from a lock file.
     pub fn ensure(&self) -> Result<(), HandoffError> {
         let ctx = |what: &str, e: io::Error| HandoffError::Dir(format!("uds dir {}: {what}: {e}", self.path.display()));
         match fs::metadata(&self.path) {
@@ -106,6 +150,12 @@ impl UdsDir {
     }
 
     /// Whether a live instance holds `serving.lock` (and so can hand its listeners over).
+    ///
+    /// [`crate::Takeover::receive`] asks this before waiting, to bind fresh at once when nobody is there. Ask it
+    /// again after a failed receive: `false` then means the predecessor died mid-handoff (its ports are free, bind
+    /// fresh), `true` that it is alive and still serving (binding would fail; give up). A lock held by this very
+    /// process counts too, which is why a new instance takes its own [`ServingLock`] only once its handoff
+    /// session is over.
     pub fn peer_serving(&self) -> Result<bool, HandoffError> {
         let file = self.open_lock(SERVING_LOCK)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -116,7 +166,8 @@ impl UdsDir {
     }
 
     /// Whether a live process owns `reconfig.sock` (holds `reconfig.lock`): lets `migrate` tell a new instance
-    /// that has not bound the socket yet from one that has exited.
+    /// that has not bound the socket yet from one that has exited. Used by [`crate::watch_takeover`]; a socket
+    /// file alone proves nothing, since a killed process leaves it behind.
     pub fn reconfig_owner_alive(&self) -> Result<bool, HandoffError> {
         let file = self.open_lock(RECONFIG_LOCK)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -127,6 +178,11 @@ impl UdsDir {
     }
 
     /// Takes a shared hold on `serving.lock`: from now on, a new instance on this dir will wait for us.
+    ///
+    /// Take it once accepting and before watching for a successor: on a fresh start right after binding, on a
+    /// takeover right after [`crate::Session::commit`] returned (not before: during the session, probes of the
+    /// predecessor with [`UdsDir::peer_serving`] would find our own lock). The hold is shared, so old and new may
+    /// hold it together for a moment. Blocks only for the microseconds of a peer's probe.
     pub fn hold_serving(&self) -> Result<ServingLock, HandoffError> {
         let file = self.open_lock(SERVING_LOCK)?;
         // Blocking: the only exclusive holder is a peer's probe, which lasts microseconds.
@@ -136,6 +192,9 @@ impl UdsDir {
     }
 
     /// Becomes the owner of `reconfig.sock` and listens on it (mode 0600).
+    ///
+    /// [`crate::Takeover::start`] does this; call it yourself only to speak another protocol on the directory.
+    /// Must run inside a tokio runtime (the listener registers with its reactor).
     ///
     /// Fails at once if another live process owns it (two new instances racing). A socket file left by a dead
     /// owner is unlinked. The socket is bound under a temporary name and renamed into place once listening, so
@@ -186,7 +245,9 @@ impl UdsDir {
 }
 
 impl UdsDir {
-    /// Publishes this process's instance file (see [`InstanceFile`]) with `contents`.
+    /// Publishes this process's instance file (see [`InstanceFile`]) with `contents`, typically a JSON status
+    /// document. Keep the returned [`InstanceFile`] for the life of the process and [`InstanceFile::write`] to it
+    /// as the status changes; the file is named uniquely, so both slots publish side by side.
     pub fn publish_instance(&self, contents: &str) -> Result<InstanceFile, HandoffError> {
         use std::hash::{BuildHasher, Hasher};
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -216,6 +277,8 @@ impl UdsDir {
 
     /// The status documents of every live instance on this dir. Entries left by dead processes are removed:
     /// their names are unique to that process, so nobody else will ever write them.
+    ///
+    /// What a status tool calls: the only way to see the other slot's process from inside a container.
     pub fn live_instances(&self) -> Result<Vec<String>, HandoffError> {
         let entries = fs::read_dir(&self.path)
             .map_err(|e| HandoffError::Dir(format!("cannot list {}: {e}", self.path.display())))?;
@@ -251,14 +314,15 @@ impl UdsDir {
 }
 
 impl ReconfigSocket {
-    /// The listening socket.
+    /// The listening socket, to accept peers on.
     pub fn listener(&self) -> &UnixListener {
         &self.listener
     }
 }
 
 impl InstanceFile {
-    /// Replaces the status document (in place: same inode, same lock).
+    /// Replaces the status document (in place: same inode, same lock, so readers never see the file unlocked and
+    /// take this process for dead). A reader may catch it half written; keep documents small.
     pub fn write(&self, contents: &str) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         let file: &File = &self.lock;

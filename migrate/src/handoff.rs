@@ -26,6 +26,14 @@
 //! `migrate` hooks connect to the same socket as [`PeerRole::Watcher`] and receive [`Progress`] until the final
 //! report; the new instance keeps the socket open after the handoff until a watcher has read that report (or the
 //! linger time passes), since kubelet may start the hook a little after the process.
+//!
+//! What each side calls:
+//!
+//! | side | calls | then |
+//! |------|-------|------|
+//! | new | [`Takeover::start`], [`Takeover::receive`] | adopt [`Session::listeners`], accept on them, [`Session::commit`], hold a [`crate::ServingLock`], [`Takeover::finish`] |
+//! | old | [`crate::SuccessorWatch::next`], [`hand_over`] | on `Ok`: stop accepting (no `shutdown()`), drop the [`crate::ServingLock`], drain, exit |
+//! | postStart hook | [`watch_takeover`] | exit 0 if the final report is `ok`, else 1 |
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -46,29 +54,38 @@ use crate::wire::{
 };
 
 /// Who this process is, as told to the peer.
+///
+/// Two builds meet in a handoff and each logs the other; the generation counts handoffs since the pod started,
+/// so that "which instance is serving" has an answer that survives any number of upgrades.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    /// Upgrade generation: 1 on a fresh start, the predecessor's + 1 after a takeover.
+    /// Upgrade generation: 1 on a fresh start, the predecessor's + 1 after a takeover. Sent by the old side
+    /// ([`hand_over`]); the new side's generation is always derived from it (see [`Session::peer`]), so for
+    /// [`Takeover::start`] only `version` matters.
     pub generation: u64,
     /// Software version, for the peer's logs.
     pub version: String,
 }
 
 /// A listening socket offered to the successor.
+///
+/// Borrowed, not given: the old instance must keep accepting on the very same socket until the commit, and the
+/// successor receives a duplicate of it, not a new socket, so connections queued in the kernel are never lost.
 #[derive(Debug)]
 pub struct Offered<'a> {
-    /// What it is.
+    /// What it is: the name and kind are yours; put the socket's actual local address in `address`.
     pub tag: ListenerTag,
-    /// The socket. It stays ours: the successor gets a duplicate, and the shared accept queue lives on.
+    /// The socket (e.g. `tokio::net::TcpListener::as_fd()`). It stays ours: the successor gets a duplicate, and
+    /// the shared accept queue lives on.
     pub fd: BorrowedFd<'a>,
 }
 
-/// A completed handoff, seen from the old instance.
+/// A completed handoff, seen from the old instance: what it logs before it stops accepting and drains.
 #[derive(Debug, Clone)]
 pub struct Committed {
-    /// The successor's READY report.
+    /// The successor's READY report: which listeners it adopted, bound fresh, or will close.
     pub ready: Ready,
-    /// The successor's generation.
+    /// The successor's generation (ours + 1).
     pub generation: u64,
     /// The successor's software version.
     pub version: String,
@@ -79,12 +96,93 @@ pub struct Committed {
 /// On `Ok` the successor is accepting on every listener and has acknowledged the commit: the caller must now stop
 /// accepting (without `shutdown()`), release its [`crate::ServingLock`], and drain. On `Err` nothing changed and
 /// the caller keeps serving.
+///
+/// `stream` comes from [`crate::SuccessorWatch::next`]; `timeout` bounds the whole exchange (HELLO to DONE), so a
+/// successor that hangs costs at most that long. Keep accepting while this runs: the successor accepts in
+/// parallel from READY on, and both processes take connections from the same queue until the commit.
+///
+/// Both sides, in one process (in real life they are two containers sharing the uds dir):
+///
+/// ```
+/// use std::net::TcpListener;
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+/// use baton_migrate::{
+///     hand_over, Identity, Inheritance, ListenerTag, Offered, Ready, SuccessorWatch, Takeover, TakeoverOptions,
+///     UdsDir,
+/// };
+///
+/// type Error = Box<dyn std::error::Error + Send + Sync>;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Error> {
+/// let dir = UdsDir::new(std::env::temp_dir().join(format!("baton-doc-handover-{}", std::process::id())));
+/// dir.ensure()?;
+///
+/// // The old instance serves on a listener, holds serving.lock, and watches for a successor.
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let serving = dir.hold_serving()?;
+/// let mut watch = SuccessorWatch::new(&dir);
+///
+/// // The new instance takes over.
+/// let new = tokio::spawn({
+///     let dir = dir.clone();
+///     async move {
+///         let me = Identity { generation: 1, version: "v2".into() };
+///         let mut takeover = Takeover::start(&dir, me, TakeoverOptions::new(Duration::from_secs(5)))?;
+///         let Inheritance::Peer(mut session) = takeover.receive().await? else {
+///             unreachable!("a live instance holds serving.lock");
+///         };
+///         let inherited = session.listeners.pop().ok_or("nothing handed over")?;
+///         assert_eq!(inherited.check, Ok(addr));
+///         let adopted = TcpListener::from(inherited.fd); // set_nonblocking(true) before giving it to tokio
+///         session.commit(Ready { adopted: vec![inherited.tag.name], ..Ready::default() }).await?;
+///         drop(takeover); // a real server would `finish()`, which waits for the postStart hook
+///         Ok::<_, Error>(adopted)
+///     }
+/// });
+///
+/// // The old instance sees the successor and hands its listener over.
+/// let stream = watch.next().await;
+/// let me = Identity { generation: 1, version: "v1".into() };
+/// let tag = ListenerTag { name: "http".into(), address: addr.to_string(), kind: "http".into() };
+/// let offered = [Offered { tag, fd: listener.as_fd() }];
+/// let committed = hand_over(stream, &me, &offered, Duration::from_secs(5)).await?;
+/// assert_eq!(committed.generation, 2);
+/// assert_eq!(committed.ready.adopted, ["http"]);
+/// // Committed: stop accepting and close our copy (never shutdown()), release serving.lock, drain, exit.
+/// drop(listener);
+/// drop(serving);
+///
+/// let adopted = new.await??;
+/// assert_eq!(adopted.local_addr()?, addr); // the same socket, with the same accept queue
+/// # std::fs::remove_dir_all(dir.path()).ok();
+/// # Ok(())
+/// # }
+/// ```
 pub async fn hand_over(
     stream: UnixStream,
     me: &Identity,
     listeners: &[Offered<'_>],
     timeout: Duration,
 ) -> Result<Committed, StepError> {
+    hand_over_with(stream, me, listeners, timeout, None).await
+}
+
+/// [`hand_over`] with a test hook: `crash_at` = `after-hello`, `after-fds` or `after-ready` returns
+/// [`HandoffError::Failpoint`] at that step without telling the peer (the caller exits, as if crashed there);
+/// `hang-after-fds` stops responding after sending the listeners, as a hung process would.
+///
+/// For fault-injection tests only: with `crash_at: None` it is exactly [`hand_over`], which servers call.
+pub async fn hand_over_with(
+    stream: UnixStream,
+    me: &Identity,
+    listeners: &[Offered<'_>],
+    timeout: Duration,
+    crash_at: Option<&str>,
+) -> Result<Committed, StepError> {
+    let crash_at = crash_at.map(str::to_string);
     let t0 = Instant::now();
     let deadline = t0 + timeout;
     let mut conn = Conn::new(stream).map_err(|e| e.at("connect"))?;
@@ -112,6 +210,7 @@ pub async fn hand_over(
         return Err(HandoffError::Protocol(reason).at("hello"));
     }
     step_event("old", "hello", me.generation, &peer.version, t0);
+    failpoint(&crash_at, "after-hello")?;
 
     // 2. LISTENERS: every listening socket, in batches, each fd tagged with its name and address.
     for batch in listeners.chunks(MAX_FDS_PER_FRAME) {
@@ -126,6 +225,11 @@ pub async fn hand_over(
         .await
         .map_err(|e| e.at("listeners"))?;
     step_event("old", "listeners", me.generation, &peer.version, t0);
+    failpoint(&crash_at, "after-fds")?;
+    if crash_at.as_deref() == Some("hang-after-fds") {
+        tracing::warn!("failpoint hang-after-fds: this handoff session stops responding");
+        std::future::pending::<()>().await;
+    }
 
     // 3. READY: the successor accepts on everything.
     let ready = match conn.recv(deadline).await.map_err(|e| e.at("ready"))?.0 {
@@ -134,6 +238,7 @@ pub async fn hand_over(
         other => return Err(unexpected(&other, "READY").at("ready")),
     };
     step_event("old", "ready", me.generation, &peer.version, t0);
+    failpoint(&crash_at, "after-ready")?;
 
     // 4. COMMIT / DONE: only an acknowledged commit lets the caller stop accepting.
     conn.send(&Message::Commit, &[], deadline)
@@ -152,20 +257,24 @@ pub async fn hand_over(
     })
 }
 
-/// Settings of the new side.
+/// Settings of the new side. Build with [`TakeoverOptions::new`] and adjust fields.
 #[derive(Debug, Clone)]
 pub struct TakeoverOptions {
-    /// The whole handoff: waiting for the predecessor, receiving, READY, COMMIT.
+    /// The whole handoff: waiting for the predecessor, receiving, READY, COMMIT. A live predecessor that does not
+    /// connect within it makes [`Takeover::receive`] fail rather than wait forever.
     pub timeout: Duration,
-    /// How long the reconfig socket stays open after the end, for a `migrate` watcher that has not connected yet.
+    /// How long the reconfig socket stays open after the end, for a `migrate` watcher that has not connected yet:
+    /// kubelet starts the postStart hook after the container, and the hook must still learn how the takeover
+    /// ended. [`Takeover::finish`] returns early as soon as a watcher has read the final report.
     pub linger: Duration,
-    /// Test hook: stop abruptly (return [`HandoffError::Failpoint`]) at `after-hello`, `after-fds` or
-    /// `before-ready`, without telling the peer, as if the process had crashed there.
+    /// Test hook: stop abruptly (return [`HandoffError::Failpoint`]) at `after-hello`, `after-fds`,
+    /// `before-ready` or `after-ready`, without telling the peer, as if the process had crashed there.
     pub crash_at: Option<String>,
 }
 
 impl TakeoverOptions {
-    /// Defaults for a given handoff timeout.
+    /// Defaults for a given handoff timeout: `linger` equal to it, no failpoint. The same timeout should be used
+    /// on the old side ([`hand_over`]); the postStart hook's ([`watch_takeover`]) should be longer.
     pub fn new(timeout: Duration) -> TakeoverOptions {
         TakeoverOptions {
             timeout,
@@ -176,6 +285,11 @@ impl TakeoverOptions {
 }
 
 /// New side: owns the reconfig socket for the length of a takeover.
+///
+/// From [`Takeover::start`] to [`Takeover::finish`] this process is the one new instance on the uds dir: it
+/// owns `reconfig.sock` (so the old instance can find it and the postStart hook can follow it), answers the old
+/// instance once, and reports progress to any number of watchers. Dropping it releases the socket at once,
+/// without the final report (a watcher then sees the connection close and fails).
 pub struct Takeover {
     dir: UdsDir,
     me: Identity,
@@ -188,25 +302,40 @@ pub struct Takeover {
 }
 
 /// What [`Takeover::receive`] found.
+///
+/// The env says "take over" also after a crash or a pod restart, when there is nobody to take over from, so
+/// both outcomes are normal.
 pub enum Inheritance {
-    /// No live instance holds the uds dir: bind every listener fresh.
+    /// No live instance holds the uds dir: bind every listener fresh (the ports are free), then
+    /// [`Takeover::finish`] so the postStart hook returns.
     NoPeer,
-    /// A predecessor sent its listeners: adopt them, then [`Session::commit`].
+    /// A predecessor sent its listeners: adopt them, accept, then [`Session::commit`].
     Peer(Box<Session>),
 }
 
 /// A listening socket received from the predecessor.
+///
+/// Its tag is the predecessor's word; `check` is the kernel's. Match on `check`, not on the tag: the old build
+/// may name things differently, and an fd that is not what it claims must never be served on.
 #[derive(Debug)]
 pub struct Inherited {
     /// What the predecessor said it is.
     pub tag: ListenerTag,
-    /// The socket (close-on-exec, still in blocking mode as sent).
+    /// The socket (close-on-exec, still in blocking mode as sent): call `set_nonblocking(true)` on it before
+    /// `tokio::net::TcpListener::from_std`, or accepts will block a runtime thread. Dropping it closes it, which
+    /// is how to get rid of a listener the new configuration no longer wants (after the commit: before, the old
+    /// instance still serves on it anyway).
     pub fd: OwnedFd,
-    /// Its actual local address if it is a listening TCP socket, else why it is not.
+    /// Its actual local address if it is a listening TCP socket, else why it is not (checked with `getsockopt`
+    /// and `getsockname` on arrival).
     pub check: Result<SocketAddr, String>,
 }
 
 /// An open handoff session on the new side, after the listeners arrived.
+///
+/// The predecessor is waiting for READY and still accepting. Take the listeners you want out of
+/// [`Session::listeners`], start accepting on them, then [`Session::commit`]; or [`Session::refuse`] if you
+/// cannot use them, and the predecessor carries on as if nothing happened.
 pub struct Session {
     conn: Conn,
     deadline: Instant,
@@ -214,14 +343,50 @@ pub struct Session {
     crash_at: Option<String>,
     started: Instant,
     generation: u64,
-    /// The predecessor's HELLO.
+    /// The predecessor's HELLO: its version (for logs) and its generation (ours is `peer.generation + 1`).
     pub peer: Hello,
-    /// The listeners it sent.
+    /// The listeners it sent, in its order. Take ownership of what you adopt (`swap_remove`, `mem::take`); what
+    /// is left is closed when the session is consumed.
     pub listeners: Vec<Inherited>,
 }
 
 impl Takeover {
     /// Binds the reconfig socket in `dir` and starts answering peers on it.
+    ///
+    /// Call it first, before binding anything: the moment `reconfig.sock` appears, the old instance starts the
+    /// handoff, and the postStart hook can follow it. Creates `dir` if missing. Fails with
+    /// [`HandoffError::Dir`] if the directory is unusable or another new instance already owns the socket.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (it spawns the task that accepts on the socket).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use baton_migrate::{Identity, Inheritance, Takeover, TakeoverOptions, UdsDir};
+    ///
+    /// # #[tokio::main]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let dir = UdsDir::new(std::env::temp_dir().join(format!("baton-doc-start-{}", std::process::id())));
+    /// let me = Identity { generation: 1, version: "v2".into() };
+    /// let mut opts = TakeoverOptions::new(Duration::from_secs(30));
+    /// # opts.linger = Duration::from_millis(10); // no postStart hook in this example
+    /// let mut takeover = Takeover::start(&dir, me, opts)?;
+    /// match takeover.receive().await? {
+    ///     Inheritance::NoPeer => {
+    ///         // First start, pod restart or crashed predecessor: nobody holds serving.lock (as here).
+    ///         // Bind every listener, start accepting, hold serving.lock, then tell the postStart hook:
+    ///         takeover.finish(true, "fresh", "no live predecessor; bound every listener").await;
+    ///     }
+    ///     Inheritance::Peer(session) => {
+    ///         // Adopt session.listeners, accept, commit, hold serving.lock: see `Session::commit`.
+    /// #       unreachable!();
+    ///     }
+    /// }
+    /// # std::fs::remove_dir_all(dir.path()).ok();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn start(dir: &UdsDir, me: Identity, opts: TakeoverOptions) -> Result<Takeover, HandoffError> {
         dir.ensure()?;
         let socket = dir.bind_reconfig()?;
@@ -242,7 +407,8 @@ impl Takeover {
         })
     }
 
-    /// Reports a phase to `migrate` watchers.
+    /// Reports a phase to `migrate` watchers: the hook prints the last phase it saw when it fails or times out,
+    /// which tells an operator where a takeover got stuck. The phase names are free-form.
     pub fn report(&self, phase: &str, detail: &str) {
         self.progress.send_replace(progress(phase, false, false, detail));
     }
@@ -252,6 +418,15 @@ impl Takeover {
     /// Returns [`Inheritance::NoPeer`] at once when no live instance holds `serving.lock` (first start, pod
     /// restart, crashed predecessor). A live one that does not connect within the timeout is an error: it still
     /// holds the ports, so binding fresh would fail or steal its traffic.
+    ///
+    /// On `Err`, ask [`UdsDir::peer_serving`] again, for a second or so (a dying process releases the lock a
+    /// moment after its socket closed): once it says `false` the predecessor is gone with its ports, and binding
+    /// fresh is safe; if it stays `true` the predecessor is still serving, and this instance should report the
+    /// failure with [`Takeover::finish`] and exit. Call it once. Take this process's own
+    /// [`crate::ServingLock`] only after the session is over: the probe cannot tell our lock from a peer's.
+    ///
+    /// Dropping the future (say, on SIGTERM) and then the `Takeover` ends the session early; the predecessor,
+    /// having changed nothing, keeps serving.
     pub async fn receive(&mut self) -> Result<Inheritance, StepError> {
         if !self.dir.peer_serving().map_err(|e| e.at("discover"))? {
             return Ok(Inheritance::NoPeer);
@@ -344,6 +519,21 @@ impl Takeover {
 
     /// Ends the takeover: publishes the final report to `migrate` watchers, waits until one has read it (or the
     /// linger time passes), then closes and unlinks the reconfig socket and releases its lock.
+    ///
+    /// `ok` is what the postStart hook's exit code will say: `true` when this instance serves every listener
+    /// (adopted or bound fresh), `false` when it is about to exit. `phase` and `detail` are printed by the hook.
+    ///
+    /// It can take up to [`TakeoverOptions::linger`] when no hook runs, so a server usually spawns it and keeps
+    /// serving; but it must not start its own [`crate::SuccessorWatch`] before this returns, or it would find
+    /// its own socket.
+    ///
+    /// ```no_run
+    /// # async fn f(takeover: baton_migrate::Takeover) {
+    /// let finishing = tokio::spawn(takeover.finish(true, "complete", "adopted 1 listener"));
+    /// // ... serve; once `finishing` has completed, start watching for a successor.
+    /// finishing.await.ok();
+    /// # }
+    /// ```
     pub async fn finish(mut self, ok: bool, phase: &str, detail: &str) {
         self.progress.send_replace(progress(phase, true, ok, detail));
         let _ = tokio::time::timeout(self.opts.linger, self.informed.notified()).await;
@@ -362,8 +552,51 @@ impl Drop for Takeover {
 impl Session {
     /// Sends READY (the caller accepts on every listener now), waits for COMMIT, acknowledges with DONE.
     ///
-    /// On `Err` the predecessor has not stopped accepting; the caller should stop accepting, drain what it
-    /// accepted, and exit.
+    /// On `Err(HandoffError::Refused)` the predecessor said it keeps serving: the caller should stop accepting,
+    /// drain what it accepted, and exit. Any other error after READY means the predecessor crashed or hung
+    /// mid-commit; the sockets are shared, so the caller can keep serving (and the predecessor, if alive, too).
+    ///
+    /// READY is a promise, so call this only once accept loops run on every listener you adopted or bound: from
+    /// the old instance's DONE on, nobody else accepts on those sockets. Take your [`crate::ServingLock`] after
+    /// it returns (see [`Takeover::receive`] for why not before); on success, listeners left in
+    /// [`Session::listeners`] are closed, and [`Takeover::finish`] tells the postStart hook.
+    ///
+    /// ```no_run
+    /// use std::net::SocketAddr;
+    /// use baton_migrate::{HandoffError, Ready, Session, UdsDir};
+    ///
+    /// # async fn adopt(mut session: Box<Session>, dir: &UdsDir, wanted: SocketAddr)
+    /// #     -> Result<(), Box<dyn std::error::Error>> {
+    /// // Adopt the socket whose actual address is the one we serve; whatever else arrived is closed afterwards.
+    /// let Some(pos) = session.listeners.iter().position(|l| l.check == Ok(wanted)) else {
+    ///     session.refuse(&format!("nothing was handed over on {wanted}")).await; // the old keeps serving
+    ///     return Err("nothing to adopt".into());
+    /// };
+    /// let inherited = session.listeners.swap_remove(pos);
+    /// let std_listener = std::net::TcpListener::from(inherited.fd);
+    /// std_listener.set_nonblocking(true)?; // it arrives in blocking mode
+    /// let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    /// tokio::spawn(async move {
+    ///     while let Ok((conn, _)) = listener.accept().await { /* serve conn */ }
+    /// });
+    /// let ready = Ready {
+    ///     adopted: vec![inherited.tag.name],
+    ///     bound: vec![],
+    ///     unclaimed: session.listeners.iter().map(|l| l.tag.name.clone()).collect(),
+    /// };
+    /// match session.commit(ready).await {
+    ///     Ok(()) => {}
+    ///     Err(e) if matches!(e.error, HandoffError::Refused(_)) => {
+    ///         // The predecessor keeps serving: stop accepting, drain what we accepted, exit non-zero.
+    ///         return Err(e.into());
+    ///     }
+    ///     Err(e) => eprintln!("the predecessor did not confirm the commit ({e}); serving anyway"),
+    /// }
+    /// let serving = dir.hold_serving()?; // a successor will wait for us from now on
+    /// # drop(serving);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub async fn commit(mut self, ready: Ready) -> Result<(), StepError> {
         failpoint(&self.crash_at, "before-ready")?;
         self.conn
@@ -372,6 +605,7 @@ impl Session {
             .map_err(|e| e.at("ready"))?;
         self.progress.send_replace(progress("ready", false, false, ""));
         step_event("new", "ready", self.generation, &self.peer.version, self.started);
+        failpoint(&self.crash_at, "after-ready")?;
         match self.conn.recv(self.deadline).await.map_err(|e| e.at("commit"))?.0 {
             Message::Commit => {}
             Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("commit")),
@@ -386,6 +620,9 @@ impl Session {
     }
 
     /// Abandons the session, telling the predecessor why. It keeps serving.
+    ///
+    /// Better than dropping the session: the old instance logs the reason instead of a closed connection, and
+    /// stops waiting at once instead of at its timeout. Still report the failure with [`Takeover::finish`].
     pub async fn refuse(mut self, reason: &str) {
         refuse(&mut self.conn, reason, self.deadline).await;
     }
@@ -470,6 +707,59 @@ const RETRY: Duration = Duration::from_millis(5);
 ///
 /// Retries the connection until `timeout` (the new instance may not have bound the socket yet, or a stale file
 /// from a dead process may be there). Errors say what was last seen.
+///
+/// This is what a SidecarSet `postStart` exec hook runs: Kruise considers the new slot started, and resets the
+/// old one, only once the hook returns, so the hook must not return before the takeover ended, and must fail
+/// if it failed. Kubelet puts no deadline on exec hooks, hence the mandatory `timeout` (make it longer than the
+/// handoff's). Gives up early, after 10 s, if no new instance ever owned the socket. Call it only in a slot whose
+/// [`crate::Role`] is `Takeover`; in the others there is nothing to wait for.
+///
+/// ```
+/// use std::time::Duration;
+/// use baton_migrate::{watch_takeover, Role, UdsDir};
+/// # use baton_migrate::{Identity, Inheritance, Takeover, TakeoverOptions};
+///
+/// /// The postStart hook: returns the exit code.
+/// async fn post_start(dir: &UdsDir) -> i32 {
+///     match Role::from_env() {
+///         Ok(Role::Takeover) => {}
+///         Ok(_) => return 0, // first start or idle slot: nothing to migrate
+///         Err(e) => {
+///             eprintln!("{e}");
+///             return 2;
+///         }
+///     }
+///     match watch_takeover(dir, Duration::from_secs(60)).await {
+///         Ok(report) if report.ok => {
+///             println!("{}: {}", report.phase, report.detail);
+///             0
+///         }
+///         Ok(report) => {
+///             eprintln!("handoff failed: {}", report.detail);
+///             1
+///         }
+///         Err(why) => {
+///             eprintln!("handoff failed: {why}");
+///             1
+///         }
+///     }
+/// }
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// # std::env::set_var("SIDECARSET_VERSION", "7340032");
+/// # std::env::set_var("SIDECARSET_VERSION_ALT", "1");
+/// # let dir = UdsDir::new(std::env::temp_dir().join(format!("baton-doc-watch-{}", std::process::id())));
+/// # // The new instance, normally another process: no predecessor here, so it binds fresh.
+/// # let me = Identity { generation: 1, version: "v2".into() };
+/// # let mut takeover = Takeover::start(&dir, me, TakeoverOptions::new(Duration::from_secs(5))).unwrap();
+/// # assert!(matches!(takeover.receive().await, Ok(Inheritance::NoPeer)));
+/// # let finishing = tokio::spawn(takeover.finish(true, "fresh", "bound every listener"));
+/// assert_eq!(post_start(&dir).await, 0);
+/// # finishing.await.unwrap();
+/// # std::fs::remove_dir_all(dir.path()).ok();
+/// # }
+/// ```
 pub async fn watch_takeover(dir: &UdsDir, timeout: Duration) -> Result<Progress, String> {
     let started = Instant::now();
     let deadline = started + timeout;
@@ -498,8 +788,15 @@ pub async fn watch_takeover(dir: &UdsDir, timeout: Duration) -> Result<Progress,
             _ => {}
         }
         if Instant::now() + RETRY >= deadline {
+            let why = match last_connect_error.kind() {
+                std::io::ErrorKind::ConnectionRefused => {
+                    "the socket is there but nothing listens on it: the instance that created it exited"
+                }
+                std::io::ErrorKind::NotFound => "no instance has started a takeover there",
+                _ => "it cannot be reached",
+            };
             return Err(format!(
-                "timed out after {timeout:?}: no baton instance answered on {} ({last_connect_error})",
+                "timed out after {timeout:?}: no baton instance answered on {}: {why} ({last_connect_error})",
                 path.display()
             ));
         }

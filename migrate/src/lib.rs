@@ -15,6 +15,16 @@
 //! The crate knows nothing of what the listeners serve. The protocol, step by step, is in [`handoff`]; the
 //! frames are in [`wire`]. Only the private `sys` module handles raw fds.
 //!
+//! The caller keeps three duties the crate cannot do for it: put adopted listeners in non-blocking mode before
+//! giving them to tokio; after a committed [`hand_over`], stop accepting by closing its copies of the listeners
+//! (never `shutdown()`: the socket is shared, and shutting it down stops it listening and resets its queue for the
+//! successor too) and drop its [`ServingLock`];
+//! and drain its in-flight connections before exiting. `migrate/README.md` is the guide, and
+//! `examples/minimal_server.rs` in the repository is a complete server in under 250 lines.
+//!
+//! Linux only (SCM_RIGHTS, SO_PEERCRED, inotify, flock). Everything async, and [`Takeover::start`] and
+//! [`SuccessorWatch::new`], must run inside a tokio runtime with its I/O and time drivers enabled.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use baton_migrate::{Identity, Inheritance, Role, Takeover, TakeoverOptions, UdsDir};
@@ -25,13 +35,16 @@
 //! if Role::from_env()? == Role::Takeover {
 //!     let mut takeover = Takeover::start(&dir, me, TakeoverOptions::new(Duration::from_secs(30)))?;
 //!     match takeover.receive().await? {
-//!         Inheritance::NoPeer => { /* bind fresh */ }
+//!         Inheritance::NoPeer => { /* bind fresh, start accepting */ }
 //!         Inheritance::Peer(session) => {
 //!             // adopt session.listeners (check each `Inherited::check`), start accepting, then:
 //!             session.commit(Default::default()).await?;
 //!         }
 //!     }
-//!     takeover.finish(true, "complete", "").await;
+//!     let serving = dir.hold_serving()?; // from now on a successor waits for us
+//!     takeover.finish(true, "complete", "").await; // tells the postStart hook
+//!     // ... serve, and watch for a successor with SuccessorWatch + hand_over
+//! # drop(serving);
 //! }
 //! # Ok(()) }
 //! ```
@@ -50,7 +63,8 @@ pub mod wire;
 pub use dir::{InstanceFile, ReconfigSocket, ServingLock, UdsDir};
 pub use error::{HandoffError, StepError};
 pub use handoff::{
-    hand_over, watch_takeover, Committed, Identity, Inheritance, Inherited, Offered, Session, Takeover, TakeoverOptions,
+    hand_over, hand_over_with, watch_takeover, Committed, Identity, Inheritance, Inherited, Offered, Session, Takeover,
+    TakeoverOptions,
 };
 pub use role::{Role, RoleError};
 pub use watch::SuccessorWatch;

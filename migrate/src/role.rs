@@ -19,24 +19,34 @@
 
 use std::fmt;
 
-/// Env var holding this slot's SidecarSet version.
+/// Env var holding this slot's SidecarSet version, as the Kruise webhook injects it into every sidecar container
+/// of a `HotUpgrade` SidecarSet. Exposed so tests and tools can set it without repeating the string.
 pub const VERSION_ENV: &str = "SIDECARSET_VERSION";
-/// Env var holding the other slot's SidecarSet version.
+/// Env var holding the other slot's SidecarSet version: comparing it with [`VERSION_ENV`] is the only way a
+/// container can tell, at start, whether it is the upgraded slot or the one being replaced.
 pub const VERSION_ALT_ENV: &str = "SIDECARSET_VERSION_ALT";
 
 /// What this process should do at start.
+///
+/// Kruise starts the new slot next to the running one and tells neither which is which except through the env,
+/// so every instance decides here, before binding anything, whether to bind its ports, inherit them, or keep away
+/// from them. Getting it wrong means binding next to a live instance (an `EADDRINUSE`, or with `SO_REUSEPORT` a
+/// silent split of its traffic) or an upgrade that waits for a predecessor that is not there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Bind every listener itself: there is no predecessor.
+    /// Bind every listener itself: there is no predecessor (first start, pod restart, or not under Kruise).
     Fresh,
-    /// Take the listening sockets from the live instance on the uds dir (bind fresh if there is none).
+    /// Take the listening sockets from the live instance on the uds dir with [`crate::Takeover`]; it binds fresh
+    /// if there is none, since after a crash or a pod restart the env still says "upgraded".
     Takeover,
-    /// Bind nothing and wait for SIGTERM: this slot is empty or superseded.
+    /// Bind nothing and wait for SIGTERM: this slot runs the empty image, or was superseded and restarted
+    /// (binding now would fight the newer slot for its ports).
     Idle,
 }
 
 impl Role {
-    /// Lower-case name used in logs and `/status`.
+    /// Lower-case name (`fresh`, `takeover`, `idle`): a stable string for logs and status documents, where the
+    /// `Debug` form would change with a rename.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Fresh => "fresh",
@@ -45,7 +55,27 @@ impl Role {
         }
     }
 
-    /// Reads the role from this process's environment.
+    /// Reads the role from this process's environment: what a server calls first, before binding anything.
+    ///
+    /// The env is read once; Kruise never changes it while the container runs, so the answer describes the
+    /// moment the container started (see the module docs for why `Takeover` is only a hint). A malformed value is
+    /// an error rather than a guess: treating garbage as "no Kruise" would bind fresh next to a live
+    /// predecessor.
+    ///
+    /// ```
+    /// use baton_migrate::Role;
+    ///
+    /// # std::env::set_var("SIDECARSET_VERSION", "7340032");
+    /// # std::env::set_var("SIDECARSET_VERSION_ALT", "1");
+    /// // In the upgraded slot Kruise sets SIDECARSET_VERSION=7340032, SIDECARSET_VERSION_ALT=1.
+    /// match Role::from_env()? {
+    ///     Role::Fresh => { /* bind every listener */ }
+    ///     Role::Takeover => { /* Takeover::start, then receive the predecessor's listeners */ }
+    ///     Role::Idle => { /* bind nothing; wait for SIGTERM */ }
+    /// }
+    /// # assert_eq!(Role::from_env()?, Role::Takeover);
+    /// # Ok::<(), baton_migrate::RoleError>(())
+    /// ```
     pub fn from_env() -> Result<Role, RoleError> {
         let version = std::env::var(VERSION_ENV).ok();
         let alt = std::env::var(VERSION_ALT_ENV).ok();
@@ -54,6 +84,25 @@ impl Role {
 
     /// Decides the role from the raw values of `SIDECARSET_VERSION` and `SIDECARSET_VERSION_ALT`.
     /// An empty string counts as unset; anything else must be an unsigned integer.
+    ///
+    /// The pure half of [`Role::from_env`], so the decision table can be tested (and reused by tools that read
+    /// the env of another process) without touching this process's environment.
+    ///
+    /// ```
+    /// use baton_migrate::Role;
+    ///
+    /// // Slot 1 created; slot 2 holds the empty image.
+    /// assert_eq!(Role::detect(Some("1"), Some("0"))?, Role::Fresh);
+    /// assert_eq!(Role::detect(Some("0"), Some("1"))?, Role::Idle);
+    /// // v1 -> v2: slot 2 gets the new version and takes over; slot 1, if it restarts now, must idle.
+    /// assert_eq!(Role::detect(Some("7340032"), Some("1"))?, Role::Takeover);
+    /// assert_eq!(Role::detect(Some("1"), Some("7340032"))?, Role::Idle);
+    /// // Not under Kruise at all.
+    /// assert_eq!(Role::detect(None, None)?, Role::Fresh);
+    /// // Garbage is an error naming the variable, never a guess.
+    /// assert_eq!(Role::detect(Some("v2"), Some("1")).unwrap_err().var, "SIDECARSET_VERSION");
+    /// # Ok::<(), baton_migrate::RoleError>(())
+    /// ```
     pub fn detect(version: Option<&str>, alt: Option<&str>) -> Result<Role, RoleError> {
         let version = parse(VERSION_ENV, version)?;
         let alt = parse(VERSION_ALT_ENV, alt)?;
@@ -84,12 +133,15 @@ fn parse(var: &'static str, value: Option<&str>) -> Result<Option<u64>, RoleErro
 }
 
 /// A Kruise version env var that is not an unsigned integer.
+///
+/// Kept apart from [`crate::HandoffError`] because it happens before any handoff, and a caller usually treats it
+/// as a configuration error (exit 2, say) rather than a failed upgrade.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{var}={value:?} is not an unsigned integer (OpenKruise sets it to a SidecarSet resourceVersion, or 0 for an empty slot)")]
 pub struct RoleError {
-    /// The env var's name.
+    /// The env var's name, so the message points at what to fix.
     pub var: &'static str,
-    /// Its value.
+    /// Its value (trimmed), as found.
     pub value: String,
 }
 

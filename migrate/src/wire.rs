@@ -11,23 +11,41 @@
 //! The decoder is pure (bytes in, messages out) so it can be property-tested and fuzzed without sockets.
 //! Listening sockets travel as SCM_RIGHTS ancillary data attached to the first byte of a [`Message::Listeners`]
 //! frame, one fd per [`ListenerTag`], in order; see [`crate::conn`].
+//!
+//! A server using the crate meets only [`ListenerTag`], [`Ready`] and [`Progress`] (re-exported at the crate
+//! root); the rest is public for tests, fuzzing and tools that want to speak the protocol themselves.
+//!
+//! ```
+//! use baton_migrate::wire::{decode, Message};
+//!
+//! let bytes = Message::ListenersEnd { total: 2 }.encode()?;
+//! assert_eq!(&bytes[..6], &[0, 0, 0, 13, 1, 3]); // length 13, frame version 1, type 3
+//! assert_eq!(decode(&bytes)?, Some((Message::ListenersEnd { total: 2 }, bytes.len())));
+//! assert_eq!(decode(&bytes[..5])?, None); // incomplete: read more
+//! # Ok::<(), baton_migrate::wire::WireError>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the frame layout above. A peer with another frame version is refused before anything else.
+/// Version of the frame layout above. A peer with another frame version is refused before anything else: the
+/// layout must be understood before any message, including HELLO's protocol negotiation, can be read.
 pub const FRAME_VERSION: u8 = 1;
-/// Oldest handoff protocol version this build speaks (negotiated in [`Hello`]).
+/// Oldest handoff protocol version this build speaks (negotiated in [`Hello`]). Old and new are different
+/// builds by definition, so each side announces a range and the receiver picks the newest version both speak.
 pub const PROTOCOL_MIN: u16 = 1;
 /// Newest handoff protocol version this build speaks.
 pub const PROTOCOL_MAX: u16 = 1;
 /// Largest frame accepted, header included. Anything longer is a protocol error, not an allocation.
 pub const MAX_FRAME: usize = 1 << 20;
-/// Most fds carried by one frame. Kept well below the kernel's SCM_MAX_FD (253) that HAProxy ran into.
+/// Most fds carried by one frame. Kept well below the kernel's SCM_MAX_FD (253) that HAProxy ran into; more
+/// listeners than this travel in several [`Message::Listeners`] batches.
 pub const MAX_FDS_PER_FRAME: usize = 64;
-/// Bytes before the payload: length (4), frame version (1), type (1).
+/// Bytes before the payload: length (4), frame version (1), type (1). Exposed for fuzzers and tests that build
+/// frames by hand.
 pub const HEADER_LEN: usize = 6;
 
-/// What a peer is to the instance that accepted its connection on the reconfig socket.
+/// What a peer is to the instance that accepted its connection on the reconfig socket. One socket serves two
+/// kinds of client (the old instance and the postStart hook), so each says which it is in its [`Hello`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PeerRole {
@@ -39,7 +57,8 @@ pub enum PeerRole {
     Watcher,
 }
 
-/// First message of each side.
+/// First message of each side: negotiates the protocol version and tells the peer who it is, for its logs and so
+/// the new instance can compute its own generation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// What the sender of this message is.
@@ -55,6 +74,11 @@ pub struct Hello {
 }
 
 /// What a listening socket is, as the old instance knows it.
+///
+/// The tag travels next to the fd because an fd alone says little: the new instance matches on the socket's
+/// *actual* address (see [`crate::Inherited::check`]), and uses the name and kind to log what it adopted and to
+/// report what it did not want. The crate gives no meaning to `name` or `kind`; pick what your config calls
+/// them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerTag {
     /// Listener name from the configuration (unique per kind).
@@ -65,7 +89,9 @@ pub struct ListenerTag {
     pub kind: String,
 }
 
-/// The new instance's report when it is accepting on every listener.
+/// The new instance's report when it is accepting on every listener: sent as READY, returned to the old side in
+/// [`crate::Committed`], so its logs can say what became of each listener after the upgrade. All names are the
+/// caller's; the crate does not check them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ready {
     /// Listener names adopted from the fds received.
@@ -76,7 +102,9 @@ pub struct Ready {
     pub unclaimed: Vec<String>,
 }
 
-/// Where a takeover stands, as reported to `migrate` watchers.
+/// Where a takeover stands, as reported to `migrate` watchers: what [`crate::watch_takeover`] returns, and what
+/// the postStart hook prints. Only the final report (`done`) is guaranteed to be seen; intermediate phases may be
+/// skipped by a slow watcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
     /// Short phase name: `waiting`, `receiving`, `adopting`, `ready`, `complete`, `fresh`, `failed`.
@@ -89,7 +117,8 @@ pub struct Progress {
     pub detail: String,
 }
 
-/// One frame of the handoff protocol.
+/// One frame of the handoff protocol. [`crate::hand_over`], [`crate::Takeover`] and [`crate::watch_takeover`]
+/// exchange these for you; the type is public for tests and fuzzing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     /// Protocol negotiation and identity. Both sides send it first.
@@ -117,7 +146,7 @@ pub enum Message {
 }
 
 impl Message {
-    /// The type byte on the wire.
+    /// The type byte on the wire (stable across protocol versions: new messages get new bytes).
     pub fn type_byte(&self) -> u8 {
         match self {
             Message::Hello(_) => 1,
@@ -131,7 +160,7 @@ impl Message {
         }
     }
 
-    /// Name used in errors and logs.
+    /// Upper-case name (`HELLO`, `READY`, ...), used in errors and logs so they match the protocol diagram.
     pub fn name(&self) -> &'static str {
         match self {
             Message::Hello(_) => "HELLO",
@@ -145,7 +174,8 @@ impl Message {
         }
     }
 
-    /// How many fds must arrive with this frame.
+    /// How many fds must arrive with this frame: both ends check it, so a stray fd is closed rather than leaked
+    /// and a missing one is a protocol error rather than a misnumbered listener.
     pub fn fd_count(&self) -> usize {
         match self {
             Message::Listeners(tags) => tags.len(),
@@ -153,7 +183,8 @@ impl Message {
         }
     }
 
-    /// Encodes the frame, header included.
+    /// Encodes the frame, header included. Fails only for a frame larger than [`MAX_FRAME`] or a batch of more
+    /// than [`MAX_FDS_PER_FRAME`] listeners, the same limits the decoder enforces.
     pub fn encode(&self) -> Result<Vec<u8>, WireError> {
         let payload = match self {
             Message::Hello(h) => serde_json::to_vec(h),
@@ -196,7 +227,8 @@ struct Reason {
     reason: String,
 }
 
-/// A frame that cannot be decoded. Every variant is a peer's fault and ends the session.
+/// A frame that cannot be decoded (or encoded). Every variant is a peer's fault and ends the session: after a
+/// bad frame the byte stream cannot be trusted to be in sync.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     /// The length prefix announces more than [`MAX_FRAME`].
@@ -223,6 +255,9 @@ pub enum WireError {
 ///
 /// Returns `Ok(None)` when `buf` holds only part of a frame, and the message with the number of bytes it used
 /// otherwise. Never panics, whatever the bytes.
+///
+/// Pure and incremental, so the caller can feed it whatever `recvmsg` returned so far, and tests can fuzz it
+/// without sockets.
 pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
     if buf.len() < 4 {
         return Ok(None);

@@ -411,9 +411,28 @@ pub struct Baton {
 impl Baton {
     /// Spawn `baton <args>` with `env`; `name` labels the process and its log files (`<name>.stderr`).
     pub fn spawn(dir: &TestDir, name: &str, args: &[&str], env: &Env) -> Baton {
+        Baton::spawn_cmd(dir, name, baton_command(args, env))
+    }
+
+    /// Like [`Baton::spawn`], with RLIMIT_NOFILE set to `nofile` (through util-linux `prlimit`, exec'ing baton).
+    pub fn spawn_with_nofile(dir: &TestDir, name: &str, args: &[&str], env: &Env, nofile: u32) -> Baton {
+        let inner = baton_command(args, env);
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}")).arg("--").arg(inner.get_program());
+        cmd.args(inner.get_args());
+        for (k, v) in inner.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.stdin(Stdio::null());
+        Baton::spawn_cmd(dir, name, cmd)
+    }
+
+    fn spawn_cmd(dir: &TestDir, name: &str, mut cmd: Command) -> Baton {
         let stdout_path = dir.join(&format!("{name}.stdout"));
         let stderr_path = dir.join(&format!("{name}.stderr"));
-        let mut cmd = baton_command(args, env);
         cmd.stdout(fs::File::create(&stdout_path).expect("create stdout file"));
         cmd.stderr(fs::File::create(&stderr_path).expect("create stderr file"));
         let child = cmd.spawn().expect("spawn baton");
@@ -766,6 +785,49 @@ pub async fn tcp_echo_once(addr: SocketAddr, payload: &[u8]) -> anyhow::Result<(
 }
 
 /// Whether a TCP connect to `addr` is refused (nothing listening).
+/// Waits until an instance in `phase` has published itself in the uds dir (see `baton status`).
+pub async fn wait_phase_published(uds_dir: &Path, phase: &str, timeout: Duration) -> bool {
+    let needle = format!("\"phase\":\"{phase}\"");
+    wait_until(timeout, || async {
+        fs::read_dir(uds_dir)
+            .map(|entries| {
+                entries.flatten().any(|e| {
+                    e.file_name().to_string_lossy().starts_with("instance-")
+                        && fs::read_to_string(e.path()).is_ok_and(|t| t.contains(&needle))
+                })
+            })
+            .unwrap_or(false)
+    })
+    .await
+}
+
+/// How many listening TCP sockets (IPv4 or IPv6) process `pid` holds: its socket fds matched against the
+/// LISTEN entries of /proc/net/tcp{,6}.
+pub fn listening_tcp_sockets(pid: u32) -> usize {
+    let mut listening = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else { continue };
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // cols[3] is the state (0A = LISTEN), cols[9] the inode.
+            if cols.len() > 9 && cols[3] == "0A" {
+                listening.insert(cols[9].to_string());
+            }
+        }
+    }
+    let fds = fs::read_dir(format!("/proc/{pid}/fd")).expect("read the process's fds");
+    fds.flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().to_string();
+            t.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .filter(|inode| listening.contains(inode))
+        .count()
+}
+
 pub async fn connect_refused(addr: SocketAddr) -> bool {
     match tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(addr)).await {
         Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
