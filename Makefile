@@ -5,7 +5,7 @@ RELEASE_DIR ?= target/release
 VERSION ?= dev
 export CONTAINERS_CONF ?= $(CURDIR)/images/containers.conf
 
-.PHONY: all help build demo test lint unit test-pod image clean
+.PHONY: all help build demo test lint unit test-pod image bench bench-smoke clean
 
 all: build
 
@@ -21,8 +21,8 @@ build:
 demo: build
 	$(RELEASE_DIR)/examples/demo
 
-## test: everything — lint, unit and integration tests, the real-container pod test
-test: lint unit test-pod
+## test: everything — lint, unit and integration tests, the real-container pod test, the bench harness smoke
+test: lint unit test-pod bench-smoke
 
 ## lint: rustfmt and clippy (warnings are errors) on both workspaces
 lint:
@@ -30,6 +30,10 @@ lint:
 	$(CARGO) fmt --manifest-path images/empty/Cargo.toml -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --locked --manifest-path images/empty/Cargo.toml -- -D warnings
+	$(CARGO) fmt --manifest-path bench/tools/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path bench/chart/Cargo.toml -- --check
+	$(CARGO) clippy --locked --manifest-path bench/tools/Cargo.toml --target-dir target/bench -- -D warnings
+	$(CARGO) clippy --locked --manifest-path bench/chart/Cargo.toml --target-dir target/bench -- -D warnings
 
 ## unit: unit, protocol and process-level integration tests (cargo test)
 unit:
@@ -42,6 +46,14 @@ test-pod:
 ## image: container images baton:$(VERSION) and baton-empty:$(VERSION) (make image VERSION=v2)
 image:
 	VERSION=$(VERSION) CARGO=$(CARGO) bash scripts/image.sh
+
+## bench: baton vs direct, nginx and HAProxy on loopback (a few minutes): bench/results.{md,json,png}
+bench:
+	CARGO=$(CARGO) bash scripts/bench.sh
+
+## bench-smoke: every bench scenario for ~1 s, proves the harness works (part of make test)
+bench-smoke:
+	CARGO=$(CARGO) bash scripts/bench.sh --smoke
 
 ## clean: remove build outputs
 clean:

@@ -1,15 +1,14 @@
-//! The TCP listener: a bidirectional byte relay to the cluster.
+//! The TCP listener: a bidirectional byte relay to the cluster (splice(2), see [`crate::relay`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
+use crate::relay;
 use crate::upstream::Cluster;
 
 /// Relays one accepted connection until either side closes, or the hard stop drops it. The drain does not
@@ -22,9 +21,8 @@ pub async fn serve(
     hard_stop: CancellationToken,
 ) {
     let _ = client.set_nodelay(true);
-    let mut client = ClientIo::new(Bytes::new(), client, metrics.clone());
     let relay = async {
-        let (endpoint, mut upstream) = match cluster.connect().await {
+        let (endpoint, upstream) = match cluster.connect().await {
             Ok(c) => c,
             Err(e) => {
                 metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
@@ -34,7 +32,13 @@ pub async fn serve(
         };
         // A relayed stream counts as one "2xx request".
         metrics.requests[1].fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        let up = |n| {
+            metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
+        };
+        let down = |n| {
+            metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
+        };
+        if let Err(e) = relay::relay(&client, &upstream, up, down).await {
             tracing::debug!(cluster = %cluster.name, %peer, %endpoint, error = %e, "tcp relay ended with an error");
         }
     };

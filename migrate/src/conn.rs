@@ -106,12 +106,22 @@ impl Conn {
                 }
                 return Ok((msg, fds));
             }
+            // Never read past the end of the current frame: fds travel with the first byte of the frame they
+            // belong to, so a read that stayed inside one frame can only have brought that frame's fds.
+            let want = match self.buf.len() {
+                n if n < 4 => 4 - n,
+                n => {
+                    let declared = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+                    (4 + declared).saturating_sub(n).max(1)
+                }
+            };
             let read = async {
                 let mut chunk = [0u8; 8192];
+                let limit = want.min(chunk.len());
                 let (n, fds) = self
                     .stream
                     .async_io(Interest::READABLE, || {
-                        sys::recv_with_fds(self.stream.as_fd(), &mut chunk)
+                        sys::recv_with_fds(self.stream.as_fd(), &mut chunk[..limit])
                     })
                     .await?;
                 Ok::<_, io::Error>((chunk[..n].to_vec(), fds))

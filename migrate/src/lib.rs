@@ -20,7 +20,7 @@
 //! (never `shutdown()`: the socket is shared, and shutting it down stops it listening and resets its queue for the
 //! successor too) and drop its [`ServingLock`];
 //! and drain its in-flight connections before exiting. `migrate/README.md` is the guide, and
-//! `examples/minimal_server.rs` in the repository is a complete server in under 250 lines.
+//! `examples/minimal_server.rs` in the repository is a complete minimal server built on it.
 //!
 //! Linux only (SCM_RIGHTS, SO_PEERCRED, inotify, flock). Everything async, and [`Takeover::start`] and
 //! [`SuccessorWatch::new`], must run inside a tokio runtime with its I/O and time drivers enabled.

@@ -15,8 +15,6 @@ use nix::sys::socket::{
 
 use tokio::io::unix::AsyncFd;
 
-use crate::wire::MAX_FDS_PER_FRAME;
-
 /// Sends `data` with `fds` attached as SCM_RIGHTS. Returns the number of bytes written, which may be short;
 /// the fds travel with the first byte, so the caller writes the rest without them.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
@@ -30,11 +28,15 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
     sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
 }
 
+/// Most fds the kernel passes in one message (SCM_MAX_FD). Room is made for all of them, so a peer that sends
+/// more than the protocol allows cannot make the control message truncate (nix then hides the fds that did
+/// arrive, and they would leak); the caller rejects the surplus and closes it.
+const SCM_MAX_FD: usize = 253;
+
 /// Reads into `buf`, collecting any fds that arrive (close-on-exec set atomically by MSG_CMSG_CLOEXEC).
-/// A truncated control message (MSG_CTRUNC: more fds than we make room for) is an error, and the fds that did
-/// arrive are closed.
+/// A truncated control message (MSG_CTRUNC) is an error.
 pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS_PER_FRAME]);
+    let mut cmsg_space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = recvmsg::<()>(
         sock.as_raw_fd(),
@@ -55,7 +57,7 @@ pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("control message truncated: peer attached more than {MAX_FDS_PER_FRAME} fds"),
+            format!("control message truncated: peer attached more than {SCM_MAX_FD} fds"),
         ));
     }
     Ok((msg.bytes, fds))

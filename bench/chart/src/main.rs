@@ -1,0 +1,1000 @@
+//! `baton-bench-chart`: turns the raw numbers of `scripts/bench.sh` (results.json) into the report.
+//!
+//! ```text
+//! baton-bench-chart --json bench/results.json [--md bench/results.md] [--png bench/results.png]
+//!                   [--font /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf]
+//! ```
+//!
+//! - `--md`: machine info, ONE markdown table (every scenario, baton against direct, nginx and HAProxy, a
+//!   ratio against the best peer, each target "met" or "MISSED"), and the list of missed targets;
+//! - `--png`: a chart (throughput per scenario per proxy, latency, TCP relay, failed requests during
+//!   upgrades, handoff times, memory), text drawn with `ab_glyph` from a TrueType file read at run time;
+//! - stdout: the table, then one `MISSED: …` line per missed target.
+//!
+//! Exit 0 whatever the numbers say; 1 only when results.json is missing a field the report needs (the
+//! harness broke), 2 for bad arguments.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+const PROXIES: [&str; 4] = ["direct", "baton", "nginx", "haproxy"];
+
+// ------------------------------------------------------------------------------------------------
+// Reading results.json
+
+struct Results {
+    v: Value,
+    problems: Vec<String>,
+}
+
+impl Results {
+    /// The value at a `/`-separated path; a problem is recorded when it is absent or not a number.
+    fn num(&mut self, path: &str) -> Option<f64> {
+        let ptr = format!("/{path}");
+        match self.v.pointer(&ptr) {
+            Some(Value::Number(n)) => n.as_f64(),
+            Some(Value::Null) => None,
+            Some(other) => {
+                self.problems.push(format!("{path}: not a number: {other}"));
+                None
+            }
+            None => {
+                self.problems.push(format!("{path}: missing"));
+                None
+            }
+        }
+    }
+
+    /// Like `num`, but absence is allowed (optional measurements).
+    fn opt(&self, path: &str) -> Option<f64> {
+        self.v.pointer(&format!("/{path}")).and_then(Value::as_f64)
+    }
+
+    fn text(&self, path: &str) -> String {
+        match self.v.pointer(&format!("/{path}")) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Null) | None => String::new(),
+            Some(other) => other.to_string(),
+        }
+    }
+
+    fn exists(&self, path: &str) -> bool {
+        self.v.pointer(&format!("/{path}")).is_some_and(|v| !v.is_null())
+    }
+}
+
+/// Nearest-rank percentile of unsorted values.
+fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+/// Handoff statistics from the upgrader's JSON at `path`.
+#[derive(Default, Clone)]
+struct Handoffs {
+    count: usize,
+    ok: usize,
+    serve: Vec<f64>,
+    internal: Vec<f64>,
+    migrate_after_serve: Vec<f64>,
+    old_exit_nonzero: usize,
+}
+
+fn handoffs(r: &Results, path: &str) -> Option<Handoffs> {
+    let v = r.v.pointer(&format!("/{path}"))?;
+    let ups = v.get("upgrades")?.as_array()?;
+    let mut h = Handoffs {
+        count: ups.len(),
+        ..Handoffs::default()
+    };
+    for u in ups {
+        if u.get("ok").and_then(Value::as_bool) == Some(true) {
+            h.ok += 1;
+        }
+        let serve = u.get("serve_ms").and_then(Value::as_f64);
+        let mig = u.get("migrate_ms").and_then(Value::as_f64);
+        if let Some(s) = serve {
+            h.serve.push(s);
+        }
+        if let Some(i) = u.get("internal_ms").and_then(Value::as_f64) {
+            h.internal.push(i);
+        }
+        if let (Some(s), Some(m)) = (serve, mig) {
+            h.migrate_after_serve.push(m - s);
+        }
+    }
+    for e in v.get("old_exits").and_then(Value::as_array).into_iter().flatten() {
+        if e.get("exit").and_then(Value::as_i64) != Some(0) {
+            h.old_exit_nonzero += 1;
+        }
+    }
+    Some(h)
+}
+
+// ------------------------------------------------------------------------------------------------
+// The table
+
+#[derive(Clone, Copy, PartialEq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+struct Row {
+    metric: String,
+    cells: [String; 4],
+    ratio: String,
+    target: String,
+    status: Option<bool>,
+}
+
+fn fmt_num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        Some(x) if decimals == 0 && x.abs() >= 1000.0 => {
+            // thousands separators for req/s
+            let s = format!("{:.0}", x);
+            let mut out = String::new();
+            for (i, c) in s.chars().enumerate() {
+                if i > 0 && (s.len() - i) % 3 == 0 && c != '-' {
+                    out.push(',');
+                }
+                out.push(c);
+            }
+            out
+        }
+        Some(x) => format!("{x:.decimals$}"),
+        None => "n/a".into(),
+    }
+}
+
+/// baton logs whole milliseconds: 0 means under one.
+fn whole_ms(v: Option<f64>) -> String {
+    match v {
+        Some(x) if x < 1.0 => "<1".into(),
+        other => fmt_num(other, 0),
+    }
+}
+
+fn ratio_against_peers(vals: &[Option<f64>; 4], better: Better) -> Option<f64> {
+    let baton = vals[1]?;
+    let peers: Vec<f64> = [vals[2], vals[3]].into_iter().flatten().collect();
+    if peers.is_empty() {
+        return None;
+    }
+    let best = match better {
+        Better::Higher => peers.iter().copied().fold(f64::MIN, f64::max),
+        Better::Lower => peers.iter().copied().fold(f64::MAX, f64::min),
+    };
+    (best > 0.0).then(|| baton / best)
+}
+
+struct Report {
+    rows: Vec<Row>,
+    missed: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    fn metric(
+        &mut self,
+        metric: &str,
+        vals: [Option<f64>; 4],
+        decimals: usize,
+        better: Better,
+        target: &str,
+        status: Option<bool>,
+    ) {
+        let ratio = ratio_against_peers(&vals, better)
+            .map(|x| format!("{x:.2}×"))
+            .unwrap_or_else(|| "—".into());
+        self.push(Row {
+            metric: metric.into(),
+            cells: vals.map(|v| fmt_num(v, decimals)),
+            ratio,
+            target: target.into(),
+            status,
+        });
+    }
+
+    fn push(&mut self, row: Row) {
+        if row.status == Some(false) {
+            self.missed.push(format!("{}: {}", row.metric, row.target));
+        }
+        self.rows.push(row);
+    }
+}
+
+fn wrk_vals(r: &mut Results, scenario: &str, field: &str, scale: f64) -> [Option<f64>; 4] {
+    PROXIES.map(|p| {
+        if r.exists(&format!("{scenario}/{p}")) {
+            r.num(&format!("{scenario}/{p}/{field}")).map(|x| x * scale)
+        } else {
+            None
+        }
+    })
+}
+
+fn failed(r: &mut Results, path: &str) -> Option<f64> {
+    let mut sum = 0.0;
+    for k in ["connect", "read", "write", "timeout", "status"] {
+        sum += r.num(&format!("{path}/errors/{k}"))?;
+    }
+    Some(sum)
+}
+
+fn build_report(r: &mut Results) -> Report {
+    let mut rep = Report {
+        rows: Vec::new(),
+        missed: Vec::new(),
+        notes: Vec::new(),
+    };
+    let ms = 1e-3;
+
+    // 1. keep-alive
+    let ka = wrk_vals(r, "http1_keepalive", "rps", 1.0);
+    let ratio = ratio_against_peers(&ka, Better::Higher);
+    rep.metric(
+        "1 HTTP/1.1 keep-alive: req/s",
+        ka,
+        0,
+        Better::Higher,
+        "≥ 1.10× best peer",
+        ratio.map(|x| x >= 1.1),
+    );
+    rep.metric(
+        "1 keep-alive latency p50 (ms)",
+        wrk_vals(r, "http1_keepalive", "p50_us", ms),
+        3,
+        Better::Lower,
+        "",
+        None,
+    );
+    let p99 = wrk_vals(r, "http1_keepalive", "p99_us", ms);
+    let ratio = ratio_against_peers(&p99, Better::Lower);
+    rep.metric(
+        "1 keep-alive latency p99 (ms)",
+        p99,
+        3,
+        Better::Lower,
+        "≤ both peers",
+        ratio.map(|x| x <= 1.0),
+    );
+    rep.metric(
+        "1 keep-alive latency p99.9 (ms)",
+        wrk_vals(r, "http1_keepalive", "p999_us", ms),
+        3,
+        Better::Lower,
+        "",
+        None,
+    );
+
+    // 2. new connection per request
+    rep.metric(
+        "2 HTTP/1.1 new connection per request: req/s",
+        wrk_vals(r, "http1_close", "rps", 1.0),
+        0,
+        Better::Higher,
+        "",
+        None,
+    );
+    for (label, field) in [("p50", "p50_us"), ("p99", "p99_us"), ("p99.9", "p999_us")] {
+        rep.metric(
+            &format!("2 new-connection latency {label} (ms)"),
+            wrk_vals(r, "http1_close", field, ms),
+            3,
+            Better::Lower,
+            "",
+            None,
+        );
+    }
+
+    // 3. h2c
+    let h2 = PROXIES.map(|p| r.opt(&format!("h2c/{p}/rps")));
+    if h2[1].is_none() {
+        r.problems.push("h2c/baton/rps: missing".into());
+    }
+    rep.metric("3 h2c (h2load): req/s", h2, 0, Better::Higher, "", None);
+    rep.metric(
+        "3 h2c mean request time (ms)",
+        PROXIES.map(|p| r.opt(&format!("h2c/{p}/mean_ms"))),
+        3,
+        Better::Lower,
+        "",
+        None,
+    );
+    let h2_failed: f64 = PROXIES.iter().filter_map(|p| r.opt(&format!("h2c/{p}/failed"))).sum();
+    if h2_failed > 0.0 {
+        rep.notes.push(format!(
+            "h2load reported {h2_failed} failed or errored requests in scenario 3"
+        ));
+    }
+    if let (Some(h2b), Some(h1b)) = (h2[1], ka[1]) {
+        rep.notes.push(format!(
+            "baton h2c / baton HTTP/1.1 keep-alive throughput: {:.2}×",
+            h2b / h1b
+        ));
+    }
+    let note = r.text("h2c/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+
+    // 4. TCP relay
+    let tcp = PROXIES.map(|p| r.opt(&format!("tcp_bulk/{p}/gbit_s")));
+    if tcp[0].is_none() || tcp[1].is_none() {
+        r.problems.push("tcp_bulk/{direct,baton}/gbit_s: missing".into());
+    }
+    let vs_direct = match (tcp[1], tcp[0]) {
+        (Some(b), Some(d)) if d > 0.0 => Some(b / d),
+        _ => None,
+    };
+    rep.metric(
+        "4 TCP relay bulk (Gbit/s)",
+        tcp,
+        2,
+        Better::Higher,
+        &format!(
+            "≥ 0.80× direct (is {})",
+            vs_direct.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "n/a".into())
+        ),
+        vs_direct.map(|x| x >= 0.8),
+    );
+    for p in PROXIES {
+        if r.v.pointer(&format!("/tcp_bulk/{p}/verified")) == Some(&Value::Bool(false)) {
+            rep.notes
+                .push(format!("TCP relay through {p}: the sink's byte count did not match"));
+        }
+    }
+
+    // 5. upgrades under load
+    let count = r.opt("params/upgrades").unwrap_or(0.0);
+    let span = r.opt("params/upgrade_span_s").unwrap_or(0.0);
+    for (scenario, label) in [
+        ("upgrades_keepalive", "keep-alive"),
+        ("upgrades_close", "new connection"),
+    ] {
+        let mut vals = [None; 4];
+        let mut cells: [String; 4] = ["—".into(), "n/a".into(), "n/a".into(), "n/a".into()];
+        for (i, p) in PROXIES.iter().enumerate().skip(1) {
+            let path = format!("{scenario}/{p}/wrk");
+            if !r.exists(&path) {
+                if *p == "baton" {
+                    r.problems.push(format!("{path}: missing"));
+                }
+                continue;
+            }
+            let f = failed(r, &path);
+            let total = r.num(&format!("{path}/requests"));
+            vals[i] = f;
+            let reloads = r.opt(&format!("{scenario}/{p}/reloads"));
+            cells[i] = format!(
+                "{} / {}{}",
+                fmt_num(f, 0),
+                fmt_num(total, 0),
+                match reloads {
+                    Some(n) if (n - count).abs() > 0.5 => format!(" ({n:.0} reloads)"),
+                    _ => String::new(),
+                }
+            );
+        }
+        let h = handoffs(r, &format!("{scenario}/baton/upgrader"));
+        let all_ok = h.as_ref().is_some_and(|h| h.ok == h.count && h.count > 0);
+        let status = vals[1].map(|f| f == 0.0 && all_ok);
+        if let Some(h) = &h {
+            if h.ok != h.count {
+                rep.notes.push(format!(
+                    "{label} upgrades: only {} of {} baton upgrades completed",
+                    h.ok, h.count
+                ));
+            }
+            if h.old_exit_nonzero > 0 {
+                rep.notes.push(format!(
+                    "{label} upgrades: {} old baton instances did not exit 0",
+                    h.old_exit_nonzero
+                ));
+            }
+        }
+        rep.push(Row {
+            metric: format!("5 {count:.0} upgrades in {span:.0} s, {label}: failed / total requests"),
+            cells,
+            ratio: "—".into(),
+            target: "baton: 0 failed".into(),
+            status,
+        });
+    }
+
+    // 6. handoff latency
+    let h = handoffs(r, "handoff");
+    if h.is_none() {
+        r.problems.push("handoff/upgrades: missing".into());
+    }
+    let h = h.unwrap_or_default();
+    let n = h.count;
+    let (p50, p99) = (percentile(&h.serve, 50.0), percentile(&h.serve, 99.0));
+    rep.push(Row {
+        metric: format!("6 handoff over {n} upgrades: start → serving inherited sockets, p50 / p99 (ms)"),
+        cells: [
+            "—".into(),
+            format!("{} / {}", fmt_num(p50, 1), fmt_num(p99, 1)),
+            "—".into(),
+            "—".into(),
+        ],
+        ratio: "—".into(),
+        target: "p50 < 10 ms".into(),
+        status: p50.map(|x| x < 10.0 && h.serve.len() == n && n > 0),
+    });
+    rep.push(Row {
+        metric: "6 handoff as logged by baton (`handoff complete` elapsed_ms), p50 / p99 (ms)".into(),
+        cells: [
+            "—".into(),
+            format!(
+                "{} / {}",
+                whole_ms(percentile(&h.internal, 50.0)),
+                whole_ms(percentile(&h.internal, 99.0))
+            ),
+            "—".into(),
+            "—".into(),
+        ],
+        ratio: "—".into(),
+        target: String::new(),
+        status: None,
+    });
+    let max_after = h
+        .migrate_after_serve
+        .iter()
+        .copied()
+        .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    rep.push(Row {
+        metric: "6 `baton migrate` returns after serving, p50 / p99 / max (ms)".into(),
+        cells: [
+            "—".into(),
+            format!(
+                "{} / {} / {}",
+                fmt_num(percentile(&h.migrate_after_serve, 50.0), 1),
+                fmt_num(percentile(&h.migrate_after_serve, 99.0), 1),
+                fmt_num(max_after, 1)
+            ),
+            "—".into(),
+            "—".into(),
+        ],
+        ratio: "—".into(),
+        target: "≤ 100 ms (max)".into(),
+        status: max_after.map(|x| x <= 100.0 && h.migrate_after_serve.len() == n),
+    });
+    if h.ok != h.count {
+        rep.notes.push(format!(
+            "handoff latency: only {} of {} upgrades completed",
+            h.ok, h.count
+        ));
+    }
+    if let Some(hl) = handoffs(r, "upgrades_keepalive/baton/upgrader") {
+        rep.notes.push(format!(
+            "handoff under keep-alive load (scenario 5): start → serving p50 {} ms, p99 {} ms; migrate after serving p50 {} ms, max {} ms",
+            fmt_num(percentile(&hl.serve, 50.0), 1),
+            fmt_num(percentile(&hl.serve, 99.0), 1),
+            fmt_num(percentile(&hl.migrate_after_serve, 50.0), 1),
+            fmt_num(hl.migrate_after_serve.iter().copied().reduce(f64::max), 1),
+        ));
+    }
+
+    // 7. memory
+    let mib = |v: Option<f64>| v.map(|k| k / 1024.0);
+    let idle = mib(r.num("memory_kib/baton_idle"));
+    rep.push(Row {
+        metric: "7 RSS idle (MiB)".into(),
+        cells: [
+            "—".into(),
+            fmt_num(idle, 2),
+            fmt_num(mib(r.opt("memory_kib/nginx_idle")), 2),
+            fmt_num(mib(r.opt("memory_kib/haproxy_idle")), 2),
+        ],
+        ratio: "—".into(),
+        target: "baton ≤ 8 MiB".into(),
+        status: idle.map(|x| x <= 8.0),
+    });
+    let load = [
+        None,
+        mib(r.num("memory_kib/baton_load")),
+        mib(r.opt("memory_kib/nginx_load")),
+        mib(r.opt("memory_kib/haproxy_load")),
+    ];
+    rep.metric(
+        "7 RSS under keep-alive load, peak (MiB)",
+        load,
+        2,
+        Better::Lower,
+        "",
+        None,
+    );
+    if let Some(row) = rep.rows.last_mut() {
+        row.cells[0] = "—".into();
+    }
+    for (key, what) in [
+        (
+            "empty",
+            "7 RSS of the empty placeholder `baton-empty run`, dynamic glibc build (not shipped; for reference) (MiB)",
+        ),
+        (
+            "empty_static",
+            "7 RSS of the empty placeholder `baton-empty run`, static build as in the image (MiB)",
+        ),
+    ] {
+        let empty = mib(r.num(&format!("memory_kib/{key}")));
+        rep.push(Row {
+            metric: what.into(),
+            cells: ["—".into(), fmt_num(empty, 2), "—".into(), "—".into()],
+            ratio: "—".into(),
+            // The image ships the static build; only that one is held to the target.
+            target: if key == "empty_static" {
+                "≤ 1 MiB".into()
+            } else {
+                String::new()
+            },
+            status: if key == "empty_static" {
+                empty.map(|x| x <= 1.0)
+            } else {
+                None
+            },
+        });
+    }
+    rep
+}
+
+fn render_markdown(r: &Results, rep: &Report) -> String {
+    let mut md = String::new();
+    let mode = r.text("mode");
+    let _ = writeln!(
+        md,
+        "# baton benchmark results{}\n",
+        if mode == "smoke" {
+            " (SMOKE RUN: 1 s per scenario, numbers meaningless)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Produced by `scripts/bench.sh` (`make bench`); raw numbers in `results.json`, chart in `results.png`.\n"
+    );
+    let _ = writeln!(md, "| machine | |\n|---|---|");
+    for (k, path) in [
+        ("date", "machine/date"),
+        ("cpus (nproc)", "machine/nproc"),
+        ("CPU", "machine/cpu"),
+        ("kernel", "machine/kernel"),
+        ("load average at start", "machine/loadavg_start"),
+        ("load average at the end", "machine/loadavg_end"),
+        ("baton", "machine/baton_version"),
+        ("commit", "machine/git"),
+        ("baton worker threads", "machine/baton_workers"),
+        ("nginx", "machine/tools/nginx"),
+        ("HAProxy", "machine/tools/haproxy"),
+        ("wrk", "machine/tools/wrk"),
+        ("h2load", "machine/tools/h2load"),
+        ("duration", "machine/duration_s"),
+    ] {
+        let v = r.text(path);
+        if !v.is_empty() {
+            let v = if k == "duration" {
+                format!("{v} s (whole run, builds included)")
+            } else {
+                v
+            };
+            let _ = writeln!(md, "| {k} | {} |", v.replace('|', "\\|"));
+        }
+    }
+    let _ = writeln!(md);
+    let params = r.text("params/description");
+    if !params.is_empty() {
+        let _ = writeln!(md, "{params}\n");
+    }
+    let _ = writeln!(
+        md,
+        "| scenario / metric | direct | baton | nginx | HAProxy | baton / best peer | target | status |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---|---|");
+    for row in &rep.rows {
+        let status = match row.status {
+            Some(true) => "met",
+            Some(false) => "**MISSED**",
+            None => "",
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.metric, row.cells[0], row.cells[1], row.cells[2], row.cells[3], row.ratio, row.target, status
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nbaton / best peer: throughput against max(nginx, HAProxy) (higher is better), latency and memory against \
+         min(nginx, HAProxy) (lower is better)."
+    );
+    if !rep.notes.is_empty() {
+        let _ = writeln!(md, "\nNotes:\n");
+        for n in &rep.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    if rep.missed.is_empty() {
+        let _ = writeln!(md, "\nEvery target met.");
+    } else {
+        let _ = writeln!(md, "\nTargets missed ({}):\n", rep.missed.len());
+        for m in &rep.missed {
+            let _ = writeln!(md, "- {m}");
+        }
+    }
+    md
+}
+
+// ------------------------------------------------------------------------------------------------
+// The chart
+
+mod chart {
+    use plotters::prelude::*;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+    const COLORS: [RGBColor; 7] = [
+        RGBColor(150, 150, 150), // direct
+        RGBColor(230, 97, 1),    // baton
+        RGBColor(0, 150, 80),    // nginx
+        RGBColor(40, 100, 200),  // haproxy
+        RGBColor(150, 55, 0),    // baton, second series
+        RGBColor(120, 70, 170),  // baton under load
+        RGBColor(190, 150, 225), // baton under load, second series
+    ];
+
+    pub struct Panel {
+        pub title: String,
+        pub y_label: String,
+        pub groups: Vec<String>,
+        /// series name, colour index, value per group
+        pub series: Vec<(String, usize, Vec<Option<f64>>)>,
+        pub decimals: usize,
+    }
+
+    fn short(v: f64, decimals: usize) -> String {
+        if decimals == 0 && v >= 10_000.0 {
+            format!("{:.1}k", v / 1000.0)
+        } else if decimals == 0 {
+            format!("{v:.0}")
+        } else {
+            format!("{v:.decimals$}")
+        }
+    }
+
+    pub fn draw(path: &std::path::Path, title: &str, panels: &[Panel]) -> Result<(), String> {
+        let root = BitMapBackend::new(path, (1600, 1000)).into_drawing_area();
+        root.fill(&WHITE).map_err(|e| e.to_string())?;
+        let root = root
+            .titled(title, ("sans-serif", 26).into_font())
+            .map_err(|e| e.to_string())?;
+        let areas = root.split_evenly((2, 3));
+        for (panel, area) in panels.iter().zip(areas.iter()) {
+            draw_panel(&root, area, panel)?;
+        }
+        root.present().map_err(|e| e.to_string())
+    }
+
+    fn draw_panel<DB: DrawingBackend>(
+        root: &DrawingArea<DB, plotters::coord::Shift>,
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+        p: &Panel,
+    ) -> Result<(), String> {
+        let max = p
+            .series
+            .iter()
+            .flat_map(|s| s.2.iter().flatten())
+            .copied()
+            .fold(0.0f64, f64::max);
+        // Headroom above the tallest bar for its value label and the legend.
+        let ymax = if max > 0.0 { max * 1.45 } else { 1.0 };
+        let n = p.groups.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, ("sans-serif", 19).into_font())
+            .margin(12)
+            .margin_bottom(34)
+            .x_label_area_size(8)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0f64..n, 0f64..ymax)
+            .map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_x_axis()
+            .y_labels(8)
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(215, 215, 215))
+            .y_desc(p.y_label.as_str())
+            .y_label_style(("sans-serif", 13).into_font())
+            .axis_desc_style(("sans-serif", 14).into_font())
+            .y_label_formatter(&|v| {
+                if *v >= 10_000.0 {
+                    format!("{:.0}k", v / 1000.0)
+                } else if *v >= 100.0 {
+                    format!("{v:.0}")
+                } else {
+                    format!("{v:.1}")
+                }
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        let k = p.series.len().max(1) as f64;
+        let slot = 0.8 / k;
+        let label_style = TextStyle::from(("sans-serif", 11).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
+        for (si, (name, color, values)) in p.series.iter().enumerate() {
+            let c = COLORS[*color % COLORS.len()];
+            let bars = values.iter().enumerate().filter_map(|(g, v)| {
+                let v = (*v)?;
+                let x0 = g as f64 + 0.1 + si as f64 * slot;
+                Some(Rectangle::new(
+                    [(x0 + slot * 0.06, 0.0), (x0 + slot * 0.94, v)],
+                    c.filled(),
+                ))
+            });
+            chart
+                .draw_series(bars)
+                .map_err(|e| e.to_string())?
+                .label(name.as_str())
+                .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], c.filled()));
+            let labels = values.iter().enumerate().filter_map(|(g, v)| {
+                let v = (*v)?;
+                let x = g as f64 + 0.1 + (si as f64 + 0.5) * slot;
+                Some(Text::new(
+                    short(v, p.decimals),
+                    (x, v + ymax * 0.01),
+                    label_style.clone(),
+                ))
+            });
+            chart.draw_series(labels).map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 13).into_font())
+            .draw()
+            .map_err(|e| e.to_string())?;
+        // Group names under the axis, centred under each group (absolute pixels on the root area).
+        let group_style = TextStyle::from(("sans-serif", 14).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+        let base = root.get_base_pixel();
+        for (g, name) in p.groups.iter().enumerate() {
+            let (px, py) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+            root.draw(&Text::new(
+                name.clone(),
+                (px - base.0, py - base.1 + 6),
+                group_style.clone(),
+            ))
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+fn panels(r: &Results) -> Vec<chart::Panel> {
+    use chart::Panel;
+    let names = ["direct", "baton", "nginx", "HAProxy"];
+    let per_proxy = |paths: &[&str], scale: f64| -> Vec<(String, usize, Vec<Option<f64>>)> {
+        PROXIES
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                (
+                    names[i].to_string(),
+                    i,
+                    paths
+                        .iter()
+                        .map(|path| r.opt(&path.replace("{p}", p)).map(|x| x * scale))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let count = r.opt("params/upgrades").unwrap_or(0.0);
+    let failed = |path: &str| -> Option<f64> {
+        let mut sum = 0.0;
+        for k in ["connect", "read", "write", "timeout", "status"] {
+            sum += r.opt(&format!("{path}/errors/{k}"))?;
+        }
+        Some(sum)
+    };
+    let mut upgrade_series = Vec::new();
+    for (i, p) in PROXIES.iter().enumerate().skip(1) {
+        upgrade_series.push((
+            names[i].to_string(),
+            i,
+            vec![
+                failed(&format!("upgrades_keepalive/{p}/wrk")),
+                failed(&format!("upgrades_close/{p}/wrk")),
+            ],
+        ));
+    }
+    let h = handoffs(r, "handoff").unwrap_or_default();
+    let hl = handoffs(r, "upgrades_keepalive/baton/upgrader").unwrap_or_default();
+    let mib = |path: &str| r.opt(path).map(|k| k / 1024.0);
+    vec![
+        Panel {
+            title: "HTTP throughput (1 worker each, wrk/h2load 1 thread)".into(),
+            y_label: "requests / s".into(),
+            groups: vec!["HTTP/1.1 keep-alive".into(), "HTTP/1.1 new conn".into(), "h2c".into()],
+            series: per_proxy(&["http1_keepalive/{p}/rps", "http1_close/{p}/rps", "h2c/{p}/rps"], 1.0),
+            decimals: 0,
+        },
+        Panel {
+            title: "HTTP/1.1 keep-alive latency".into(),
+            y_label: "ms".into(),
+            groups: vec!["p50".into(), "p99".into(), "p99.9".into()],
+            series: per_proxy(
+                &[
+                    "http1_keepalive/{p}/p50_us",
+                    "http1_keepalive/{p}/p99_us",
+                    "http1_keepalive/{p}/p999_us",
+                ],
+                1e-3,
+            ),
+            decimals: 2,
+        },
+        Panel {
+            title: "TCP relay, one bulk stream".into(),
+            y_label: "Gbit/s".into(),
+            groups: vec!["bulk send".into()],
+            series: per_proxy(&["tcp_bulk/{p}/gbit_s"], 1.0),
+            decimals: 1,
+        },
+        Panel {
+            title: format!("Failed requests during {count:.0} upgrades/reloads"),
+            y_label: "failed requests".into(),
+            groups: vec!["keep-alive".into(), "new connection".into()],
+            series: upgrade_series,
+            decimals: 0,
+        },
+        Panel {
+            title: "baton handoff (start → serving; migrate return)".into(),
+            y_label: "ms".into(),
+            groups: vec!["serving".into(), "migrate − serving".into()],
+            series: vec![
+                (
+                    "p50 idle".into(),
+                    1,
+                    vec![percentile(&h.serve, 50.0), percentile(&h.migrate_after_serve, 50.0)],
+                ),
+                (
+                    "p99 idle".into(),
+                    4,
+                    vec![percentile(&h.serve, 99.0), percentile(&h.migrate_after_serve, 99.0)],
+                ),
+                (
+                    "p50 under load".into(),
+                    5,
+                    vec![percentile(&hl.serve, 50.0), percentile(&hl.migrate_after_serve, 50.0)],
+                ),
+                (
+                    "p99 under load".into(),
+                    6,
+                    vec![percentile(&hl.serve, 99.0), percentile(&hl.migrate_after_serve, 99.0)],
+                ),
+            ],
+            decimals: 1,
+        },
+        Panel {
+            title: "Memory (RSS)".into(),
+            y_label: "MiB".into(),
+            groups: vec![
+                "idle".into(),
+                "under load".into(),
+                "empty (dynamic)".into(),
+                "empty (static)".into(),
+            ],
+            series: vec![
+                (
+                    "baton".into(),
+                    1,
+                    vec![
+                        mib("memory_kib/baton_idle"),
+                        mib("memory_kib/baton_load"),
+                        mib("memory_kib/empty"),
+                        mib("memory_kib/empty_static"),
+                    ],
+                ),
+                (
+                    "nginx worker".into(),
+                    2,
+                    vec![mib("memory_kib/nginx_idle"), mib("memory_kib/nginx_load"), None, None],
+                ),
+                (
+                    "HAProxy worker".into(),
+                    3,
+                    vec![
+                        mib("memory_kib/haproxy_idle"),
+                        mib("memory_kib/haproxy_load"),
+                        None,
+                        None,
+                    ],
+                ),
+            ],
+            decimals: 2,
+        },
+    ]
+}
+
+// ------------------------------------------------------------------------------------------------
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(PathBuf::from)
+    };
+    let Some(json) = opt("--json") else {
+        eprintln!("usage: baton-bench-chart --json FILE [--md FILE] [--png FILE] [--font TTF]");
+        std::process::exit(2);
+    };
+    let text = std::fs::read_to_string(&json).unwrap_or_else(|e| {
+        eprintln!("baton-bench-chart: reading {}: {e}", json.display());
+        std::process::exit(1);
+    });
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        eprintln!("baton-bench-chart: parsing {}: {e}", json.display());
+        std::process::exit(1);
+    });
+    let mut r = Results {
+        v,
+        problems: Vec::new(),
+    };
+    let rep = build_report(&mut r);
+    let md = render_markdown(&r, &rep);
+    if let Some(path) = opt("--md") {
+        if let Err(e) = std::fs::write(&path, &md) {
+            eprintln!("baton-bench-chart: writing {}: {e}", path.display());
+            std::process::exit(1);
+        }
+    }
+    print!("{md}");
+    for m in &rep.missed {
+        println!("MISSED: {m}");
+    }
+    let mut broken = !r.problems.is_empty();
+    for p in &r.problems {
+        eprintln!("baton-bench-chart: results.json: {p}");
+    }
+    if let Some(png) = opt("--png") {
+        let font = opt("--font").unwrap_or_else(|| PathBuf::from("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"));
+        match std::fs::read(&font) {
+            Ok(bytes) => {
+                let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+                if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_err() {
+                    eprintln!("baton-bench-chart: {} is not a usable font", font.display());
+                    broken = true;
+                } else {
+                    let mode = r.text("mode");
+                    let title = format!(
+                        "baton vs nginx vs HAProxy on loopback, {} CPUs, {}{}",
+                        r.text("machine/nproc"),
+                        r.text("machine/date"),
+                        if mode == "smoke" { " (smoke run)" } else { "" }
+                    );
+                    if let Err(e) = chart::draw(&png, &title, &panels(&r)) {
+                        eprintln!("baton-bench-chart: drawing {}: {e}", png.display());
+                        broken = true;
+                    }
+                }
+            }
+            Err(e) => {
+                eprintln!("baton-bench-chart: reading the font {}: {e}", font.display());
+                broken = true;
+            }
+        }
+    }
+    std::process::exit(i32::from(broken));
+}

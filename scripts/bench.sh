@@ -1,0 +1,653 @@
+#!/usr/bin/env bash
+# baton benchmark suite: baton against a direct connection, nginx and HAProxy, all on 127.0.0.1.
+#
+#   scripts/bench.sh            full run (~4-5 min plus builds): bench/results.{md,json,png}
+#   scripts/bench.sh --smoke    ~1 s per scenario, minimal counts, proves the harness end to end (< 90 s with
+#                               warm builds); results in target/bench/smoke/
+#
+# Run from anywhere as root (it installs missing Debian packages: nginx, libnginx-mod-stream, haproxy, wrk,
+# nghttp2-client, curl, jq, fonts-dejavu-core), no stdin needed. Every proxy gets ONE worker/thread in front of
+# one nginx upstream (worker_processes 1, `return 200 "ok\n"`); every load generator runs one thread; nothing is
+# pinned. Scenarios:
+#   1 HTTP/1.1 keep-alive   wrk -t1 -c32, throughput and p50/p99/p99.9: direct, baton, nginx, HAProxy
+#   2 HTTP/1.1 new conn     the same with "Connection: close" on every request
+#   3 h2c                   h2load (prior knowledge) direct, baton, nginx, HAProxy (each with an h2c listener)
+#   4 TCP relay             one bulk stream (bench/tools tcpbulk) direct, through baton, nginx stream, HAProxy
+#   5 upgrades under load   20 upgrades in 10 s under wrk (keep-alive, then new connection): baton handoffs
+#                           driven like examples/demo.rs, nginx `kill -HUP`, HAProxy master-worker seamless reload
+#   6 handoff latency       50 baton upgrades: start of the new process -> it answers on the inherited sockets,
+#                           and when `baton migrate` returns
+#   7 memory                VmRSS of baton idle and under load, of the empty-slot placeholder, of the peers
+# The table (bench/chart renders it, with the chart) says "met" or "MISSED" for each target. Missed targets never
+# fail the run: the exit code is non-zero only when the harness itself breaks (a tool missing after install,
+# a process that does not start, output that does not parse).
+set -euo pipefail
+
+MODE=full
+case "${1:-}" in
+  "") ;;
+  --smoke) MODE=smoke ;;
+  -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "usage: $0 [--smoke]" >&2; exit 2 ;;
+esac
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+CARGO=${CARGO:-cargo}
+START_S=$SECONDS
+
+if [[ $MODE == full ]]; then
+  WARMUP=1 DUR=5            # seconds: warm-up run, measured run (scenarios 1-3)
+  TCP_SECS=3 TCP_WARM=0.5   # scenario 4
+  UPG_COUNT=20 UPG_SPAN=10  # scenario 5: upgrades within UPG_SPAN seconds
+  HANDOFF_COUNT=50 HANDOFF_GAP_MS=100
+  OUT_DIR=$ROOT/bench
+else
+  WARMUP=0 DUR=1
+  TCP_SECS=1 TCP_WARM=0.2
+  UPG_COUNT=2 UPG_SPAN=1
+  HANDOFF_COUNT=3 HANDOFF_GAP_MS=100
+  OUT_DIR=$ROOT/target/bench/smoke
+fi
+CONNS=32               # wrk connections
+H2_CONNS=16 H2_STREAMS=16
+DRAIN=2s               # baton handoff.drain_timeout in the upgrade scenarios
+
+log() { printf '[%4ds] %s\n' "$((SECONDS - START_S))" "$*"; }
+die() {
+  printf 'bench: HARNESS ERROR: %s\n' "$*" >&2
+  local f
+  for f in "$TMP"/logs/*.log "$TMP"/*/error.log; do
+    case $f in */build.log | */wrk-*.log | */h2load-*.log) continue ;; esac
+    [[ -s $f ]] || continue
+    printf -- '--- %s (last lines)\n' "${f#"$TMP"/}" >&2
+    tail -n 5 "$f" | sed 's/^/    /' >&2
+  done
+  exit 1
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Processes and cleanup: every background process is recorded and stopped (TERM, then KILL) on any exit.
+
+TMP=$(mktemp -d /tmp/baton-bench.XXXXXX)
+PIDS=()
+
+stop_pid() {
+  local pid=$1 i
+  kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+  kill -TERM "$pid" 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
+  wait "$pid" 2>/dev/null || true
+  forget "$pid"
+}
+
+# forget PID: a process that has been waited for leaves the cleanup list (its pid may be reused).
+forget() {
+  local i
+  for i in "${!PIDS[@]}"; do
+    [[ ${PIDS[$i]} == "$1" ]] && unset 'PIDS[i]'
+  done
+  PIDS=("${PIDS[@]}")
+}
+
+# shellcheck disable=SC2317  # invoked by the EXIT trap
+cleanup() {
+  local rc=$? i live
+  trap - EXIT INT TERM
+  # Only our own children still in the job table: never a pid that was reaped and reused.
+  live=" $(jobs -p | tr '\n' ' ') "
+  for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+    [[ $live == *" ${PIDS[$i]} "* ]] && stop_pid "${PIDS[$i]}"
+  done
+  if [[ -n ${BENCH_KEEP:-} ]]; then echo "bench: kept $TMP" >&2; else rm -rf "$TMP"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start_bg NAME CMD...: starts CMD in the background, output in $TMP/logs/NAME.log; sets BG_PID.
+start_bg() {
+  local name=$1
+  shift
+  "$@" </dev/null >"$TMP/logs/$name.log" 2>&1 &
+  BG_PID=$!
+  PIDS+=("$BG_PID")
+}
+
+wait_port() { # PORT [what]
+  local i
+  for ((i = 0; i < 200; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  die "${2:-something} is not listening on 127.0.0.1:$1 (logs: ${3:-})"
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+# The pid of the first child of $1 (the nginx / HAProxy worker).
+child_of() {
+  local f
+  for f in /proc/[0-9]*/status; do
+    if grep -q "^PPid:[[:space:]]*$1\$" "$f" 2>/dev/null; then
+      f=${f#/proc/}
+      echo "${f%/status}"
+      return 0
+    fi
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# Tools
+
+need_install=()
+for pair in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl jq:jq; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need_install+=("${pair#*:}")
+done
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+[[ -f $STREAM_MODULE ]] || need_install+=(libnginx-mod-stream)
+[[ -f $FONT ]] || need_install+=(fonts-dejavu-core)
+if ((${#need_install[@]})); then
+  log "installing ${need_install[*]}"
+  [[ $(id -u) == 0 ]] || die "missing ${need_install[*]} and not root"
+  apt-get update -qq >"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log" >&2; die "apt-get update failed"; }
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_install[@]}" \
+    >>"$TMP/apt.log" 2>&1 || { tail -20 "$TMP/apt.log" >&2; die "apt-get install ${need_install[*]} failed"; }
+fi
+for tool in nginx haproxy wrk h2load curl jq; do
+  command -v "$tool" >/dev/null 2>&1 || die "$tool is still missing after the install"
+done
+[[ -f $STREAM_MODULE ]] || die "$STREAM_MODULE is still missing after the install"
+[[ -f $FONT ]] || die "$FONT is still missing after the install"
+
+log "building (release)"
+mkdir -p "$TMP/logs" "$OUT_DIR"
+build() { # in the background, so that a signal stops the run at once (bash defers traps while a foreground job runs)
+  "$CARGO" build --release --locked "$@" >>"$TMP/logs/build.log" 2>&1 &
+  local pid=$!
+  PIDS+=("$pid")
+  if ! wait "$pid"; then
+    tail -30 "$TMP/logs/build.log" >&2
+    die "cargo build $* failed"
+  fi
+  forget "$pid"
+}
+build --bins --examples
+build --manifest-path images/empty/Cargo.toml
+# The static placeholder exactly as scripts/image.sh builds it for the image (FROM scratch).
+HOST=$(rustc -vV | sed -n 's/^host: //p')
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" build --target "$HOST" --manifest-path images/empty/Cargo.toml
+build --manifest-path bench/tools/Cargo.toml --target-dir target/bench
+build --manifest-path bench/chart/Cargo.toml --target-dir target/bench
+BATON=$ROOT/target/release/baton
+EMPTY=$ROOT/images/empty/target/release/baton-empty
+EMPTY_STATIC=$ROOT/images/empty/target/$HOST/release/baton-empty
+TOOLS=$ROOT/target/bench/release
+CHART=$TOOLS/baton-bench-chart
+for f in "$BATON" "$EMPTY" "$EMPTY_STATIC" "$TOOLS/freeports" "$TOOLS/tcpbulk" "$TOOLS/upgrader" "$CHART"; do
+  [[ -x $f ]] || die "$f was not built"
+done
+BUILD_S=$((SECONDS - START_S))
+
+BATON_ARGS=()
+if "$BATON" run --help 2>/dev/null | grep -q -- '--workers'; then
+  BATON_ARGS=(--workers 1)
+  WORKERS_NOTE="1 (--workers 1)"
+else
+  WORKERS_NOTE="default: one per CPU (this baton has no --workers flag)"
+  log "NOTE: baton run has no --workers flag: baton runs with its default thread count"
+fi
+# The Kruise and baton variables must not leak in from the caller.
+BATON_ENV=(env -u SIDECARSET_VERSION -u SIDECARSET_VERSION_ALT -u BATON_CONFIG -u BATON_UDS_DIR -u BATON_WORKERS
+  -u BATON_FAILPOINT NO_COLOR=1 RUST_LOG=info)
+
+# ---------------------------------------------------------------------------------------------------------
+# results.json, built up as we go
+
+RESULTS=$TMP/results.json
+echo '{}' >"$RESULTS"
+put() { # JQ_PATH JSON
+  jq --argjson v "$2" "$1 = \$v" "$RESULTS" >"$RESULTS.new" 2>"$TMP/jq.err" ||
+    die "not JSON for $1: ${2:0:300} ($(cat "$TMP/jq.err"))"
+  mv "$RESULTS.new" "$RESULTS"
+}
+put_str() { put "$1" "$(jq -n --arg v "$2" '$v')"; }
+
+put_str .mode "$MODE"
+put_str .machine.date "$(date -u '+%Y-%m-%d %H:%M UTC')"
+put .machine.nproc "$(nproc)"
+put_str .machine.cpu "$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)"
+put_str .machine.kernel "$(uname -sr)"
+put_str .machine.loadavg_start "$(cut -d' ' -f1-3 /proc/loadavg)"
+put_str .machine.baton_version "$("$BATON" --version 2>&1 | head -1)"
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if git -C "$ROOT" status --porcelain 2>/dev/null | grep -q .; then commit+=" (uncommitted changes)"; fi
+put_str .machine.git "$commit"
+put_str .machine.baton_workers "$WORKERS_NOTE"
+put_str .machine.tools.nginx "$(nginx -v 2>&1 | sed 's/^nginx version: //')"
+put_str .machine.tools.haproxy "$(haproxy -v 2>&1 | head -1 | awk '{print $3}')"
+put_str .machine.tools.wrk "$(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+put_str .machine.tools.h2load "$(h2load --version 2>&1 | head -1 | awk '{print $2}')"
+put .params.upgrades "$UPG_COUNT"
+put .params.upgrade_span_s "$UPG_SPAN"
+put .params.handoff_count "$HANDOFF_COUNT"
+put_str .params.description "Load: wrk -t1 -c$CONNS, ${WARMUP} s warm-up + ${DUR} s measured; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS, baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
+
+# ---------------------------------------------------------------------------------------------------------
+# Ports, configs, processes
+
+# Free ephemeral ports, taken right before they are bound (the upgrade scenarios take theirs when they start).
+read -r UP UP_H2 SINK BATON_HTTP BATON_TCP BATON_ADMIN NGX NGX_H2 NGX_TCP HAP HAP_H2 HAP_TCP <<<"$("$TOOLS/freeports" 12)"
+[[ -n ${HAP_TCP:-} ]] || die "freeports did not print 12 ports"
+
+nginx_common() { # DIR
+  cat <<EOF
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile 16384;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events { worker_connections 8192; }
+EOF
+}
+nginx_http_common() { # DIR
+  cat <<EOF
+  access_log off;
+  client_body_temp_path $1/tmp/body;
+  proxy_temp_path $1/tmp/proxy;
+  fastcgi_temp_path $1/tmp/fastcgi;
+  uwsgi_temp_path $1/tmp/uwsgi;
+  scgi_temp_path $1/tmp/scgi;
+  keepalive_requests 100000000;
+  keepalive_timeout 75s;
+  default_type text/plain;
+EOF
+}
+
+# Upstream: nginx, HTTP/1.1 on UP and h2c (prior knowledge, `listen ... http2` on a plain port) on UP_H2.
+mkdir -p "$TMP/upstream/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/uds-static"
+{
+  nginx_common "$TMP/upstream"
+  echo "http {"
+  nginx_http_common "$TMP/upstream"
+  cat <<EOF
+  server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
+  server { listen 127.0.0.1:$UP_H2 http2; location / { return 200 "ok\n"; } }
+}
+EOF
+} >"$TMP/upstream/nginx.conf"
+nginx -t -q -c "$TMP/upstream/nginx.conf" -p "$TMP/upstream" -e "$TMP/upstream/error.log" 2>"$TMP/logs/nginx-t.log" ||
+  die "upstream nginx config: $(cat "$TMP/logs/nginx-t.log")"
+start_bg upstream nginx -c "$TMP/upstream/nginx.conf" -p "$TMP/upstream" -e "$TMP/upstream/error.log"
+
+# nginx as the reverse proxy: HTTP/1.1 on NGX, h2c on NGX_H2, TCP relay (stream) on NGX_TCP.
+{
+  echo "load_module $STREAM_MODULE;"
+  nginx_common "$TMP/nginx"
+  echo "http {"
+  nginx_http_common "$TMP/nginx"
+  cat <<EOF
+  upstream app { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$NGX;
+    listen 127.0.0.1:$NGX_H2 http2;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+stream { server { listen 127.0.0.1:$NGX_TCP; proxy_pass 127.0.0.1:$SINK; proxy_half_close on; } }
+EOF
+} >"$TMP/nginx/nginx.conf"
+nginx -t -q -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" -e "$TMP/nginx/error.log" 2>"$TMP/logs/nginx-t.log" ||
+  die "proxy nginx config: $(cat "$TMP/logs/nginx-t.log")"
+start_bg nginx nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" -e "$TMP/nginx/error.log"
+NGINX_PID=$BG_PID
+
+# HAProxy: master-worker (-W, master CLI -S), one thread, stats socket exposing the listeners for seamless
+# reloads (in master-worker mode the master hands the listeners to the new worker itself on `kill -USR2`).
+cat >"$TMP/haproxy/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn 4096
+  stats socket $TMP/haproxy/stats.sock mode 600 level admin expose-fd listeners
+  hard-stop-after 15s
+defaults
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  timeout http-keep-alive 30s
+frontend fe
+  mode http
+  option http-keep-alive
+  option forwardfor
+  bind 127.0.0.1:$HAP
+  bind 127.0.0.1:$HAP_H2 proto h2
+  default_backend be
+backend be
+  mode http
+  option http-keep-alive
+  http-reuse always
+  server up 127.0.0.1:$UP
+listen tcp_relay
+  mode tcp
+  bind 127.0.0.1:$HAP_TCP
+  server sink 127.0.0.1:$SINK
+EOF
+haproxy -c -q -f "$TMP/haproxy/haproxy.cfg" >"$TMP/logs/haproxy-c.log" 2>&1 ||
+  die "haproxy config: $(cat "$TMP/logs/haproxy-c.log")"
+start_bg haproxy haproxy -W -S "$TMP/haproxy/master.sock" -f "$TMP/haproxy/haproxy.cfg"
+HAPROXY_PID=$BG_PID
+
+start_bg sink "$TOOLS/tcpbulk" sink --listen "127.0.0.1:$SINK"
+
+# baton, fresh (no Kruise env), one worker: http + tcp listeners and admin.
+cat >"$TMP/baton.yaml" <<EOF
+listeners:
+  - name: http
+    address: 127.0.0.1:$BATON_HTTP
+    protocol: http
+    cluster: app
+  - name: tcp
+    address: 127.0.0.1:$BATON_TCP
+    protocol: tcp
+    cluster: sink
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:$UP"]
+  - name: sink
+    endpoints: ["127.0.0.1:$SINK"]
+admin:
+  address: 127.0.0.1:$BATON_ADMIN
+handoff:
+  uds_dir: $TMP/uds-static
+EOF
+"$BATON" check --config "$TMP/baton.yaml" >"$TMP/logs/baton-check.log" 2>&1 ||
+  die "baton check rejected the bench config: $(cat "$TMP/logs/baton-check.log")"
+start_bg baton "${BATON_ENV[@]}" "$BATON" run --config "$TMP/baton.yaml" "${BATON_ARGS[@]}"
+BATON_PID=$BG_PID
+
+for p in "$UP:upstream nginx" "$UP_H2:upstream nginx h2c" "$SINK:tcp sink" "$NGX:nginx" "$NGX_H2:nginx h2c" \
+  "$NGX_TCP:nginx stream" "$HAP:haproxy" "$HAP_H2:haproxy h2c" "$HAP_TCP:haproxy tcp" "$BATON_HTTP:baton" \
+  "$BATON_TCP:baton tcp" "$BATON_ADMIN:baton admin"; do
+  wait_port "${p%%:*}" "${p#*:}" "$TMP/logs"
+done
+NGINX_WORKER=$(child_of "$NGINX_PID") || die "no nginx worker process"
+HAPROXY_WORKER=$(child_of "$HAPROXY_PID") || die "no HAProxy worker process"
+
+# Sanity: every path answers "ok" over HTTP/1.1 and h2c.
+check_ok() { # WHAT CURL_ARGS...
+  local what=$1 body
+  shift
+  body=$(curl -sS --max-time 5 "$@" 2>&1) || die "$what: curl failed: $body"
+  [[ $body == ok ]] || die "$what answered ${body:0:200} instead of ok"
+}
+check_ok direct "http://127.0.0.1:$UP/"
+check_ok baton "http://127.0.0.1:$BATON_HTTP/"
+check_ok nginx "http://127.0.0.1:$NGX/"
+check_ok haproxy "http://127.0.0.1:$HAP/"
+check_ok "direct h2c" --http2-prior-knowledge "http://127.0.0.1:$UP_H2/"
+check_ok "baton h2c" --http2-prior-knowledge "http://127.0.0.1:$BATON_HTTP/"
+check_ok "nginx h2c" --http2-prior-knowledge "http://127.0.0.1:$NGX_H2/"
+check_ok "haproxy h2c" --http2-prior-knowledge "http://127.0.0.1:$HAP_H2/"
+log "upstream, sink, baton (pid $BATON_PID), nginx (worker $NGINX_WORKER), HAProxy (worker $HAPROXY_WORKER) serving; built in ${BUILD_S} s"
+
+# ---------------------------------------------------------------------------------------------------------
+# 7 (idle part). Memory before any load.
+
+sleep 0.5
+put .memory_kib.baton_idle "$(rss_kib "$BATON_PID")"
+put .memory_kib.nginx_idle "$(rss_kib "$NGINX_WORKER")"
+put .memory_kib.haproxy_idle "$(rss_kib "$HAPROXY_WORKER")"
+for kind in empty empty_static; do
+  if [[ $kind == empty ]]; then bin=$EMPTY; else bin=$EMPTY_STATIC; fi
+  start_bg "$kind" "$bin" run
+  sleep 0.3
+  kill -0 "$BG_PID" 2>/dev/null || die "$bin run exited at once"
+  put ".memory_kib.$kind" "$(rss_kib "$BG_PID")"
+  stop_pid "$BG_PID"
+done
+log "RSS idle: baton $(jq .memory_kib.baton_idle "$RESULTS") KiB; empty placeholder $(jq .memory_kib.empty "$RESULTS") KiB (static: $(jq .memory_kib.empty_static "$RESULTS") KiB)"
+
+# ---------------------------------------------------------------------------------------------------------
+# Load helpers
+
+LUA=$ROOT/bench/wrk-report.lua
+
+# wrk_json DURATION URL [wrk args...]: runs wrk, prints its WRKJSON object.
+wrk_json() {
+  local d=$1 url=$2 out
+  shift 2
+  out=$TMP/logs/wrk-$RANDOM.log
+  wrk -t1 -c"$CONNS" -d"$d" --latency -s "$LUA" "$@" "$url" >"$out" 2>&1 || die "wrk $url failed: $(tail -5 "$out")"
+  grep '^WRKJSON ' "$out" | tail -1 | sed 's/^WRKJSON //' | grep . || die "wrk printed no WRKJSON line: $(tail -5 "$out")"
+}
+
+# sample_rss PID FILE: writes the peak VmRSS of PID to FILE until killed.
+sample_rss() {
+  local peak=0 v
+  while kill -0 "$1" 2>/dev/null; do
+    v=$(rss_kib "$1")
+    ((v > peak)) && peak=$v && echo "$peak" >"$2"
+    sleep 0.2
+  done
+}
+
+declare -A HTTP_URL=([direct]="http://127.0.0.1:$UP/" [baton]="http://127.0.0.1:$BATON_HTTP/"
+  [nginx]="http://127.0.0.1:$NGX/" [haproxy]="http://127.0.0.1:$HAP/")
+declare -A H2_URL=([direct]="http://127.0.0.1:$UP_H2/" [baton]="http://127.0.0.1:$BATON_HTTP/"
+  [nginx]="http://127.0.0.1:$NGX_H2/" [haproxy]="http://127.0.0.1:$HAP_H2/")
+declare -A TCP_ADDR=([direct]="127.0.0.1:$SINK" [baton]="127.0.0.1:$BATON_TCP"
+  [nginx]="127.0.0.1:$NGX_TCP" [haproxy]="127.0.0.1:$HAP_TCP")
+declare -A MEM_PID=([baton]=$BATON_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_WORKER)
+TARGETS=(direct baton nginx haproxy)
+
+# ---------------------------------------------------------------------------------------------------------
+# 1 + 2. HTTP/1.1 keep-alive, then a new connection per request.
+
+for scenario in http1_keepalive http1_close; do
+  extra=()
+  [[ $scenario == http1_close ]] && extra=(-H "Connection: close")
+  for t in "${TARGETS[@]}"; do
+    ((WARMUP > 0)) && wrk_json "${WARMUP}s" "${HTTP_URL[$t]}" "${extra[@]}" >/dev/null
+    sampler=
+    if [[ $scenario == http1_keepalive && -n ${MEM_PID[$t]:-} ]]; then
+      rm -f "$TMP/rss-$t"
+      sample_rss "${MEM_PID[$t]}" "$TMP/rss-$t" &
+      sampler=$!
+      PIDS+=("$sampler")
+    fi
+    j=$(wrk_json "${DUR}s" "${HTTP_URL[$t]}" "${extra[@]}")
+    if [[ -n $sampler ]]; then
+      kill "$sampler" 2>/dev/null || true
+      wait "$sampler" 2>/dev/null || true
+      forget "$sampler"
+      put ".memory_kib.${t}_load" "$(cat "$TMP/rss-$t" 2>/dev/null || echo 0)"
+    fi
+    put ".$scenario.$t" "$j"
+    log "$scenario $t: $(jq -r '"\(.rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors|add)"' <<<"$j")"
+  done
+done
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. h2c (prior knowledge): nginx 1.22 serves h2c on a plain `listen ... http2` port, so direct works.
+
+h2_json() { # URL
+  local out=$TMP/logs/h2load-$RANDOM.log warm=()
+  ((WARMUP > 0)) && warm=(--warm-up-time="$WARMUP")
+  h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DUR" "${warm[@]}" "$1" >"$out" 2>&1 ||
+    die "h2load $1 failed: $(tail -5 "$out")"
+  awk '
+    function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+    /^finished in/ { rps = $4 }
+    /^requests:/ { total = $2; ok = $8; failed = $10; errored = $12; timeout = $14 }
+    /^time for request:/ { mean = ms($6); max = ms($5) }
+    END {
+      if (rps == "" || total == "") exit 1
+      printf "{\"rps\":%s,\"requests\":%s,\"succeeded\":%s,\"failed\":%d,\"mean_ms\":%.4f,\"max_ms\":%.4f}\n", rps, total, ok, failed + errored + timeout, mean, max
+    }' "$out" || die "cannot parse h2load output: $(tail -12 "$out")"
+}
+for t in "${TARGETS[@]}"; do
+  j=$(h2_json "${H2_URL[$t]}")
+  put ".h2c.$t" "$j"
+  log "h2c $t: $(jq -r '"\(.rps|floor) req/s, mean \(.mean_ms) ms, failed \(.failed)"' <<<"$j")"
+done
+put_str .h2c.note "h2c direct: nginx $(jq -r .machine.tools.nginx "$RESULTS") upstream on a plain \`listen ... http2\` port (prior knowledge); nginx and HAProxy fronts with h2c listeners proxy to the same HTTP/1.1 upstream as baton"
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. TCP relay: one bulk stream into a sink that confirms every byte.
+
+for t in "${TARGETS[@]}"; do
+  j=$("$TOOLS/tcpbulk" send --target "${TCP_ADDR[$t]}" --seconds "$TCP_SECS" --warmup "$TCP_WARM" 2>"$TMP/logs/tcpbulk.err") ||
+    die "tcpbulk through $t failed: $(cat "$TMP/logs/tcpbulk.err")"
+  put ".tcp_bulk.$t" "$j"
+  log "tcp bulk $t: $(jq -r '"\(.gbit_s) Gbit/s (verified \(.verified))"' <<<"$j")"
+done
+stop_pid "$BATON_PID" # the static instance is done; the upgrade scenarios run their own
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. Upgrades / reloads under load.
+
+UPG_INTERVAL_MS=$((UPG_SPAN * 1000 / UPG_COUNT))
+LOAD_S=$((1 + UPG_SPAN + 2)) # 1 s before the first upgrade, 2 s after the last (the baton drain timeout)
+
+# baton_upgrader NAME COUNT INTERVAL_MS: starts the upgrader on two new free ports (instance 1 serving when it
+# returns); sets UPG_PID, UPG_DIR, UPG_HTTP.
+baton_upgrader() {
+  local name=$1 count=$2 interval=$3 http admin
+  read -r http admin <<<"$("$TOOLS/freeports" 2)"
+  [[ -n $admin ]] || die "freeports did not print 2 ports"
+  UPG_HTTP=$http
+  UPG_DIR=$TMP/$name
+  mkdir -p "$UPG_DIR/uds"
+  cat >"$UPG_DIR/baton.yaml" <<EOF
+listeners:
+  - name: http
+    address: 127.0.0.1:$http
+    protocol: http
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:$UP"]
+admin:
+  address: 127.0.0.1:$admin
+handoff:
+  uds_dir: $UPG_DIR/uds
+  drain_timeout: $DRAIN
+EOF
+  local extra=()
+  for a in "${BATON_ARGS[@]}"; do extra+=(--baton-arg "$a"); done
+  start_bg "$name" "$TOOLS/upgrader" --baton "$BATON" --config "$UPG_DIR/baton.yaml" --uds-dir "$UPG_DIR/uds" \
+    --admin "127.0.0.1:$admin" --log-dir "$UPG_DIR/logs" --out "$UPG_DIR/report.json" --count "$count" \
+    --interval-ms "$interval" --trigger "$UPG_DIR/go" --stop-file "$UPG_DIR/stop" "${extra[@]}"
+  UPG_PID=$BG_PID
+  local i
+  for ((i = 0; i < 200; i++)); do
+    grep -q '^ready' "$TMP/logs/$name.log" 2>/dev/null && return 0
+    kill -0 "$UPG_PID" 2>/dev/null || die "upgrader $name exited: $(tail -5 "$TMP/logs/$name.log")"
+    sleep 0.05
+  done
+  die "upgrader $name: baton instance 1 not serving after 10 s"
+}
+
+# finish_upgrader: waits for the report, stops the last instance; prints the report.
+finish_upgrader() {
+  local i
+  for ((i = 0; i < 600; i++)); do
+    grep -q '^done' "$TMP/logs/$(basename "$UPG_DIR").log" 2>/dev/null && break
+    kill -0 "$UPG_PID" 2>/dev/null || break
+    sleep 0.05
+  done
+  touch "$UPG_DIR/stop"
+  wait "$UPG_PID" 2>/dev/null || true
+  forget "$UPG_PID"
+  [[ -s $UPG_DIR/report.json ]] || die "upgrader wrote no report: $(tail -5 "$TMP/logs/$(basename "$UPG_DIR").log")"
+  cat "$UPG_DIR/report.json"
+}
+
+for mode in keepalive close; do
+  extra=()
+  [[ $mode == close ]] && extra=(-H "Connection: close")
+  scenario=upgrades_$mode
+
+  # baton: hot upgrades, Kruise style (see bench/tools/src/bin/upgrader.rs and examples/demo.rs).
+  baton_upgrader "upgrade-$mode" "$UPG_COUNT" "$UPG_INTERVAL_MS"
+  http=$UPG_HTTP
+  ((WARMUP > 0)) && wrk_json "${WARMUP}s" "http://127.0.0.1:$http/" "${extra[@]}" >/dev/null
+  wrk_json "${LOAD_S}s" "http://127.0.0.1:$http/" "${extra[@]}" >"$TMP/wrk-upg.json" &
+  wrk_pid=$!
+  PIDS+=("$wrk_pid")
+  sleep 1
+  touch "$UPG_DIR/go"
+  wait "$wrk_pid" || die "wrk during the baton upgrades failed"
+  forget "$wrk_pid"
+  report=$(finish_upgrader)
+  put ".$scenario.baton.wrk" "$(cat "$TMP/wrk-upg.json")"
+  put ".$scenario.baton.upgrader" "$report"
+  put ".$scenario.baton.reloads" "$(jq '[.upgrades[] | select(.ok)] | length' <<<"$report")"
+  log "$scenario baton: $(jq -r '"failed \(.errors|add) of \(.requests)"' "$TMP/wrk-upg.json"), upgrades ok $(jq '[.upgrades[] | select(.ok)] | length' <<<"$report")/$UPG_COUNT"
+
+  # nginx: kill -HUP (graceful reload: new workers, old ones finish and exit); HAProxy: kill -USR2 to the
+  # master (seamless reload: the new worker gets the listening sockets).
+  for t in nginx haproxy; do
+    if [[ $t == nginx ]]; then pid=$NGINX_PID sig=HUP url="http://127.0.0.1:$NGX/"; else pid=$HAPROXY_PID sig=USR2 url="http://127.0.0.1:$HAP/"; fi
+    ((WARMUP > 0)) && wrk_json "${WARMUP}s" "$url" "${extra[@]}" >/dev/null
+    wrk_json "${LOAD_S}s" "$url" "${extra[@]}" >"$TMP/wrk-upg.json" &
+    wrk_pid=$!
+    PIDS+=("$wrk_pid")
+    sleep 1
+    reloads=0
+    t0=$(date +%s%N)
+    for ((i = 0; i < UPG_COUNT; i++)); do
+      # one reload every UPG_INTERVAL_MS, on a fixed schedule
+      now=$(date +%s%N)
+      due=$((t0 + i * UPG_INTERVAL_MS * 1000000))
+      if ((due > now)); then
+        sleep "$(printf '%d.%06d' $(((due - now) / 1000000000)) $((((due - now) % 1000000000) / 1000)))"
+      fi
+      if kill -"$sig" "$pid" 2>/dev/null; then reloads=$((reloads + 1)); fi
+    done
+    wait "$wrk_pid" || die "wrk during the $t reloads failed"
+    forget "$wrk_pid"
+    kill -0 "$pid" 2>/dev/null || die "$t died during the reloads: $(tail -5 "$TMP/logs/$t.log")"
+    check_ok "$t after reloads" "$url"
+    put ".$scenario.$t.wrk" "$(cat "$TMP/wrk-upg.json")"
+    put ".$scenario.$t.reloads" "$reloads"
+    log "$scenario $t: $(jq -r '"failed \(.errors|add) of \(.requests) (connect \(.errors.connect), read \(.errors.read), write \(.errors.write), timeout \(.errors.timeout), non-2xx \(.errors.status))"' "$TMP/wrk-upg.json"), $reloads reloads"
+    sleep 1 # let the old workers go
+  done
+done
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. Handoff latency, no load.
+
+baton_upgrader handoff "$HANDOFF_COUNT" "$HANDOFF_GAP_MS"
+touch "$UPG_DIR/go"
+report=$(finish_upgrader)
+put .handoff "$report"
+log "handoff: $(jq -r '[.upgrades[] | select(.ok)] | length' <<<"$report")/$HANDOFF_COUNT upgrades ok; start->serving ms: $(jq -c '[.upgrades[].serve_ms] | sort | {min: .[0], median: .[length/2|floor], max: .[-1]}' <<<"$report")"
+
+# ---------------------------------------------------------------------------------------------------------
+# Report
+
+put_str .machine.loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg)"
+put .machine.duration_s "$((SECONDS - START_S))"
+put .machine.build_s "$BUILD_S"
+cp "$RESULTS" "$OUT_DIR/results.json"
+echo
+if ! "$CHART" --json "$OUT_DIR/results.json" --md "$OUT_DIR/results.md" --png "$OUT_DIR/results.png" --font "$FONT"; then
+  die "the report could not be produced from $OUT_DIR/results.json"
+fi
+echo
+log "wrote $OUT_DIR/results.md, results.json, results.png (mode $MODE, $((SECONDS - START_S)) s in all, builds ${BUILD_S} s)"
+exit 0
