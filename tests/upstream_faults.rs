@@ -18,8 +18,10 @@ async fn resetting_upstream() -> SocketAddr {
         while let Ok((mut s, _)) = l.accept().await {
             let mut buf = [0u8; 1024];
             let _ = s.read(&mut buf).await;
-            let _ = s.set_linger(Some(Duration::ZERO));
-            drop(s);
+            // SO_LINGER 0: close sends RST (zero linger does not block, unlike a positive one).
+            if let Ok(std) = s.into_std() {
+                let _ = socket2::SockRef::from(&std).set_linger(Some(Duration::ZERO));
+            }
         }
     });
     addr
