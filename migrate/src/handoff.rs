@@ -435,17 +435,30 @@ impl Takeover {
             .senders
             .take()
             .ok_or_else(|| HandoffError::Protocol("receive called twice".into()).at("discover"))?;
-        let (mut conn, peer) = match tokio::time::timeout_at(self.deadline, senders.recv()).await {
-            Ok(Some(found)) => found,
-            Ok(None) => return Err(HandoffError::PeerClosed.at("discover")),
-            Err(_) => {
-                return Err(HandoffError::Timeout(format!(
-                    "waiting {:?} for the live instance on {} to connect",
-                    self.opts.timeout,
-                    self.dir.path().display()
-                ))
-                .at("discover"))
+        // Wait for the predecessor to connect, re-checking that it is still alive: one that dies before
+        // connecting releases serving.lock, and then there is nothing to wait for.
+        let found = loop {
+            let tick = Instant::now() + Duration::from_millis(250);
+            match tokio::time::timeout_at(tick.min(self.deadline), senders.recv()).await {
+                Ok(found) => break found,
+                Err(_) if Instant::now() >= self.deadline => {
+                    return Err(HandoffError::Timeout(format!(
+                        "waiting {:?} for the live instance on {} to connect",
+                        self.opts.timeout,
+                        self.dir.path().display()
+                    ))
+                    .at("discover"))
+                }
+                Err(_) => {
+                    if !self.dir.peer_serving().map_err(|e| e.at("discover"))? {
+                        return Ok(Inheritance::NoPeer);
+                    }
+                }
             }
+        };
+        let (mut conn, peer) = match found {
+            Some(found) => found,
+            None => return Err(HandoffError::PeerClosed.at("discover")),
         };
         drop(senders); // any later sender is refused by the accept loop
         let deadline = self.deadline;
