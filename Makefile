@@ -5,7 +5,7 @@ RELEASE_DIR ?= target/release
 VERSION ?= dev
 export CONTAINERS_CONF ?= $(CURDIR)/images/containers.conf
 
-.PHONY: all help build demo test lint unit test-pod image bench bench-smoke clean
+.PHONY: all help build demo test lint unit test-pod image bench bench-smoke fuzz clean
 
 all: build
 
@@ -32,6 +32,7 @@ lint:
 	$(CARGO) clippy --locked --manifest-path images/empty/Cargo.toml -- -D warnings
 	$(CARGO) fmt --manifest-path bench/tools/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path bench/chart/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path migrate/fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --locked --manifest-path bench/tools/Cargo.toml --target-dir target/bench -- -D warnings
 	$(CARGO) clippy --locked --manifest-path bench/chart/Cargo.toml --target-dir target/bench -- -D warnings
 
@@ -54,6 +55,17 @@ bench:
 ## bench-smoke: every bench scenario for ~1 s, proves the harness works (part of make test)
 bench-smoke:
 	CARGO=$(CARGO) bash scripts/bench.sh --smoke
+
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= frame_decoder conn_stream
+
+## fuzz: each baton-migrate fuzz target for $(FUZZ_SECONDS) s (nightly toolchain; installs cargo-fuzz if missing)
+fuzz:
+	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	cd migrate && for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/corpus/$$t && \
+		$(CARGO) +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	done
 
 ## clean: remove build outputs
 clean:

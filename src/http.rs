@@ -27,6 +27,9 @@ pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
+/// Largest HTTP/1 request head accepted (request line and headers).
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
+
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Everything a connection needs to proxy.
@@ -72,6 +75,8 @@ pub async fn serve(
         let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), false));
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            // A request head larger than this is answered 431 and never forwarded.
+            .max_buf_size(MAX_REQUEST_HEAD)
             .serve_connection(io, svc);
         // No graceful_shutdown() on drain: closing an idle keep-alive connection races with a client that is
         // sending its next request on it. The next response says `Connection: close` instead.
@@ -144,6 +149,12 @@ async fn forward(
             tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream connect failed");
             plain(StatusCode::BAD_GATEWAY, "baton: upstream connect failed\n")
         }
+        Ok(Err(e)) if client_body_failed(&e) => {
+            // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
+            // upstream's. The upstream never saw a complete request.
+            tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "bad request body from the client");
+            plain(StatusCode::BAD_REQUEST, "baton: bad request body\n")
+        }
         Ok(Err(e)) => {
             tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream request failed");
             plain(StatusCode::BAD_GATEWAY, "baton: upstream request failed\n")
@@ -153,6 +164,18 @@ async fn forward(
             plain(StatusCode::GATEWAY_TIMEOUT, "baton: upstream timed out\n")
         }
     }
+}
+
+/// Whether a failed upstream exchange was caused by the client's request body (hyper marks it a user error).
+fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// A short plain-text response of ours.
