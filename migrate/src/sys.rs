@@ -3,14 +3,13 @@
 //! value; callers never see a `RawFd`.
 #![allow(unsafe_code)]
 
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::inotify::Inotify;
 use nix::sys::socket::{
-    getsockname, getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags, SockType,
-    SockaddrStorage,
+    getsockname, getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags, SockType, SockaddrStorage,
 };
 
 use tokio::io::unix::AsyncFd;
@@ -34,33 +33,55 @@ pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd
 const SCM_MAX_FD: usize = 253;
 
 /// Reads into `buf`, collecting any fds that arrive (close-on-exec set atomically by MSG_CMSG_CLOEXEC).
-/// A truncated control message (MSG_CTRUNC) is an error.
+///
+/// The control buffer is walked by hand rather than through nix, because nix hides every fd once the kernel
+/// flags the message as truncated (MSG_CTRUNC): the fds it did install would leak. A truncated message (more fds
+/// than we make room for, or our fd table full) is an error, and every fd that arrived is closed.
 pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    let mut cmsg_space = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg_space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(io::Error::from)?;
+    use nix::libc;
+    // u64 elements keep the buffer aligned for cmsghdr.
+    let space = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control.len() * 8;
+    // SAFETY: `msg` describes buffers we own and that live across the call.
+    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for fd in raw {
-                // SAFETY: the kernel just installed this fd in our table for us; nothing else owns it.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR walk the control data the kernel wrote into `control`, bounded by
+    // msg_controllen; each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / sizeof(int) fds that the kernel
+    // just installed for us, which nobody else owns.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                for i in 0..len / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
+                }
             }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        drop(fds);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("control message truncated: peer attached more than {SCM_MAX_FD} fds"),
+            "control message truncated (more fds than the protocol allows, or no room in our fd table); the fds that arrived were closed",
         ));
     }
-    Ok((msg.bytes, fds))
+    Ok((n as usize, fds))
 }
 
 /// The uid of the process at the other end of a connected Unix socket, as the kernel recorded it at connect time.
