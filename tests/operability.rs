@@ -10,28 +10,6 @@ use common::*;
 
 const R2: &str = "7340032";
 
-async fn metrics(admin: std::net::SocketAddr) -> String {
-    let got = http_get(admin, "/metrics").await.expect("GET /metrics");
-    assert_eq!(got.status, 200);
-    let ct = got
-        .headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    assert!(ct.starts_with("text/plain; version=0.0.4"), "content-type {ct}");
-    String::from_utf8(got.body.to_vec()).expect("utf-8")
-}
-
-/// The value of the sample line that starts with `series ` (exact series, labels included).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("sample {series}: {e}"))
-}
-
 fn promtool_check(text: &str) {
     let child = Command::new("promtool")
         .args(["check", "metrics"])

@@ -60,15 +60,6 @@ async fn raw_get(addr: SocketAddr) -> (u16, String) {
     (status, body)
 }
 
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-        .trim()
-        .parse()
-        .expect("number")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_slow_and_resetting_upstreams_get_clear_answers() {
     let dir = TestDir::new();
@@ -108,14 +99,14 @@ async fn down_slow_and_resetting_upstreams_get_clear_answers() {
     }
 
     let settled = wait_until(Duration::from_secs(5), || async {
-        let m = String::from_utf8(http_get(admin, "/metrics").await.expect("metrics").body.to_vec()).expect("utf8");
+        let m = metrics(admin).await;
         ["good", "down", "slow", "reset"]
             .iter()
             .all(|l| sample(&m, &format!("baton_connections_active{{listener=\"{l}\"}}")) == 0.0)
     })
     .await;
     assert!(settled, "connections are counted as closed");
-    let m = String::from_utf8(http_get(admin, "/metrics").await.expect("metrics").body.to_vec()).expect("utf8");
+    let m = metrics(admin).await;
     assert_eq!(
         sample(&m, "baton_upstream_connect_errors_total{listener=\"down\"}"),
         1.0

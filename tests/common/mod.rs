@@ -785,6 +785,29 @@ pub async fn tcp_echo_once(addr: SocketAddr, payload: &[u8]) -> anyhow::Result<(
 }
 
 /// Whether a TCP connect to `addr` is refused (nothing listening).
+/// `GET /metrics` from the admin port, checking the Prometheus text content type.
+pub async fn metrics(admin: SocketAddr) -> String {
+    let got = http_get(admin, "/metrics").await.expect("GET /metrics");
+    assert_eq!(got.status, 200);
+    let ct = got
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "content-type {ct}");
+    String::from_utf8(got.body.to_vec()).expect("utf-8")
+}
+
+/// The value of the sample line that starts with `series ` (exact series, labels included) in a /metrics text.
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("sample {series}: {e}"))
+}
+
 /// Waits until an instance in `phase` has published itself in the uds dir (see `baton status`).
 pub async fn wait_phase_published(uds_dir: &Path, phase: &str, timeout: Duration) -> bool {
     let needle = format!("\"phase\":\"{phase}\"");
