@@ -496,6 +496,12 @@ impl Takeover {
         let mut listeners = Vec::new();
         loop {
             match conn.recv(deadline).await.map_err(|e| e.at("listeners"))? {
+                (Message::Listeners(tags), _) if listeners.len() + tags.len() > MAX_LISTENERS => {
+                    // The batch's fds are closed as they drop here.
+                    let reason = format!("more than {MAX_LISTENERS} listeners offered");
+                    refuse(&mut conn, &reason, deadline).await;
+                    return Err(HandoffError::Protocol(reason).at("listeners"));
+                }
                 (Message::Listeners(tags), fds) => {
                     for (tag, fd) in tags.into_iter().zip(fds) {
                         let check = sys::listening_tcp_addr(fd.as_fd());
@@ -709,6 +715,9 @@ async fn serve_peer(
         PeerRole::Receiver => Err(HandoffError::Protocol("a receiver connected to a receiver".into())),
     }
 }
+
+/// Most listeners one handoff may carry (in all batches): a bound on what a peer can make us hold.
+pub const MAX_LISTENERS: usize = 1024;
 
 /// How long `migrate` waits for a new instance to own the reconfig socket before concluding it is not coming.
 /// A starting instance takes it within milliseconds of reading its config.

@@ -1709,3 +1709,28 @@ fn a_successor_with_another_uid_is_refused() {
         );
     });
 }
+
+#[test]
+fn more_listeners_than_a_handoff_may_carry() {
+    hostile("more_listeners_than_a_handoff_may_carry", |_logs| async move {
+        let reason = format!("more than {} listeners offered", baton_migrate::handoff::MAX_LISTENERS);
+        violation_after_hello(
+            |f: &mut Fake| {
+                // The same listening socket, offered over and over: full batches until the cap is passed.
+                let (l, addr) = loopback_listener();
+                let batch: Vec<ListenerTag> = (0..64).map(|i| tag(&format!("l{i}"), addr)).collect();
+                let fds = vec![l.as_raw_fd(); 64];
+                for _ in 0..=baton_migrate::handoff::MAX_LISTENERS / 64 {
+                    if f.send_raw(&Message::Listeners(batch.clone()).encode().expect("encode"), &fds)
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            },
+            &format!("protocol violation: {reason}"),
+            Some(&reason),
+        )
+        .await;
+    });
+}
