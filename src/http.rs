@@ -20,10 +20,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
+use crate::pool::{self, PoolError, PooledBody};
 use crate::upstream::Cluster;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -110,53 +111,52 @@ async fn forward(
     cluster: &Cluster,
     metrics: &ListenerMetrics,
 ) -> Response<ProxyBody> {
-    let endpoint = cluster.pick_authority();
+    let endpoint = cluster.pick();
     let (mut parts, body) = req.into_parts();
     let client_authority = parts.uri.authority().cloned();
-    let mut target = http::uri::Parts::default();
-    target.scheme = Some(http::uri::Scheme::HTTP);
-    target.authority = Some(endpoint.clone());
-    target.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    parts.uri = match Uri::from_parts(target) {
-        Ok(u) => u,
-        Err(_) => return plain(StatusCode::BAD_REQUEST, "baton: bad request target\n"),
-    };
+    // Origin form (`/path?query`) to the upstream, whatever form the client used.
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path);
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-        let host = client_authority.unwrap_or_else(|| endpoint.clone());
+        let host = client_authority.unwrap_or_else(|| endpoint.authority.clone());
         if let Ok(v) = HeaderValue::from_str(host.as_str()) {
             parts.headers.insert(header::HOST, v);
         }
     }
     append_forwarded_for(&mut parts.headers, peer);
-    let upstream = cluster.http.request(Request::from_parts(parts, body));
+    let addr = endpoint.addr;
+    let upstream = pool::send(
+        &endpoint.idle,
+        addr,
+        cluster.connect_timeout,
+        Request::from_parts(parts, body),
+    );
     match tokio::time::timeout(cluster.request_timeout, upstream).await {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Ok(Err(e)) if e.is_connect() => {
+        Ok(Err(e @ PoolError::Connect(_))) => {
             metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream connect failed");
+            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "upstream connect failed");
             plain(StatusCode::BAD_GATEWAY, "baton: upstream connect failed\n")
         }
-        Ok(Err(e)) if client_body_failed(&e) => {
+        Ok(Err(e)) if e.client_body_failed() => {
             // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
             // upstream's. The upstream never saw a complete request.
-            tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "bad request body from the client");
+            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "bad request body from the client");
             plain(StatusCode::BAD_REQUEST, "baton: bad request body\n")
         }
         Ok(Err(e)) => {
-            tracing::debug!(cluster = %cluster.name, %endpoint, error = %e, "upstream request failed");
+            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "upstream request failed");
             plain(StatusCode::BAD_GATEWAY, "baton: upstream request failed\n")
         }
         Err(_) => {
@@ -164,18 +164,6 @@ async fn forward(
             plain(StatusCode::GATEWAY_TIMEOUT, "baton: upstream timed out\n")
         }
     }
-}
-
-/// Whether a failed upstream exchange was caused by the client's request body (hyper marks it a user error).
-fn client_body_failed(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(c) = cause {
-        if c.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_user()) {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
 }
 
 /// A short plain-text response of ours.
@@ -192,6 +180,10 @@ pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names, plus the ones that are
 /// hop-by-hop by definition. Framing (`Transfer-Encoding`) is redone by hyper on each side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Fast path: most messages carry none of them, and one pass over the names is cheaper than ten lookups.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -215,6 +207,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// Hop-by-hop by definition (fields named in `Connection` are found through it).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TRAILER
+        || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
