@@ -101,17 +101,9 @@ pub async fn send(
 }
 
 async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<SendRequest<Incoming>, PoolError> {
-    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(endpoint)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(PoolError::Connect(e)),
-        Err(_) => {
-            return Err(PoolError::Connect(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect to {endpoint} timed out after {timeout:?}"),
-            )))
-        }
-    };
-    let _ = stream.set_nodelay(true);
+    let stream = crate::upstream::connect(endpoint, timeout)
+        .await
+        .map_err(PoolError::Connect)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(PoolError::Exchange)?;

@@ -68,16 +68,21 @@ impl Cluster {
     /// Opens a TCP connection to the next endpoint under the connect timeout.
     pub async fn connect(&self) -> std::io::Result<(SocketAddr, TcpStream)> {
         let addr = self.pick().addr;
-        match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => {
-                let _ = s.set_nodelay(true);
-                Ok((addr, s))
-            }
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect to {addr} timed out after {:?}", self.connect_timeout),
-            )),
+        Ok((addr, connect(addr, self.connect_timeout).await?))
+    }
+}
+
+/// Opens a TCP connection to `addr` within `timeout`, with TCP_NODELAY (proxied traffic is latency-bound).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
         }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("connect to {addr} timed out after {timeout:?}"),
+        )),
     }
 }

@@ -157,23 +157,24 @@ impl UdsDir {
     /// process counts too, which is why a new instance takes its own [`ServingLock`] only once its handoff
     /// session is over.
     pub fn peer_serving(&self) -> Result<bool, HandoffError> {
-        let file = self.open_lock(SERVING_LOCK)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(_probe) => Ok(false), // nobody holds it; released at once when `_probe` drops
-            Err((_, Errno::EWOULDBLOCK)) => Ok(true),
-            Err((_, e)) => Err(HandoffError::Dir(format!("flock {SERVING_LOCK}: {e}"))),
-        }
+        self.lock_held(SERVING_LOCK)
     }
 
     /// Whether a live process owns `reconfig.sock` (holds `reconfig.lock`): lets `migrate` tell a new instance
     /// that has not bound the socket yet from one that has exited. Used by [`crate::watch_takeover`]; a socket
     /// file alone proves nothing, since a killed process leaves it behind.
     pub fn reconfig_owner_alive(&self) -> Result<bool, HandoffError> {
-        let file = self.open_lock(RECONFIG_LOCK)?;
+        self.lock_held(RECONFIG_LOCK)
+    }
+
+    /// Whether a live process holds the lock file `name`: probed with a non-blocking exclusive lock that is
+    /// released at once.
+    fn lock_held(&self, name: &str) -> Result<bool, HandoffError> {
+        let file = self.open_lock(name)?;
         match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(_probe) => Ok(false),
+            Ok(_probe) => Ok(false), // nobody holds it; released when `_probe` drops
             Err((_, Errno::EWOULDBLOCK)) => Ok(true),
-            Err((_, e)) => Err(HandoffError::Dir(format!("flock {RECONFIG_LOCK}: {e}"))),
+            Err((_, e)) => Err(HandoffError::Dir(format!("flock {name}: {e}"))),
         }
     }
 
