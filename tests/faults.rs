@@ -84,19 +84,31 @@ async fn old_crash_after_hello_new_binds_fresh() {
     assert_eq!(new.expect_exit(Duration::from_secs(5)).await.0, Some(0));
 }
 
+/// An old instance (under HTTP load: 2 keep-alive and `newconn` new-connection clients) that goes silent at
+/// `failpoint` after sending its listeners; a new instance takes over and `migrate` reports success with the
+/// warning that the commit was not confirmed.
+async fn takeover_from_silent_old(
+    handoff_timeout: &str,
+    failpoint: &str,
+    newconn: usize,
+) -> (Setup, Baton, Load, Baton, Outcome) {
+    let s = Setup::new(handoff_timeout, "2s").await;
+    let old = start_old(&s, Some(("BATON_FAILPOINT", failpoint))).await;
+    let load = Load::start(s.http, 2, newconn, None, 0);
+    assert!(load.wait_progress(10, Duration::from_secs(5)).await);
+    let env = Env::versions(R2, "1");
+    let new = s.spawn_run("new", &env);
+    let out = s.migrate("migrate", &env, "10s", Duration::from_secs(15)).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains("did not confirm"), "{}", out.stdout);
+    (s, old, load, new, out)
+}
+
 /// The old instance dies after sending its listeners: the new holds the very same sockets, so it serves on
 /// (connections queued in them are not lost with the old process).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_crash_after_fds_new_serves_the_same_sockets() {
-    let s = Setup::new("10s", "2s").await;
-    let mut old = start_old(&s, Some(("BATON_FAILPOINT", "old-after-fds"))).await;
-    let load = Load::start(s.http, 2, 0, None, 0);
-    assert!(load.wait_progress(10, Duration::from_secs(5)).await);
-    let env = Env::versions(R2, "1");
-    let mut new = s.spawn_run("new", &env);
-    let out = s.migrate("migrate", &env, "10s", Duration::from_secs(15)).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.contains("did not confirm"), "{}", out.stdout);
+    let (s, mut old, load, mut new, _) = takeover_from_silent_old("10s", "old-after-fds", 0).await;
     assert_eq!(old.expect_exit(Duration::from_secs(5)).await.0, Some(86));
     assert!(served_by(&s, new.pid()).await);
     let st = status(s.admin).await.expect("status");
@@ -115,15 +127,7 @@ async fn old_crash_after_fds_new_serves_the_same_sockets() {
 /// then serves anyway; traffic never stops.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_hang_after_fds_new_serves_after_the_timeout() {
-    let s = Setup::new("2s", "2s").await;
-    let mut old = start_old(&s, Some(("BATON_FAILPOINT", "old-hang-after-fds"))).await;
-    let load = Load::start(s.http, 2, 1, None, 0);
-    assert!(load.wait_progress(10, Duration::from_secs(5)).await);
-    let env = Env::versions(R2, "1");
-    let mut new = s.spawn_run("new", &env);
-    let out = s.migrate("migrate", &env, "10s", Duration::from_secs(15)).await;
-    assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert!(out.stdout.contains("did not confirm"), "{}", out.stdout);
+    let (s, mut old, load, mut new, out) = takeover_from_silent_old("2s", "old-hang-after-fds", 1).await;
     assert!(
         out.elapsed >= Duration::from_millis(1500),
         "waited for the timeout: {:?}",
