@@ -13,7 +13,10 @@ use serde::Deserialize;
 pub const DEFAULT_UDS_DIR: &str = "/var/run/baton";
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Two configs are equal when their effective settings are: [`Config::source`] (the text, with its comments and
+/// layout) is not compared.
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Proxy listeners, in file order.
     pub listeners: Vec<ListenerConfig>,
@@ -23,6 +26,17 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Hot-upgrade settings.
     pub handoff: HandoffConfig,
+    /// The text this config was parsed from (see [`Config::source`]).
+    source: String,
+}
+
+impl PartialEq for Config {
+    fn eq(&self, other: &Config) -> bool {
+        self.listeners == other.listeners
+            && self.clusters == other.clusters
+            && self.admin == other.admin
+            && self.handoff == other.handoff
+    }
 }
 
 /// What a listener speaks.
@@ -92,6 +106,9 @@ pub struct HandoffConfig {
     pub timeout: Duration,
     /// How long an old instance drains before closing what is left; keep below terminationGracePeriodSeconds.
     pub drain_timeout: Duration,
+    /// A takeover serves its predecessor's effective listeners, clusters and admin instead of its own file's
+    /// (see [`Config::inherit`]); this section still comes from its own file.
+    pub inherit_config: bool,
 }
 
 impl Default for HandoffConfig {
@@ -100,6 +117,7 @@ impl Default for HandoffConfig {
             uds_dir: PathBuf::from(DEFAULT_UDS_DIR),
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
+            inherit_config: false,
         }
     }
 }
@@ -109,6 +127,8 @@ impl Default for HandoffConfig {
 pub struct ConfigError {
     /// The file, when read from one.
     pub source: Option<PathBuf>,
+    /// True when the problems are in the config inherited from the previous instance ([`Config::inherit`]).
+    pub inherited: bool,
     /// One entry per problem, each starting with the field path.
     pub problems: Vec<String>,
 }
@@ -116,6 +136,10 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.source {
+            _ if self.inherited => write!(
+                f,
+                "invalid config inherited from the previous instance (handoff.inherit_config):"
+            )?,
             Some(p) => write!(f, "invalid config {}:", p.display())?,
             None => write!(f, "invalid config:")?,
         }
@@ -175,13 +199,16 @@ struct RawHandoff {
     uds_dir: Option<PathBuf>,
     timeout: Option<String>,
     drain_timeout: Option<String>,
+    /// Checked in [`RawConfig::validate`], so that a non-bool is reported with the other problems.
+    inherit_config: Option<serde_yaml::Value>,
 }
 
 impl Config {
-    /// Reads and validates a file.
+    /// Reads and validates a file. [`Config::source`] is then the file's contents.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source: Some(path.to_path_buf()),
+            inherited: false,
             problems: vec![format!("cannot read: {e}")],
         })?;
         Config::parse(&text).map_err(|mut e| {
@@ -190,17 +217,47 @@ impl Config {
         })
     }
 
-    /// Parses and validates YAML or JSON text.
+    /// Parses and validates YAML or JSON text. [`Config::source`] is then `text`.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
             serde_yaml::from_str(text).map_err(|e| ConfigError {
                 source: None,
+                inherited: false,
                 problems: vec![yaml_problem(&e)],
             })?
         };
-        raw.validate()
+        raw.validate(text)
+    }
+
+    /// The text this config was parsed from: the file's contents for [`Config::load`], the text for
+    /// [`Config::parse`], the inherited text for [`Config::inherit`]. A successor that inherits this instance's
+    /// config receives this text.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The effective config of a new instance that inherits its predecessor's (`handoff.inherit_config`):
+    /// `old_source` is the predecessor's [`Config::source`], parsed and validated like a file. Listeners, clusters
+    /// and admin come from it; the `handoff` section from `self`, since the new instance's own file governs its
+    /// upgrade mechanics (uds dir, timeouts, whether to inherit). The result's [`Config::source`] is `old_source`,
+    /// so that the next successor can inherit it in turn.
+    ///
+    /// An `old_source` that does not parse or validate is an error whose [`ConfigError::inherited`] is set (its
+    /// message names the inherited config).
+    pub fn inherit(&self, old_source: &str) -> Result<Config, ConfigError> {
+        let old = Config::parse(old_source).map_err(|mut e| {
+            e.inherited = true;
+            e
+        })?;
+        Ok(Config {
+            listeners: old.listeners,
+            clusters: old.clusters,
+            admin: old.admin,
+            handoff: self.handoff.clone(),
+            source: old.source,
+        })
     }
 }
 
@@ -214,7 +271,7 @@ fn yaml_problem(e: &serde_yaml::Error) -> String {
 }
 
 impl RawConfig {
-    fn validate(self) -> Result<Config, ConfigError> {
+    fn validate(self, source: &str) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let mut clusters = Vec::new();
         let mut cluster_names = HashSet::new();
@@ -299,6 +356,17 @@ impl RawConfig {
                 &h.drain_timeout,
                 defaults.drain_timeout,
             ),
+            inherit_config: match &h.inherit_config {
+                None => defaults.inherit_config,
+                Some(serde_yaml::Value::Bool(b)) => *b,
+                Some(other) => {
+                    problems.push(format!(
+                        "handoff.inherit_config: {} is not a boolean (true or false)",
+                        yaml_value(other)
+                    ));
+                    defaults.inherit_config
+                }
+            },
         };
         if handoff.uds_dir.as_os_str().is_empty() {
             problems.push("handoff.uds_dir: must not be empty".into());
@@ -313,10 +381,30 @@ impl RawConfig {
                 clusters,
                 admin,
                 handoff,
+                source: source.to_string(),
             })
         } else {
-            Err(ConfigError { source: None, problems })
+            Err(ConfigError {
+                source: None,
+                inherited: false,
+                problems,
+            })
         }
+    }
+}
+
+/// A YAML value as it would be written in the file, on one line and cut short, for error messages.
+fn yaml_value(v: &serde_yaml::Value) -> String {
+    let text = match v {
+        serde_yaml::Value::String(s) => format!("{s:?}"),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .replace('\n', " "),
+    };
+    match text.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
     }
 }
 
@@ -432,10 +520,11 @@ impl Config {
             None => out.push_str("admin: none\n"),
         }
         out.push_str(&format!(
-            "handoff: uds_dir={} timeout={} drain_timeout={}\n",
+            "handoff: uds_dir={} timeout={} drain_timeout={} inherit_config={}\n",
             self.handoff.uds_dir.display(),
             format_duration(self.handoff.timeout),
-            format_duration(self.handoff.drain_timeout)
+            format_duration(self.handoff.drain_timeout),
+            self.handoff.inherit_config
         ));
         out
     }
@@ -560,6 +649,138 @@ handoff: {timeout: 10, drain_timeout: 1x}
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
         assert_eq!(format_duration(Duration::from_secs(30)), "30s");
+    }
+
+    #[test]
+    fn inherit_config_is_a_checked_bool_off_by_default() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert!(!c.handoff.inherit_config);
+        assert!(c.summary().contains("inherit_config=false"), "{}", c.summary());
+        assert!(!Config::parse("").expect("valid").handoff.inherit_config);
+        assert!(
+            !Config::parse("handoff: {inherit_config: null}")
+                .expect("null is unset")
+                .handoff
+                .inherit_config
+        );
+        let on = Config::parse("handoff:\n  inherit_config: true\n").expect("valid");
+        assert!(on.handoff.inherit_config);
+        assert!(on.summary().contains("inherit_config=true"), "{}", on.summary());
+        assert!(
+            Config::parse(r#"{"handoff": {"inherit_config": true}}"#)
+                .expect("json")
+                .handoff
+                .inherit_config
+        );
+        for bad in ["yes", "\"true\"", "1", "[true]", "{a: 1}"] {
+            let p = problems(&format!("handoff:\n  inherit_config: {bad}\n  timeout: 0s\n"));
+            assert_eq!(p.len(), 2, "{bad}: {p:?}");
+            assert!(
+                p[0].starts_with("handoff.inherit_config: ") && p[0].contains("not a boolean"),
+                "{bad}: {p:?}"
+            );
+            assert!(p[1].starts_with("handoff.timeout"), "{bad}: {p:?}");
+        }
+        let long = problems(&format!("handoff: {{inherit_config: {}}}", "x".repeat(500)));
+        assert!(long[0].len() < 150, "{long:?}");
+    }
+
+    #[test]
+    fn source_is_the_text_parsed_or_loaded() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.source(), GOOD);
+        assert_eq!(Config::parse("").expect("valid").source(), "");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("c.yaml");
+        let text = format!("# a comment\n{GOOD}");
+        std::fs::write(&path, &text).expect("write");
+        let loaded = Config::load(&path).expect("valid");
+        assert_eq!(loaded.source(), text);
+        // Equality is about the effective settings, not the text.
+        assert_eq!(loaded, c);
+        assert_ne!(loaded.source(), c.source());
+        let e = Config::load(&dir.path().join("missing.yaml")).expect_err("no file");
+        assert!(!e.inherited && e.to_string().contains("missing.yaml"), "{e}");
+    }
+
+    /// The new instance's file: other endpoints, another listener, no admin, its own handoff section.
+    const NEW: &str = r#"
+listeners:
+  - {name: ingress, address: "127.0.0.1:25006", cluster: app}
+  - {name: extra, address: "127.0.0.1:25007", protocol: tcp, cluster: app}
+clusters:
+  - {name: app, endpoints: ["10.0.0.1:9090"], request_timeout: 5s}
+handoff:
+  uds_dir: /tmp/new
+  timeout: 10s
+  drain_timeout: 3s
+  inherit_config: true
+"#;
+
+    #[test]
+    fn inherit_takes_the_old_traffic_config_and_keeps_its_own_handoff() {
+        let new = Config::parse(NEW).expect("valid");
+        let old = Config::parse(GOOD).expect("valid");
+        let effective = new.inherit(old.source()).expect("the old source is valid");
+        assert_eq!(effective.listeners, old.listeners);
+        assert_eq!(effective.clusters, old.clusters);
+        assert_eq!(
+            effective.clusters[0].endpoints,
+            vec![
+                "127.0.0.1:8080".parse().expect("addr"),
+                "127.0.0.1:8081".parse().expect("addr")
+            ]
+        );
+        assert_eq!(effective.admin, old.admin);
+        assert_eq!(effective.handoff, new.handoff);
+        assert_eq!(effective.handoff.uds_dir, PathBuf::from("/tmp/new"));
+        assert_eq!(effective.handoff.timeout, Duration::from_secs(10));
+        assert!(effective.handoff.inherit_config);
+        assert_eq!(effective.source(), GOOD);
+        assert!(
+            effective.summary().contains("127.0.0.1:8081"),
+            "{}",
+            effective.summary()
+        );
+
+        // The next successor inherits the same text again: a chain keeps the first instance's traffic config.
+        let newer = Config::parse("handoff: {uds_dir: /tmp/newer, inherit_config: true}").expect("valid");
+        let again = newer.inherit(effective.source()).expect("valid");
+        assert_eq!(again.listeners, old.listeners);
+        assert_eq!(again.clusters, old.clusters);
+        assert_eq!(again.handoff, newer.handoff);
+        assert_eq!(again.source(), GOOD);
+
+        // Inheriting an empty config is valid: no listeners.
+        let none = new.inherit("").expect("empty is valid");
+        assert!(none.listeners.is_empty() && none.clusters.is_empty() && none.admin.is_none());
+        assert_eq!(none.handoff, new.handoff);
+    }
+
+    #[test]
+    fn inherit_refuses_a_bad_old_source_naming_it() {
+        let new = Config::parse(NEW).expect("valid");
+        for bad in [
+            ":::\n- [",
+            "listeners: [{name: a, address: nowhere, cluster: c}]",
+            "colour: red",
+        ] {
+            let e = new.inherit(bad).expect_err(bad);
+            assert!(e.inherited, "{bad}: {e:?}");
+            assert!(!e.problems.is_empty(), "{bad}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("invalid config inherited from the previous instance"),
+                "{msg}"
+            );
+        }
+        let e = new
+            .inherit("listeners: [{name: a, address: nowhere, cluster: c}]")
+            .expect_err("bad");
+        assert!(e.problems.iter().any(|p| p.starts_with("listeners[0].address")), "{e}");
+        assert!(e.problems.iter().any(|p| p.starts_with("listeners[0].cluster")), "{e}");
+        // A direct parse error is not marked inherited.
+        assert!(!Config::parse(":::\n- [").expect_err("bad").inherited);
     }
 
     #[test]

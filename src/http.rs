@@ -10,16 +10,18 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
+use crate::migration::{ConnCtl, Handover, Parcel, RequestBody, Tracked, KIND_HTTP1};
 use crate::pool::{self, PoolError, PooledBody};
 use crate::upstream::Cluster;
 
@@ -41,49 +43,190 @@ pub struct HttpProxy {
     pub metrics: Arc<ListenerMetrics>,
 }
 
+/// What a connection task needs besides its stream.
+#[derive(Clone)]
+pub struct ConnEnv {
+    /// Listener name (for migration).
+    pub listener: Arc<str>,
+    /// The proxy of the listener.
+    pub proxy: Arc<HttpProxy>,
+    /// Cancelled when a plain drain starts: HTTP/1 responses say `Connection: close`, HTTP/2 gets GOAWAY.
+    pub drain: CancellationToken,
+    /// Cancelled at the drain deadline: connections are dropped.
+    pub hard_stop: CancellationToken,
+    /// The connection migration of this instance, started at a committed handoff to a successor.
+    pub handover: Arc<Handover>,
+}
+
 /// Serves one accepted connection until it ends, the drain asks it to end (HTTP/2 GOAWAY; HTTP/1 closes after
-/// its next response, which carries `Connection: close`), or the hard stop drops it.
-pub async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    proxy: Arc<HttpProxy>,
-    drain: CancellationToken,
-    hard_stop: CancellationToken,
-) {
+/// its next response, which carries `Connection: close`), a migration takes it (HTTP/1, or a connection that has
+/// not said which protocol it speaks yet), or the hard stop drops it.
+pub async fn serve(stream: TcpStream, env: ConnEnv) {
     let _ = stream.set_nodelay(true);
-    let sniffed = tokio::select! {
-        s = sniff(stream, &proxy.metrics) => s,
-        _ = hard_stop.cancelled() => return,
+    serve_from(stream, Vec::new(), env).await
+}
+
+/// Serves a connection handed over by the predecessor, starting with the bytes it had read.
+pub async fn serve_adopted(stream: TcpStream, buffered: Vec<u8>, env: ConnEnv) {
+    serve_from(stream, buffered, env).await
+}
+
+async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, env: ConnEnv) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let mut may_migrate = true;
+    loop {
+        let handover = may_migrate.then_some(&*env.handover);
+        let sniffed = tokio::select! {
+            s = sniff(stream, read, &env.proxy.metrics, handover) => s,
+            _ = env.hard_stop.cancelled() => return,
+        };
+        match sniffed {
+            Sniffed::Gone => return,
+            Sniffed::H2(io) => return serve_h2(io, peer, env).await,
+            Sniffed::H1(io) => return serve_h1(io, peer, env, may_migrate).await,
+            Sniffed::Silent(quiet, bytes) => match depart(&env, quiet, bytes).await {
+                None => return,
+                Some((s, b)) => {
+                    (stream, read) = (s, b);
+                    may_migrate = false;
+                }
+            },
+        }
+    }
+}
+
+/// Offers a quiescent connection to the successor: `None` if it took it, else the connection back.
+async fn depart(env: &ConnEnv, stream: TcpStream, buffered: Vec<u8>) -> Option<(TcpStream, Vec<u8>)> {
+    let fd = match crate::migration::stream_fd(stream) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot detach a connection for migration; closing it");
+            return None;
+        }
     };
-    let Ok((io, is_h2)) = sniffed else { return };
-    let io = TokioIo::new(io);
-    if is_h2 {
-        let svc_drain = drain.clone();
-        let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), true));
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, svc);
-        tokio::pin!(conn);
+    let parcel = Parcel {
+        fds: vec![fd],
+        buffers: vec![buffered],
+    };
+    let mut back = env.handover.depart(KIND_HTTP1, &env.listener, parcel).await?;
+    let (Some(fd), Some(buffered)) = (back.fds.pop(), back.buffers.pop()) else {
+        return None;
+    };
+    let stream = crate::migration::fd_stream(fd).ok()?;
+    Some((stream, buffered))
+}
+
+async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv) {
+    let ConnEnv {
+        proxy,
+        drain,
+        hard_stop,
+        handover,
+        ..
+    } = env;
+    let svc_drain = drain.clone();
+    let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), None));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    // GOAWAY at a plain drain and at a migration's start alike: HTTP/2 state is not migrated, and hyper's
+    // graceful shutdown sends the final GOAWAY once the client acknowledged the first.
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.cancelled() => conn.as_mut().graceful_shutdown(),
+        _ = handover.requested() => conn.as_mut().graceful_shutdown(),
+        _ = hard_stop.cancelled() => return,
+    }
+    tokio::select! {
+        _ = conn => {},
+        _ = hard_stop.cancelled() => {},
+    }
+}
+
+/// Serves HTTP/1 requests; hands the connection over between two requests once a migration started. If the
+/// successor does not take it, serves on here in drain mode (`Connection: close` on the next response).
+async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv, mut may_migrate: bool) {
+    loop {
+        let drain = if may_migrate {
+            env.drain.clone()
+        } else {
+            // Not taken by the successor: the graceful path of a plain drain.
+            let closing = CancellationToken::new();
+            closing.cancel();
+            closing
+        };
+        let Paused { stream, buffered } = match run_h1(io, peer, &env, &drain, may_migrate).await {
+            Some(p) => p,
+            None => return,
+        };
+        let (stream, buffered) = match depart(&env, stream, buffered).await {
+            None => return, // the successor serves it now
+            Some(back) => back,
+        };
+        io = ClientIo::new(Bytes::from(buffered), stream, env.proxy.metrics.clone());
+        may_migrate = false;
+    }
+}
+
+/// An HTTP/1 connection stopped at a response boundary, with what hyper had read past it.
+struct Paused {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// Runs hyper on the connection until it ends (`None`) or, if `may_migrate`, until it stops at a response
+/// boundary after a migration started.
+async fn run_h1(
+    io: ClientIo<TcpStream>,
+    peer: SocketAddr,
+    env: &ConnEnv,
+    drain: &CancellationToken,
+    may_migrate: bool,
+) -> Option<Paused> {
+    let ctl = Arc::new(ConnCtl::default());
+    let (proxy, svc_drain, svc_ctl) = (env.proxy.clone(), drain.clone(), ctl.clone());
+    // Boxed: hyper hands the connection back (into_parts) only with an Unpin service future.
+    let svc = service_fn(move |req| {
+        Box::pin(handle(
+            req,
+            peer,
+            proxy.clone(),
+            svc_drain.clone(),
+            Some(svc_ctl.clone()),
+        ))
+    });
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        // A request head larger than this is answered 431 and never forwarded.
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(io), svc);
+    // No graceful_shutdown() on a plain drain: closing an idle keep-alive connection races with a client that is
+    // sending its next request on it. The next response says `Connection: close` instead. A migration does call
+    // it, but only at a response boundary, and takes the connection over instead of closing it.
+    let mut pausing = false;
+    loop {
         tokio::select! {
-            _ = conn.as_mut() => return,
-            _ = drain.cancelled() => conn.as_mut().graceful_shutdown(),
-            _ = hard_stop.cancelled() => return,
-        }
-        tokio::select! {
-            _ = conn => {},
-            _ = hard_stop.cancelled() => {},
-        }
-    } else {
-        let svc_drain = drain.clone();
-        let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), false));
-        let conn = hyper::server::conn::http1::Builder::new()
-            .keep_alive(true)
-            // A request head larger than this is answered 431 and never forwarded.
-            .max_buf_size(MAX_REQUEST_HEAD)
-            .serve_connection(io, svc);
-        // No graceful_shutdown() on drain: closing an idle keep-alive connection races with a client that is
-        // sending its next request on it. The next response says `Connection: close` instead.
-        tokio::select! {
-            _ = conn => {},
-            _ = hard_stop.cancelled() => {},
+            biased;
+            _ = env.hard_stop.cancelled() => return None,
+            ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if ended.is_err() || !pausing || !ctl.migratable() {
+                    // Ended by the client, an error, or hyper's own keep-alive rules: close as hyper would.
+                    let mut io = conn.into_parts().io.into_inner();
+                    let _ = io.shutdown().await;
+                    return None;
+                }
+                let parts = conn.into_parts();
+                let (prefix, stream) = parts.io.into_inner().into_parts();
+                let mut buffered = Vec::with_capacity(parts.read_buf.len() + prefix.len());
+                buffered.extend_from_slice(&parts.read_buf);
+                buffered.extend_from_slice(&prefix);
+                return Some(Paused { stream, buffered });
+            }
+            _ = async { env.handover.requested().await; ctl.quiet().await }, if may_migrate && !pausing => {
+                // Between two requests: hyper stops before reading the next one (or right after the response
+                // being written), keeping whatever it read in its buffer.
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                pausing = true;
+            }
         }
     }
 }
@@ -93,20 +236,48 @@ async fn handle(
     peer: SocketAddr,
     proxy: Arc<HttpProxy>,
     drain: CancellationToken,
-    is_h2: bool,
-) -> Result<Response<ProxyBody>, Infallible> {
+    ctl: Option<Arc<ConnCtl>>,
+) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
     let start = Instant::now();
+    let is_h1 = ctl.is_some();
+    if let Some(ctl) = &ctl {
+        ctl.begin(!req.body().is_end_stream(), wants_close(&req));
+    }
+    let (parts, body) = req.into_parts();
+    let req = Request::from_parts(parts, RequestBody::new(body, ctl.clone()));
     let mut resp = forward(req, peer, &proxy.cluster, &proxy.metrics).await;
     proxy.metrics.response(resp.status().as_u16(), start.elapsed());
-    if !is_h2 && drain.is_cancelled() {
+    if is_h1 && drain.is_cancelled() {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    Ok(resp)
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Tracked::new(body, ctl)))
+}
+
+/// Whether an HTTP/1 request asks to close the connection after its response.
+fn wants_close(req: &Request<Incoming>) -> bool {
+    let close_token = || {
+        req.headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("close"))
+    };
+    match req.version() {
+        Version::HTTP_10 => !req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.to_ascii_lowercase().contains("keep-alive")),
+        _ => req.headers().contains_key(header::CONNECTION) && close_token(),
+    }
 }
 
 async fn forward(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     peer: SocketAddr,
     cluster: &Cluster,
     metrics: &ListenerMetrics,
@@ -233,21 +404,50 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
     }
 }
 
-/// Reads just enough to tell an HTTP/2 prior-knowledge preface from HTTP/1, and gives the bytes back.
-async fn sniff(mut stream: TcpStream, metrics: &Arc<ListenerMetrics>) -> std::io::Result<(ClientIo<TcpStream>, bool)> {
-    let mut buf = [0u8; 24];
-    let mut n = 0;
+/// What the first bytes of a connection said.
+enum Sniffed {
+    H1(ClientIo<TcpStream>),
+    H2(ClientIo<TcpStream>),
+    /// A migration started before the client said which protocol it speaks: the connection, with what it sent.
+    Silent(TcpStream, Vec<u8>),
+    /// Closed or failed before a protocol was known.
+    Gone,
+}
+
+/// Reads just enough to tell an HTTP/2 prior-knowledge preface from HTTP/1, and gives the bytes back. `read`:
+/// bytes of the connection already read (by a predecessor). With `handover`, a migration that starts before the
+/// protocol is known returns the connection as it is.
+async fn sniff(
+    mut stream: TcpStream,
+    mut read: Vec<u8>,
+    metrics: &Arc<ListenerMetrics>,
+    handover: Option<&Handover>,
+) -> Sniffed {
     loop {
-        let read = stream.read(&mut buf[n..]).await?;
-        if read == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        n += read;
-        let is_h2 = buf[..n] == H2_PREFACE[..n];
+        let n = read.len().min(H2_PREFACE.len());
+        let is_h2 = read[..n] == H2_PREFACE[..n];
         if !is_h2 || n == H2_PREFACE.len() {
-            metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-            let prefix = Bytes::copy_from_slice(&buf[..n]);
-            return Ok((ClientIo::new(prefix, stream, metrics.clone()), is_h2));
+            let io = ClientIo::new(Bytes::from(read), stream, metrics.clone());
+            return if is_h2 { Sniffed::H2(io) } else { Sniffed::H1(io) };
+        }
+        let mut buf = [0u8; 24];
+        let want = H2_PREFACE.len() - n;
+        let got = tokio::select! {
+            biased;
+            r = stream.read(&mut buf[..want]) => r,
+            _ = async {
+                match handover {
+                    Some(h) => h.requested().await,
+                    None => std::future::pending().await,
+                }
+            } => return Sniffed::Silent(stream, read),
+        };
+        match got {
+            Ok(0) | Err(_) => return Sniffed::Gone,
+            Ok(m) => {
+                metrics.bytes_in.fetch_add(m as u64, Ordering::Relaxed);
+                read.extend_from_slice(&buf[..m]);
+            }
         }
     }
 }

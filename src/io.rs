@@ -24,6 +24,11 @@ impl<S> ClientIo<S> {
     pub fn new(prefix: Bytes, inner: S, metrics: Arc<ListenerMetrics>) -> ClientIo<S> {
         ClientIo { prefix, inner, metrics }
     }
+
+    /// The bytes of the prefix not read yet, and the stream.
+    pub fn into_parts(self) -> (Bytes, S) {
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for ClientIo<S> {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod io;
 pub mod listeners;
 pub mod metrics;
+pub mod migration;
 pub mod pool;
 pub mod relay;
 pub mod run;

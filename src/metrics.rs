@@ -1,9 +1,15 @@
 //! Prometheus metrics, hand-rolled: a few atomics per listener, rendered in the text exposition format on the
 //! admin port's `/metrics`. Nothing here allocates or locks on the request path.
+//!
+//! Counters continue across an upgrade: [`ListenerCounters`] and [`HandoffCounters`] are plain copies of an
+//! instance's counters, written to and read from JSON (see `State::counters_snapshot`), and added into a
+//! successor's atomics. Gauges are never copied.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use serde_json::{json, Map, Value};
 
 /// Upper bounds (seconds) of the request and handoff duration histograms.
 const BOUNDS: [f64; 14] = [
@@ -30,11 +36,29 @@ impl Histogram {
             .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 
+    /// A copy of the current values.
+    pub fn counts(&self) -> HistogramCounts {
+        HistogramCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed)),
+            count: self.count.load(Ordering::Relaxed),
+            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Adds `c` to the current values (saturating).
+    pub fn add(&self, c: &HistogramCounts) {
+        for (b, v) in self.buckets.iter().zip(c.buckets) {
+            add_saturating(b, v);
+        }
+        add_saturating(&self.count, c.count);
+        add_saturating(&self.sum_nanos, c.sum_nanos);
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
+        let mut cumulative: u64 = 0;
         for (bound, bucket) in BOUNDS.iter().zip(&self.buckets) {
-            cumulative += bucket.load(Ordering::Relaxed);
+            cumulative = cumulative.saturating_add(bucket.load(Ordering::Relaxed));
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Ordering::Relaxed);
@@ -101,7 +125,35 @@ impl ListenerMetrics {
 
     /// All requests, any class.
     pub fn requests_total(&self) -> u64 {
-        self.requests.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.requests
+            .iter()
+            .fold(0, |sum, c| sum.saturating_add(c.load(Ordering::Relaxed)))
+    }
+
+    /// A copy of the counters (not the gauges).
+    pub fn counters(&self) -> ListenerCounters {
+        ListenerCounters {
+            requests: std::array::from_fn(|i| self.requests[i].load(Ordering::Relaxed)),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            connections_total: self.connections_total.load(Ordering::Relaxed),
+            upstream_connect_errors: self.upstream_connect_errors.load(Ordering::Relaxed),
+            upstream_timeouts: self.upstream_timeouts.load(Ordering::Relaxed),
+            duration: self.duration.counts(),
+        }
+    }
+
+    /// Adds `c` to the counters (saturating); the gauges are untouched.
+    pub fn add_counters(&self, c: &ListenerCounters) {
+        for (a, v) in self.requests.iter().zip(c.requests) {
+            add_saturating(a, v);
+        }
+        add_saturating(&self.bytes_in, c.bytes_in);
+        add_saturating(&self.bytes_out, c.bytes_out);
+        add_saturating(&self.connections_total, c.connections_total);
+        add_saturating(&self.upstream_connect_errors, c.upstream_connect_errors);
+        add_saturating(&self.upstream_timeouts, c.upstream_timeouts);
+        self.duration.add(&c.duration);
     }
 }
 
@@ -120,6 +172,385 @@ pub struct HandoffMetrics {
     pub received_failed: AtomicU64,
     /// Duration of handoffs, either side, from first contact to DONE.
     pub duration: Histogram,
+}
+
+impl HandoffMetrics {
+    /// A copy of the counters.
+    pub fn counters(&self) -> HandoffCounters {
+        HandoffCounters {
+            sent_committed: self.sent_committed.load(Ordering::Relaxed),
+            sent_failed: self.sent_failed.load(Ordering::Relaxed),
+            received_committed: self.received_committed.load(Ordering::Relaxed),
+            received_fresh: self.received_fresh.load(Ordering::Relaxed),
+            received_failed: self.received_failed.load(Ordering::Relaxed),
+            duration: self.duration.counts(),
+        }
+    }
+
+    /// Adds `c` to the counters (saturating).
+    pub fn add_counters(&self, c: &HandoffCounters) {
+        add_saturating(&self.sent_committed, c.sent_committed);
+        add_saturating(&self.sent_failed, c.sent_failed);
+        add_saturating(&self.received_committed, c.received_committed);
+        add_saturating(&self.received_fresh, c.received_fresh);
+        add_saturating(&self.received_failed, c.received_failed);
+        self.duration.add(&c.duration);
+    }
+}
+
+/// Adds without wrapping: an inherited value never turns a counter back towards zero.
+fn add_saturating(a: &AtomicU64, v: u64) {
+    if v != 0 {
+        let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(x.saturating_add(v)));
+    }
+}
+
+/// Problems found while reading a counters snapshot; the caller logs them once.
+#[derive(Debug, Default)]
+pub struct Problems {
+    /// The first few, for the log.
+    pub first: Vec<String>,
+    /// How many in all.
+    pub count: usize,
+}
+
+impl Problems {
+    /// Problems kept for the log; the rest are only counted.
+    const KEPT: usize = 8;
+
+    /// Records one problem.
+    pub fn push(&mut self, p: impl FnOnce() -> String) {
+        if self.first.len() < Self::KEPT {
+            self.first.push(p());
+        }
+        self.count += 1;
+    }
+
+    /// True when there was none.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+/// Reads a counter: a JSON unsigned integer that fits in 64 bits. Anything else counts as 0 and is reported; a
+/// missing field is 0 without complaint only when `optional`.
+fn read_u64(obj: &Map<String, Value>, key: &str, at: &str, problems: &mut Problems) -> u64 {
+    match obj.get(key) {
+        Some(v) => v.as_u64().unwrap_or_else(|| {
+            problems.push(|| format!("{at}.{key}: {} is not a counter", brief(v)));
+            0
+        }),
+        None => {
+            problems.push(|| format!("{at}.{key}: missing"));
+            0
+        }
+    }
+}
+
+/// A JSON value, cut short, for the log.
+fn brief(v: &Value) -> String {
+    let text = match v {
+        Value::Array(a) => format!("an array of {}", a.len()),
+        Value::Object(o) => format!("an object of {} fields", o.len()),
+        other => other.to_string(),
+    };
+    match text.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text,
+    }
+}
+
+/// Reads a fixed-length array of counters: a wrong length is reported and the elements present are used.
+fn read_array<const N: usize>(
+    obj: &Map<String, Value>,
+    key: &str,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<[u64; N]> {
+    let Some(v) = obj.get(key) else {
+        problems.push(|| format!("{at}.{key}: missing"));
+        return None;
+    };
+    let Some(items) = v.as_array() else {
+        problems.push(|| format!("{at}.{key}: {} is not an array of {N} counters", brief(v)));
+        return None;
+    };
+    if items.len() != N {
+        problems.push(|| format!("{at}.{key}: {} elements, not {N}", items.len()));
+    }
+    let mut out = [0; N];
+    for (i, (slot, item)) in out.iter_mut().zip(items).enumerate() {
+        *slot = item.as_u64().unwrap_or_else(|| {
+            problems.push(|| format!("{at}.{key}[{i}]: {} is not a counter", brief(item)));
+            0
+        });
+    }
+    Some(out)
+}
+
+/// The values of a [`Histogram`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HistogramCounts {
+    /// Observations per bucket (not cumulative), one per bound.
+    pub buckets: [u64; BOUNDS.len()],
+    /// All observations, those above the last bound included.
+    pub count: u64,
+    /// Sum of the observations, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl HistogramCounts {
+    /// Each value the greater of the two.
+    pub fn max(&self, o: &HistogramCounts) -> HistogramCounts {
+        HistogramCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].max(o.buckets[i])),
+            count: self.count.max(o.count),
+            sum_nanos: self.sum_nanos.max(o.sum_nanos),
+        }
+    }
+
+    /// Each value `self - o`, at least 0.
+    pub fn minus(&self, o: &HistogramCounts) -> HistogramCounts {
+        HistogramCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(o.buckets[i])),
+            count: self.count.saturating_sub(o.count),
+            sum_nanos: self.sum_nanos.saturating_sub(o.sum_nanos),
+        }
+    }
+
+    /// Each value the saturating sum of the two.
+    pub fn plus(&self, o: &HistogramCounts) -> HistogramCounts {
+        HistogramCounts {
+            buckets: std::array::from_fn(|i| self.buckets[i].saturating_add(o.buckets[i])),
+            count: self.count.saturating_add(o.count),
+            sum_nanos: self.sum_nanos.saturating_add(o.sum_nanos),
+        }
+    }
+
+    /// `{"bounds": [...], "buckets": [...], "count": n, "sum_nanos": n}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "bounds": BOUNDS,
+            "buckets": self.buckets,
+            "count": self.count,
+            "sum_nanos": self.sum_nanos,
+        })
+    }
+
+    /// Reads [`HistogramCounts::to_json`]'s format. A histogram with other bounds, or that does not parse, is
+    /// ignored as a whole (all zero), so that its buckets, count and sum stay consistent.
+    pub fn from_json(v: &Value, at: &str, problems: &mut Problems) -> HistogramCounts {
+        let Some(obj) = v.as_object() else {
+            problems.push(|| format!("{at}: {} is not a histogram", brief(v)));
+            return HistogramCounts::default();
+        };
+        let same_bounds = obj
+            .get("bounds")
+            .and_then(Value::as_array)
+            .is_some_and(|b| b.len() == BOUNDS.len() && b.iter().zip(BOUNDS).all(|(x, y)| x.as_f64() == Some(y)));
+        if !same_bounds {
+            problems.push(|| format!("{at}.bounds: missing or not this version's buckets; histogram ignored"));
+            return HistogramCounts::default();
+        }
+        let mut own = Problems::default();
+        let counts = HistogramCounts {
+            buckets: read_array(obj, "buckets", at, &mut own).unwrap_or_default(),
+            count: read_u64(obj, "count", at, &mut own),
+            sum_nanos: read_u64(obj, "sum_nanos", at, &mut own),
+        };
+        if own.is_empty() {
+            counts
+        } else {
+            for p in own.first {
+                problems.push(|| format!("{p}; histogram ignored"));
+            }
+            HistogramCounts::default()
+        }
+    }
+}
+
+/// The counters of a [`ListenerMetrics`] (its gauges are left out).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerCounters {
+    /// Responses by status class 1xx..5xx.
+    pub requests: [u64; 5],
+    /// Bytes read from clients.
+    pub bytes_in: u64,
+    /// Bytes written to clients.
+    pub bytes_out: u64,
+    /// Client connections accepted.
+    pub connections_total: u64,
+    /// Upstream connections that could not be opened.
+    pub upstream_connect_errors: u64,
+    /// Upstream responses that did not arrive in time.
+    pub upstream_timeouts: u64,
+    /// The request duration histogram.
+    pub duration: HistogramCounts,
+}
+
+impl ListenerCounters {
+    /// Each value the greater of the two.
+    pub fn max(&self, o: &ListenerCounters) -> ListenerCounters {
+        ListenerCounters {
+            requests: std::array::from_fn(|i| self.requests[i].max(o.requests[i])),
+            bytes_in: self.bytes_in.max(o.bytes_in),
+            bytes_out: self.bytes_out.max(o.bytes_out),
+            connections_total: self.connections_total.max(o.connections_total),
+            upstream_connect_errors: self.upstream_connect_errors.max(o.upstream_connect_errors),
+            upstream_timeouts: self.upstream_timeouts.max(o.upstream_timeouts),
+            duration: self.duration.max(&o.duration),
+        }
+    }
+
+    /// Each value `self - o`, at least 0.
+    pub fn minus(&self, o: &ListenerCounters) -> ListenerCounters {
+        ListenerCounters {
+            requests: std::array::from_fn(|i| self.requests[i].saturating_sub(o.requests[i])),
+            bytes_in: self.bytes_in.saturating_sub(o.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(o.bytes_out),
+            connections_total: self.connections_total.saturating_sub(o.connections_total),
+            upstream_connect_errors: self.upstream_connect_errors.saturating_sub(o.upstream_connect_errors),
+            upstream_timeouts: self.upstream_timeouts.saturating_sub(o.upstream_timeouts),
+            duration: self.duration.minus(&o.duration),
+        }
+    }
+
+    /// Each value the saturating sum of the two.
+    pub fn plus(&self, o: &ListenerCounters) -> ListenerCounters {
+        ListenerCounters {
+            requests: std::array::from_fn(|i| self.requests[i].saturating_add(o.requests[i])),
+            bytes_in: self.bytes_in.saturating_add(o.bytes_in),
+            bytes_out: self.bytes_out.saturating_add(o.bytes_out),
+            connections_total: self.connections_total.saturating_add(o.connections_total),
+            upstream_connect_errors: self.upstream_connect_errors.saturating_add(o.upstream_connect_errors),
+            upstream_timeouts: self.upstream_timeouts.saturating_add(o.upstream_timeouts),
+            duration: self.duration.plus(&o.duration),
+        }
+    }
+
+    /// The JSON form, with the listener's protocol.
+    pub fn to_json(&self, protocol: &str) -> Value {
+        json!({
+            "protocol": protocol,
+            "requests": self.requests,
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.bytes_out,
+            "connections_total": self.connections_total,
+            "upstream_connect_errors": self.upstream_connect_errors,
+            "upstream_timeouts": self.upstream_timeouts,
+            "duration": self.duration.to_json(),
+        })
+    }
+
+    /// Reads [`ListenerCounters::to_json`]'s format, with the protocol when given. What does not parse counts as 0
+    /// and is reported in `problems`.
+    pub fn from_json(v: &Value, at: &str, problems: &mut Problems) -> Option<(ListenerCounters, Option<String>)> {
+        let Some(obj) = v.as_object() else {
+            problems.push(|| format!("{at}: {} is not an object", brief(v)));
+            return None;
+        };
+        let protocol = match obj.get("protocol") {
+            None => None,
+            Some(Value::String(p)) if p == "http" || p == "tcp" => Some(p.clone()),
+            Some(other) => {
+                problems.push(|| format!("{at}.protocol: {} is not http or tcp; listener ignored", brief(other)));
+                return None;
+            }
+        };
+        let counters = ListenerCounters {
+            requests: read_array(obj, "requests", at, problems).unwrap_or_default(),
+            bytes_in: read_u64(obj, "bytes_in", at, problems),
+            bytes_out: read_u64(obj, "bytes_out", at, problems),
+            connections_total: read_u64(obj, "connections_total", at, problems),
+            upstream_connect_errors: read_u64(obj, "upstream_connect_errors", at, problems),
+            upstream_timeouts: read_u64(obj, "upstream_timeouts", at, problems),
+            duration: match obj.get("duration") {
+                Some(d) => HistogramCounts::from_json(d, &format!("{at}.duration"), problems),
+                None => {
+                    problems.push(|| format!("{at}.duration: missing"));
+                    HistogramCounts::default()
+                }
+            },
+        };
+        Some((counters, protocol))
+    }
+}
+
+/// The counters of [`HandoffMetrics`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HandoffCounters {
+    /// Old side: committed handoffs to a successor.
+    pub sent_committed: u64,
+    /// Old side: failed attempts.
+    pub sent_failed: u64,
+    /// New side: took over from a predecessor.
+    pub received_committed: u64,
+    /// New side: bound fresh.
+    pub received_fresh: u64,
+    /// New side: the takeover failed.
+    pub received_failed: u64,
+    /// The handoff duration histogram.
+    pub duration: HistogramCounts,
+}
+
+impl HandoffCounters {
+    /// Each value the greater of the two.
+    pub fn max(&self, o: &HandoffCounters) -> HandoffCounters {
+        HandoffCounters {
+            sent_committed: self.sent_committed.max(o.sent_committed),
+            sent_failed: self.sent_failed.max(o.sent_failed),
+            received_committed: self.received_committed.max(o.received_committed),
+            received_fresh: self.received_fresh.max(o.received_fresh),
+            received_failed: self.received_failed.max(o.received_failed),
+            duration: self.duration.max(&o.duration),
+        }
+    }
+
+    /// Each value `self - o`, at least 0.
+    pub fn minus(&self, o: &HandoffCounters) -> HandoffCounters {
+        HandoffCounters {
+            sent_committed: self.sent_committed.saturating_sub(o.sent_committed),
+            sent_failed: self.sent_failed.saturating_sub(o.sent_failed),
+            received_committed: self.received_committed.saturating_sub(o.received_committed),
+            received_fresh: self.received_fresh.saturating_sub(o.received_fresh),
+            received_failed: self.received_failed.saturating_sub(o.received_failed),
+            duration: self.duration.minus(&o.duration),
+        }
+    }
+
+    /// The JSON form.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "sent_committed": self.sent_committed,
+            "sent_failed": self.sent_failed,
+            "received_committed": self.received_committed,
+            "received_fresh": self.received_fresh,
+            "received_failed": self.received_failed,
+            "duration": self.duration.to_json(),
+        })
+    }
+
+    /// Reads [`HandoffCounters::to_json`]'s format. What does not parse counts as 0 and is reported.
+    pub fn from_json(v: &Value, at: &str, problems: &mut Problems) -> HandoffCounters {
+        let Some(obj) = v.as_object() else {
+            problems.push(|| format!("{at}: {} is not an object", brief(v)));
+            return HandoffCounters::default();
+        };
+        HandoffCounters {
+            sent_committed: read_u64(obj, "sent_committed", at, problems),
+            sent_failed: read_u64(obj, "sent_failed", at, problems),
+            received_committed: read_u64(obj, "received_committed", at, problems),
+            received_fresh: read_u64(obj, "received_fresh", at, problems),
+            received_failed: read_u64(obj, "received_failed", at, problems),
+            duration: match obj.get("duration") {
+                Some(d) => HistogramCounts::from_json(d, &format!("{at}.duration"), problems),
+                None => {
+                    problems.push(|| format!("{at}.duration: missing"));
+                    HistogramCounts::default()
+                }
+            },
+        }
+    }
 }
 
 fn escape(v: &str) -> String {
@@ -144,8 +575,8 @@ pub struct Snapshot<'a> {
     pub handoff: &'a HandoffMetrics,
 }
 
-/// Reads one per-listener value.
-type Reader = fn(&ListenerMetrics) -> i64;
+/// Reads one per-listener value (i128: an i64 gauge or a u64 counter, never wrapped).
+type Reader = fn(&ListenerMetrics) -> i128;
 
 /// Renders the Prometheus text exposition format (version 0.0.4).
 pub fn render(s: &Snapshot<'_>) -> String {
@@ -215,34 +646,34 @@ pub fn render(s: &Snapshot<'_>) -> String {
             "baton_connections_active",
             "gauge",
             "Client connections open now.",
-            |l| l.connections_active.load(Ordering::Relaxed),
+            |l| i128::from(l.connections_active.load(Ordering::Relaxed)),
         ),
         (
             "baton_connections_total",
             "counter",
             "Client connections accepted.",
-            |l| l.connections_total.load(Ordering::Relaxed) as i64,
+            |l| i128::from(l.connections_total.load(Ordering::Relaxed)),
         ),
         (
             "baton_received_bytes_total",
             "counter",
             "Bytes read from clients.",
-            |l| l.bytes_in.load(Ordering::Relaxed) as i64,
+            |l| i128::from(l.bytes_in.load(Ordering::Relaxed)),
         ),
         ("baton_sent_bytes_total", "counter", "Bytes written to clients.", |l| {
-            l.bytes_out.load(Ordering::Relaxed) as i64
+            i128::from(l.bytes_out.load(Ordering::Relaxed))
         }),
         (
             "baton_upstream_connect_errors_total",
             "counter",
             "Upstream connections that could not be opened.",
-            |l| l.upstream_connect_errors.load(Ordering::Relaxed) as i64,
+            |l| i128::from(l.upstream_connect_errors.load(Ordering::Relaxed)),
         ),
         (
             "baton_upstream_timeouts_total",
             "counter",
             "Upstream responses that did not arrive within request_timeout.",
-            |l| l.upstream_timeouts.load(Ordering::Relaxed) as i64,
+            |l| i128::from(l.upstream_timeouts.load(Ordering::Relaxed)),
         ),
     ];
     for (name, kind, help, get) in per_listener {
@@ -286,10 +717,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Client connections left to finish while draining (0 otherwise).",
     );
     let remaining: i64 = if s.phase == "draining" {
-        s.listeners
-            .iter()
-            .map(|l| l.connections_active.load(Ordering::Relaxed))
-            .sum()
+        s.listeners.iter().fold(0, |sum, l| {
+            sum.saturating_add(l.connections_active.load(Ordering::Relaxed))
+        })
     } else {
         0
     };
@@ -315,6 +745,76 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2\n"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3\n"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3\n"), "{out}");
+    }
+
+    #[test]
+    fn counters_round_trip_through_json_and_add() {
+        let l = ListenerMetrics::new("a", "http");
+        l.response(200, Duration::from_millis(2));
+        l.response(503, Duration::from_secs(30));
+        l.bytes_in.fetch_add(5, Ordering::Relaxed);
+        l.connections_active.fetch_add(4, Ordering::Relaxed);
+        let c = l.counters();
+        let mut problems = Problems::default();
+        let (back, protocol) = ListenerCounters::from_json(&c.to_json("http"), "x", &mut problems).expect("object");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!((back, protocol.as_deref()), (c, Some("http")));
+
+        let other = ListenerMetrics::new("a", "http");
+        other.add_counters(&back);
+        other.add_counters(&back);
+        assert_eq!(other.counters(), c.plus(&c));
+        assert_eq!(
+            other.connections_active.load(Ordering::Relaxed),
+            0,
+            "a gauge is no counter"
+        );
+        assert_eq!(c.plus(&c).minus(&c), c);
+        assert_eq!(c.minus(&c.plus(&c)), ListenerCounters::default(), "never below 0");
+        assert_eq!(c.max(&ListenerCounters::default()), c);
+
+        let h = HandoffMetrics::default();
+        h.received_fresh.fetch_add(2, Ordering::Relaxed);
+        h.duration.observe(Duration::from_millis(1));
+        let hc = h.counters();
+        assert_eq!(HandoffCounters::from_json(&hc.to_json(), "h", &mut problems), hc);
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn a_histogram_is_taken_whole_or_not_at_all() {
+        let h = Histogram::default();
+        h.observe(Duration::from_millis(1));
+        let good = h.counts().to_json();
+        let mut problems = Problems::default();
+        assert_eq!(HistogramCounts::from_json(&good, "d", &mut problems), h.counts());
+        assert!(problems.is_empty());
+        for (field, bad) in [
+            ("bounds", json!([0.5, 1.0])),
+            ("bounds", json!("x")),
+            ("buckets", json!([1, 2])),
+            ("buckets", json!([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, -1])),
+            ("count", json!(1.5)),
+            ("sum_nanos", json!(null)),
+        ] {
+            let mut v = good.clone();
+            v[field] = bad;
+            let mut problems = Problems::default();
+            assert_eq!(
+                HistogramCounts::from_json(&v, "d", &mut problems),
+                HistogramCounts::default(),
+                "{v}"
+            );
+            assert!(
+                !problems.is_empty() && problems.first[0].starts_with("d."),
+                "{problems:?}"
+            );
+        }
+        let mut problems = Problems::default();
+        for _ in 0..100 {
+            problems.push(|| "p".into());
+        }
+        assert_eq!((problems.count, problems.first.len()), (100, Problems::KEPT));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+use crate::migration::RequestBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
@@ -49,11 +51,11 @@ impl std::fmt::Display for PoolError {
 /// Idle connections of one endpoint.
 #[derive(Default)]
 pub struct Idle {
-    senders: Mutex<Vec<SendRequest<Incoming>>>,
+    senders: Mutex<Vec<SendRequest<RequestBody>>>,
 }
 
 impl Idle {
-    fn take(&self) -> Option<SendRequest<Incoming>> {
+    fn take(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.senders.lock().ok()?;
         while let Some(s) = idle.pop() {
             if s.is_ready() {
@@ -63,7 +65,7 @@ impl Idle {
         None
     }
 
-    fn put(&self, sender: SendRequest<Incoming>) {
+    fn put(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -81,7 +83,7 @@ pub async fn send(
     idle: &Arc<Idle>,
     endpoint: std::net::SocketAddr,
     connect_timeout: Duration,
-    mut req: Request<Incoming>,
+    mut req: Request<RequestBody>,
 ) -> Result<Response<PooledBody>, PoolError> {
     if let Some(mut sender) = idle.take() {
         match sender.try_send_request(req).await {
@@ -100,7 +102,7 @@ pub async fn send(
     }
 }
 
-async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<SendRequest<Incoming>, PoolError> {
+async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, PoolError> {
     let stream = crate::upstream::connect(endpoint, timeout)
         .await
         .map_err(PoolError::Connect)?;
@@ -115,7 +117,7 @@ async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<Se
     Ok(sender)
 }
 
-fn wrap(resp: Response<Incoming>, sender: SendRequest<Incoming>, idle: &Arc<Idle>) -> Response<PooledBody> {
+fn wrap(resp: Response<Incoming>, sender: SendRequest<RequestBody>, idle: &Arc<Idle>) -> Response<PooledBody> {
     let (parts, body) = resp.into_parts();
     let mut pooled = PooledBody {
         body,
@@ -131,7 +133,7 @@ fn wrap(resp: Response<Incoming>, sender: SendRequest<Incoming>, idle: &Arc<Idle
 /// An upstream response body that returns its connection to the pool once read to the end.
 pub struct PooledBody {
     body: Incoming,
-    sender: Option<SendRequest<Incoming>>,
+    sender: Option<SendRequest<RequestBody>>,
     idle: Arc<Idle>,
 }
 

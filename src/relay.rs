@@ -1,5 +1,10 @@
 //! Byte relay between two TCP streams with splice(2): the bytes move socket → pipe → socket inside the kernel,
 //! never through user space. One pipe per direction; half-closes are passed on.
+//!
+//! A relay can stop at a quiescent point for a migration: each direction stops before its next read, after
+//! writing out what it already read (for at most [`RELAY_FLUSH_GRACE`] if the receiver is slow; what is still in
+//! the pipe then is taken out into memory and travels with the sockets). Bytes still in the sockets' kernel
+//! buffers need nothing: the successor reads and writes the very same sockets.
 
 use std::io;
 use std::net::Shutdown;
@@ -9,19 +14,66 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::migration::RELAY_FLUSH_GRACE;
 
 /// Pipe size asked for (the kernel may cap it at /proc/sys/fs/pipe-max-size; the default then stays 64 KiB).
 const PIPE_SIZE: i32 = 1 << 20;
 
-/// Relays both directions until both have ended. `sent_up` and `sent_down` are told every chunk moved
-/// client → upstream and upstream → client. Returns the byte counts.
+/// How a relay ended.
+#[derive(Debug)]
+pub enum RelayEnd {
+    /// Both directions ended (EOF passed on): bytes moved client → upstream and upstream → client.
+    Done(u64, u64),
+    /// Stopped for a migration with both directions open; the bytes read but not yet written, per direction.
+    Paused {
+        /// Read from the client, still to be written to the upstream.
+        to_upstream: Vec<u8>,
+        /// Read from the upstream, still to be written to the client.
+        to_client: Vec<u8>,
+    },
+}
+
+/// Relays both directions until both have ended, or until `stop` is cancelled while both are open. First writes
+/// `pending` (to-upstream, to-client): bytes an earlier instance read but did not write. `sent_up` and
+/// `sent_down` are told every chunk moved client → upstream and upstream → client.
 pub async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     sent_up: impl Fn(u64),
     sent_down: impl Fn(u64),
-) -> io::Result<(u64, u64)> {
-    tokio::try_join!(pump(client, upstream, sent_up), pump(upstream, client, sent_down))
+    pending: (Vec<u8>, Vec<u8>),
+    stop: &CancellationToken,
+) -> io::Result<RelayEnd> {
+    let (up, down) = tokio::try_join!(
+        pump(client, upstream, &sent_up, pending.0, stop),
+        pump(upstream, client, &sent_down, pending.1, stop)
+    )?;
+    // A direction that already ended cannot be handed over half-closed: finish the other one here.
+    let never = CancellationToken::new();
+    match (up, down) {
+        (Pumped::Eof(a), Pumped::Eof(b)) => Ok(RelayEnd::Done(a, b)),
+        (Pumped::Stopped(to_upstream), Pumped::Stopped(to_client)) => Ok(RelayEnd::Paused { to_upstream, to_client }),
+        (Pumped::Eof(a), Pumped::Stopped(rest)) => match pump(upstream, client, &sent_down, rest, &never).await? {
+            Pumped::Eof(b) => Ok(RelayEnd::Done(a, b)),
+            Pumped::Stopped(_) => unreachable_stop(),
+        },
+        (Pumped::Stopped(rest), Pumped::Eof(b)) => match pump(client, upstream, &sent_up, rest, &never).await? {
+            Pumped::Eof(a) => Ok(RelayEnd::Done(a, b)),
+            Pumped::Stopped(_) => unreachable_stop(),
+        },
+    }
+}
+
+/// A pump with a token nobody cancels cannot stop; reported as an error rather than a panic all the same.
+fn unreachable_stop() -> io::Result<RelayEnd> {
+    Err(io::Error::other("relay stopped without a stop request"))
+}
+
+enum Pumped {
+    Eof(u64),
+    Stopped(Vec<u8>),
 }
 
 struct Pipe {
@@ -39,42 +91,88 @@ impl Pipe {
             .unwrap_or(64 * 1024);
         Ok(Pipe { read, write, capacity })
     }
+
+    /// Takes `n` bytes (all there are) out of the pipe.
+    fn take(&self, n: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            match nix::unistd::read(self.read.as_raw_fd(), &mut out[got..]) {
+                Ok(0) => break,
+                Ok(m) => got += m,
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        out.truncate(got);
+        Ok(out)
+    }
 }
 
-/// Moves `src` → `dst` until `src` ends, then half-closes `dst`.
+/// Resolves [`RELAY_FLUSH_GRACE`] after `stop` is cancelled.
+async fn flush_grace_over(stop: &CancellationToken) {
+    stop.cancelled().await;
+    tokio::time::sleep(RELAY_FLUSH_GRACE).await;
+}
+
+/// Moves `src` → `dst` until `src` ends (then half-closes `dst`) or `stop` is cancelled at a read boundary.
 ///
 /// The pipe is filled only when it is empty: then an EAGAIN from splice can only mean that `src` has nothing to
 /// read, so clearing its readiness is right (a full pipe would also say EAGAIN and leave tokio waiting for a
 /// readiness edge that may never come).
-async fn pump(src: &TcpStream, dst: &TcpStream, moved: impl Fn(u64)) -> io::Result<u64> {
+async fn pump(
+    src: &TcpStream,
+    dst: &TcpStream,
+    moved: &impl Fn(u64),
+    pending: Vec<u8>,
+    stop: &CancellationToken,
+) -> io::Result<Pumped> {
+    let mut total = 0u64;
+    let mut off = 0;
+    while off < pending.len() {
+        let n = tokio::select! {
+            biased;
+            w = dst.async_io(Interest::WRITABLE, || socket2::SockRef::from(dst).send(&pending[off..])) => w?,
+            _ = flush_grace_over(stop) => return Ok(Pumped::Stopped(pending[off..].to_vec())),
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        off += n;
+        total += n as u64;
+        moved(n as u64);
+    }
     let pipe = Pipe::new()?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
-    let mut total = 0u64;
     loop {
-        let n = src
-            .async_io(Interest::READABLE, || {
+        let n = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return Ok(Pumped::Stopped(Vec::new())),
+            r = src.async_io(Interest::READABLE, || {
                 splice(src, None, &pipe.write, None, pipe.capacity, flags).map_err(errno)
-            })
-            .await?;
+            }) => r?,
+        };
         if n == 0 {
             // EOF from src: pass the half-close on (the peer may still be sending the other way).
             let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
-            return Ok(total);
+            return Ok(Pumped::Eof(total));
         }
         let mut left = n;
         while left > 0 {
-            let m = dst
-                .async_io(Interest::WRITABLE, || {
+            let m = tokio::select! {
+                biased;
+                w = dst.async_io(Interest::WRITABLE, || {
                     splice(&pipe.read, None, dst, None, left, flags).map_err(errno)
-                })
-                .await?;
+                }) => w?,
+                _ = flush_grace_over(stop) => return Ok(Pumped::Stopped(pipe.take(left)?)),
+            };
             if m == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
             left -= m;
+            total += m as u64;
+            moved(m as u64);
         }
-        total += n as u64;
-        moved(n as u64);
     }
 }
 

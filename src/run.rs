@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_migrate::{
-    hand_over_with, HandoffError, Identity, Inheritance, Role, ServingLock, StepError, SuccessorWatch, Takeover,
-    TakeoverOptions, UdsDir,
+    hand_over_live, Arrival, Arrivals, HandoffError, Identity, Inheritance, Migration, Offer, Role, ServingLock,
+    Session, StepError, SuccessorWatch, Takeover, TakeoverOptions, UdsDir,
 };
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::listeners::{self, Listener};
-use crate::server::Server;
+use crate::server::{Adopter, Server};
 use crate::state::{Phase, State, VERSION};
 use crate::upstream::Cluster;
 
@@ -126,22 +126,15 @@ pub async fn run(opts: RunOptions) -> i32 {
             return 1;
         }
     };
-    serve(
-        running,
-        finishing,
-        &dir,
-        &state,
-        &opts.config,
-        &mut signals,
-        old_failpoint,
-    )
-    .await
+    serve(running, finishing, &dir, &state, &mut signals, old_failpoint).await
 }
 
 /// An instance accepting on every listener.
 struct Running {
     server: Server,
     serving: Option<ServingLock>,
+    /// The configuration served: the file's, or the predecessor's with `handoff.inherit_config`.
+    config: Config,
 }
 
 enum Stop {
@@ -158,18 +151,22 @@ struct Start<'a> {
 }
 
 impl Start<'_> {
-    fn start_server(&self, listeners: Vec<Listener>) -> Result<Server, Stop> {
-        Server::start(listeners, self.clusters, self.state.clone())
+    fn start_server(&self, listeners: Vec<Listener>, clusters: &[Arc<Cluster>]) -> Result<Server, Stop> {
+        Server::start(listeners, clusters, self.state.clone())
             .map_err(|e| Stop::Failed(format!("cannot start accepting: {e}")))
     }
 
     /// Binds every listener and announces itself on the uds dir as a live instance.
     fn fresh(&self) -> Result<Running, Stop> {
         let listeners = listeners::bind_all(self.wanted).map_err(Stop::Failed)?;
-        let server = self.start_server(listeners)?;
+        let server = self.start_server(listeners, self.clusters)?;
         let serving = self.hold_serving();
         tracing::info!(generation = self.state.generation(), "bound every listener; serving");
-        Ok(Running { server, serving })
+        Ok(Running {
+            server,
+            serving,
+            config: self.config.clone(),
+        })
     }
 
     fn hold_serving(&self) -> Option<ServingLock> {
@@ -222,7 +219,13 @@ impl Start<'_> {
             Ok(Inheritance::Peer(mut session)) => {
                 let peer_generation = session.peer.generation;
                 tracing::info!(peer_version = %session.peer.version, peer_generation, listeners = session.listeners.len(), "received listeners");
-                let adoption = match listeners::adopt(self.wanted, std::mem::take(&mut session.listeners)) {
+                if let Some(counters) = session.peer_state.as_ref().and_then(|s| s.get("counters")) {
+                    self.state.inherit_counters(counters);
+                }
+                let config = self.effective_config(&session);
+                let wanted = listeners::wanted(&config);
+                let clusters: Vec<Arc<Cluster>> = config.clusters.iter().map(|c| Arc::new(Cluster::new(c))).collect();
+                let adoption = match listeners::adopt(&wanted, std::mem::take(&mut session.listeners)) {
                     Ok(a) => a,
                     Err(reason) => {
                         self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
@@ -232,10 +235,16 @@ impl Start<'_> {
                     }
                 };
                 let ready = adoption.ready.clone();
-                let server = self.start_server(adoption.listeners)?;
-                let committed = session.commit(ready.clone()).await;
+                let server = self.start_server(adoption.listeners, &clusters)?;
+                let adopter = server.adopter();
+                let committed = session.commit_live(ready.clone()).await;
                 let warning = match committed {
-                    Ok(()) => None,
+                    Ok(arrivals) => {
+                        if let Some(arrivals) = arrivals {
+                            spawn_arrivals(arrivals, adopter, self.state.clone());
+                        }
+                        None
+                    }
                     Err(e) if matches!(e.error, HandoffError::Refused(_)) => {
                         // The predecessor said it keeps serving: step back.
                         self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
@@ -243,7 +252,7 @@ impl Start<'_> {
                         tracing::error!("{reason}");
                         takeover.finish(false, "failed", &reason).await;
                         self.state.set_phase(Phase::Draining);
-                        let report = server.drain(self.config.handoff.drain_timeout).await;
+                        let report = server.drain(self.config.handoff.drain_timeout, None).await;
                         tracing::info!(
                             elapsed_ms = report.elapsed.as_millis() as u64,
                             "drained what this instance accepted"
@@ -290,7 +299,11 @@ impl Start<'_> {
                     warning.unwrap_or_default()
                 );
                 Ok((
-                    Running { server, serving },
+                    Running {
+                        server,
+                        serving,
+                        config,
+                    },
                     Some(spawn_finish(takeover, true, "complete", &detail)),
                 ))
             }
@@ -309,6 +322,37 @@ impl Start<'_> {
                 let reason = format!("handoff failed at {e}");
                 takeover.finish(false, "failed", &reason).await;
                 Err(Stop::Failed(reason))
+            }
+        }
+    }
+
+    /// The configuration to serve: the predecessor's effective one with `handoff.inherit_config` (if it sent
+    /// one that this build accepts), else our file's.
+    fn effective_config(&self, session: &Session) -> Config {
+        if !self.config.handoff.inherit_config {
+            return self.config.clone();
+        }
+        let source = session
+            .peer_state
+            .as_ref()
+            .and_then(|s| s.get("config"))
+            .and_then(|c| c.get("source"))
+            .and_then(|s| s.as_str());
+        match source.map(|src| self.config.inherit(src)) {
+            Some(Ok(config)) => {
+                tracing::info!(
+                    peer_version = %session.peer.version,
+                    "handoff.inherit_config: serving the predecessor's configuration instead of this file's"
+                );
+                config
+            }
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "handoff.inherit_config: the predecessor's configuration is not valid for this build; serving this file's");
+                self.config.clone()
+            }
+            None => {
+                tracing::warn!("handoff.inherit_config: the predecessor sent no configuration (an older build); serving this file's");
+                self.config.clone()
             }
         }
     }
@@ -337,6 +381,53 @@ impl Start<'_> {
     }
 }
 
+/// Receives the predecessor's live connections until it says it is done, serving each one here; then takes its
+/// final counters.
+fn spawn_arrivals(mut arrivals: Arrivals, adopter: Adopter, state: Arc<State>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let (mut adopted, mut refused) = (0usize, 0usize);
+        loop {
+            // The predecessor sends as its connections reach a quiescent point, for up to its drain timeout.
+            let patience = Instant::now() + Duration::from_secs(24 * 3600);
+            match arrivals.next(patience.into()).await {
+                Ok(Arrival::Conns(batch)) => {
+                    let (mut accepted, mut refusing) = (Vec::new(), Vec::new());
+                    for conn in batch {
+                        let id = conn.tag.id;
+                        if adopter.adopt(conn) {
+                            accepted.push(id);
+                        } else {
+                            refusing.push(id);
+                        }
+                    }
+                    adopted += accepted.len();
+                    refused += refusing.len();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    if let Err(e) = arrivals.ack(accepted, refusing, deadline.into()).await {
+                        tracing::warn!(error = %e, "cannot acknowledge handed-over connections; serving them anyway");
+                        break;
+                    }
+                }
+                Ok(Arrival::End(last)) => {
+                    if let Some(counters) = last.get("counters") {
+                        state.inherit_counters(counters);
+                    }
+                    break;
+                }
+                Err(HandoffError::Failpoint(step)) => {
+                    tracing::warn!(step, "failpoint reached: exiting abruptly");
+                    std::process::exit(FAILPOINT_EXIT);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "the predecessor ended the connection migration without its final report");
+                    break;
+                }
+            }
+        }
+        tracing::info!(adopted, refused, "connection migration from the predecessor over");
+    })
+}
+
 fn spawn_finish(takeover: Takeover, ok: bool, phase: &'static str, detail: &str) -> JoinHandle<()> {
     let detail = detail.to_string();
     tokio::spawn(async move { takeover.finish(ok, phase, &detail).await })
@@ -355,11 +446,15 @@ async fn serve(
     mut finishing: Option<JoinHandle<()>>,
     dir: &UdsDir,
     state: &Arc<State>,
-    config: &Config,
     signals: &mut StopSignals,
     failpoint: Option<String>,
 ) -> i32 {
-    let Running { mut server, serving } = running;
+    let Running {
+        mut server,
+        serving,
+        config,
+    } = running;
+    let config = &config;
     state.set_phase(Phase::Serving);
     // Watch for a successor only once our own reconfig socket (if any) is gone, so we never dial ourselves.
     let mut watch: Option<SuccessorWatch> = if finishing.is_none() && serving.is_some() {
@@ -367,6 +462,7 @@ async fn serve(
     } else {
         None
     };
+    let mut migration = None;
     let reason = loop {
         tokio::select! {
             sig = signals.next() => break format!("signal {sig}"),
@@ -377,7 +473,8 @@ async fn serve(
                 }
             }
             stream = next_successor(&mut watch) => {
-                if hand_off(stream, &server, state, config, failpoint.as_deref()).await {
+                if let Some(live) = hand_off(stream, &server, state, config, failpoint.as_deref()).await {
+                    migration = live;
                     break "handed over to a successor".to_string();
                 }
                 state.set_phase(Phase::Serving);
@@ -389,24 +486,37 @@ async fn serve(
     tracing::info!(reason = %reason, "draining");
     server.stop_accepting().await;
     drop(serving);
-    let report = server.drain(config.handoff.drain_timeout).await;
+    let migrating = migration.is_some();
+    let final_state = {
+        let state = state.clone();
+        move || serde_json::json!({ "counters": state.counters_snapshot() })
+    };
+    let migration = migration.map(|m| {
+        (
+            m,
+            Box::new(final_state) as Box<dyn FnOnce() -> serde_json::Value + Send>,
+        )
+    });
+    let report = server.drain(config.handoff.drain_timeout, migration).await;
     tracing::info!(
         elapsed_ms = report.elapsed.as_millis() as u64,
         closed_at_deadline = report.closed_at_deadline,
+        migrating,
         requests_served = state.status().requests_served,
         "drained; exiting"
     );
     0
 }
 
-/// Runs one handoff as the old side. True when the successor committed.
+/// Runs one handoff as the old side. `Some` when the successor committed, with the session to hand it the live
+/// connections if it speaks a protocol that takes them.
 async fn hand_off(
     stream: UnixStream,
     server: &Server,
     state: &Arc<State>,
     config: &Config,
     failpoint: Option<&str>,
-) -> bool {
+) -> Option<Option<Migration>> {
     state.set_phase(Phase::HandingOff);
     let t0 = Instant::now();
     let me = Identity {
@@ -418,22 +528,31 @@ async fn hand_off(
         listeners = offered.len(),
         "successor found on the uds dir: handing over"
     );
-    match hand_over_with(stream, &me, &offered, config.handoff.timeout, failpoint).await {
-        Ok(c) => {
+    let offer = Offer {
+        listeners: &offered,
+        state: serde_json::json!({
+            "config": { "source": config.source() },
+            "counters": state.counters_snapshot(),
+        }),
+        timeout: config.handoff.timeout,
+        crash_at: failpoint,
+    };
+    match hand_over_live(stream, &me, offer).await {
+        Ok((c, migration)) => {
             state.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
-            state.handoff.duration.observe(t0.elapsed());
             tracing::info!(
                 successor_version = %c.version, successor_generation = c.generation,
                 adopted = ?c.ready.adopted, elapsed_ms = t0.elapsed().as_millis() as u64,
+                live_connections = migration.is_some(),
                 "handoff committed"
             );
-            true
+            Some(migration)
         }
         Err(e) => {
             crash_if_failpoint(&e);
             state.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "handoff failed; still serving");
-            false
+            None
         }
     }
 }

@@ -1,13 +1,18 @@
 //! What an instance knows about itself, shared by the proxy, the admin endpoint and the handoff: identity,
 //! phase, listeners and metrics.
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use baton_migrate::{InstanceFile, Role, UdsDir};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
-use crate::metrics::{HandoffMetrics, ListenerMetrics};
+use crate::metrics::{HandoffCounters, HandoffMetrics, ListenerCounters, ListenerMetrics, Problems};
+
+/// Listeners of a predecessor's counters snapshot kept while no listener of that name is registered here.
+const MAX_PENDING_LISTENERS: usize = 1024;
 
 /// The software version shown in `/status` and logs: `BATON_VERSION` at build time (images set it to their
 /// tag, e.g. `v2`), else the crate version.
@@ -98,6 +103,17 @@ impl ConnectionGuard {
     }
 }
 
+impl ConnectionGuard {
+    /// Counts a connection handed over by the predecessor: open here now, but accepted (and counted in
+    /// `connections_total`, which carries over) by the predecessor.
+    pub fn adopted(metrics: &Arc<ListenerMetrics>) -> ConnectionGuard {
+        metrics.connections_active.fetch_add(1, Ordering::Relaxed);
+        ConnectionGuard {
+            metrics: metrics.clone(),
+        }
+    }
+}
+
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.metrics.connections_active.fetch_sub(1, Ordering::Relaxed);
@@ -114,10 +130,38 @@ pub struct State {
     generation: AtomicU64,
     phase: AtomicU8,
     listeners: Mutex<Vec<ListenerInfo>>,
-    traffic: Mutex<Vec<Arc<ListenerMetrics>>>,
+    traffic: Mutex<Traffic>,
     instance: Mutex<Option<InstanceFile>>,
     /// Handoff counters.
     pub handoff: HandoffMetrics,
+}
+
+/// The proxy listeners' metrics, and the counters inherited from the predecessor: one lock, so that a listener
+/// registered while a snapshot is applied gets the inherited values exactly once.
+#[derive(Debug, Default)]
+struct Traffic {
+    listeners: Vec<Arc<ListenerMetrics>>,
+    /// Per listener name: the greatest values applied from the predecessor's snapshots so far, i.e. what its
+    /// metrics hold on top of their own (or will, once registered).
+    inherited: HashMap<String, InheritedListener>,
+    /// The same for the handoff counters.
+    inherited_handoff: HandoffCounters,
+}
+
+#[derive(Debug, Default)]
+struct InheritedListener {
+    /// The predecessor's protocol for this listener, when its snapshot said.
+    protocol: Option<String>,
+    counters: ListenerCounters,
+}
+
+impl InheritedListener {
+    fn fits(&self, m: &ListenerMetrics) -> bool {
+        match &self.protocol {
+            Some(p) => p == m.protocol,
+            None => true,
+        }
+    }
 }
 
 /// The `/status` document.
@@ -152,7 +196,7 @@ impl State {
             generation: AtomicU64::new(1),
             phase: AtomicU8::new(Phase::Starting as u8),
             listeners: Mutex::new(Vec::new()),
-            traffic: Mutex::new(Vec::new()),
+            traffic: Mutex::new(Traffic::default()),
             instance: Mutex::new(None),
             handoff: HandoffMetrics::default(),
         })
@@ -220,23 +264,149 @@ impl State {
         }
     }
 
-    /// Registers the traffic metrics of a proxy listener.
+    /// Registers the traffic metrics of a proxy listener. Counters already inherited from the predecessor for a
+    /// listener of that name (and protocol) are added to them now.
     pub fn register(&self, metrics: Arc<ListenerMetrics>) {
-        if let Ok(mut t) = self.traffic.lock() {
-            t.push(metrics);
+        let mut t = self.lock_traffic();
+        if let Some(inherited) = t.inherited.get(&metrics.name) {
+            if inherited.fits(&metrics) {
+                metrics.add_counters(&inherited.counters);
+            } else {
+                tracing::warn!(
+                    listener = %metrics.name,
+                    protocol = metrics.protocol,
+                    predecessor_protocol = inherited.protocol.as_deref().unwrap_or(""),
+                    "the predecessor's listener of this name spoke another protocol: its counters are not inherited"
+                );
+            }
         }
+        t.listeners.push(metrics);
+    }
+
+    fn lock_traffic(&self) -> MutexGuard<'_, Traffic> {
+        self.traffic.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn traffic(&self) -> Vec<Arc<ListenerMetrics>> {
-        self.traffic.lock().map(|t| t.clone()).unwrap_or_default()
+        self.lock_traffic().listeners.clone()
+    }
+
+    /// Every counter this instance exports on `/metrics` (inherited values included, gauges left out), for a
+    /// successor's [`State::inherit_counters`]:
+    ///
+    /// ```json
+    /// {"listeners": {"ingress": {"protocol": "http", "requests": [0, 12, 0, 1, 2], "bytes_in": 1, "bytes_out": 2,
+    ///                            "connections_total": 3, "upstream_connect_errors": 0, "upstream_timeouts": 0,
+    ///                            "duration": {"bounds": [...], "buckets": [...], "count": 15, "sum_nanos": 9}}},
+    ///  "handoff": {"sent_committed": 1, "sent_failed": 0, "received_committed": 1, "received_fresh": 0,
+    ///              "received_failed": 0, "duration": {...}}}
+    /// ```
+    pub fn counters_snapshot(&self) -> Value {
+        let mut by_name: BTreeMap<String, (&'static str, ListenerCounters)> = BTreeMap::new();
+        for m in self.traffic() {
+            let (_, sum) = by_name
+                .entry(m.name.clone())
+                .or_insert((m.protocol, ListenerCounters::default()));
+            *sum = sum.plus(&m.counters());
+        }
+        let listeners: Map<String, Value> = by_name
+            .into_iter()
+            .map(|(name, (protocol, c))| (name, c.to_json(protocol)))
+            .collect();
+        serde_json::json!({
+            "listeners": listeners,
+            "handoff": self.handoff.counters().to_json(),
+        })
+    }
+
+    /// Continues the predecessor's counters: applies its [`State::counters_snapshot`] so that each counter this
+    /// instance exports is its own count plus the predecessor's.
+    ///
+    /// May be called again with later snapshots of the same predecessor (e.g. at the start of the handoff, then
+    /// once it has drained): each call adds only what grew since the values already applied, per counter; a
+    /// counter never decreases. A listener registered later ([`State::register`]) gets the values applied so far
+    /// at registration. Listeners of the snapshot that this instance never registers are ignored, as is a
+    /// listener whose protocol differs from this instance's listener of the same name. Gauges are not inherited.
+    /// Whatever does not parse is ignored, with one warning.
+    pub fn inherit_counters(&self, snapshot: &Value) {
+        let mut problems = Problems::default();
+        let mut handoff = None;
+        let mut listeners = Vec::new();
+        match snapshot.as_object() {
+            None => problems.push(|| "the snapshot is not a JSON object".to_string()),
+            Some(obj) => {
+                match obj.get("handoff") {
+                    Some(h) => handoff = Some(HandoffCounters::from_json(h, "handoff", &mut problems)),
+                    None => problems.push(|| "handoff: missing".to_string()),
+                }
+                match obj.get("listeners") {
+                    Some(Value::Object(m)) => {
+                        for (name, v) in m {
+                            let at = format!("listeners[{}]", short(name));
+                            if let Some((counters, protocol)) = ListenerCounters::from_json(v, &at, &mut problems) {
+                                listeners.push((name, counters, protocol));
+                            }
+                        }
+                    }
+                    Some(_) => problems.push(|| "listeners: not an object".to_string()),
+                    None => problems.push(|| "listeners: missing".to_string()),
+                }
+            }
+        }
+
+        let mut guard = self.lock_traffic();
+        let t = &mut *guard;
+        if let Some(h) = handoff {
+            self.handoff.add_counters(&h.minus(&t.inherited_handoff));
+            t.inherited_handoff = t.inherited_handoff.max(&h);
+        }
+        for (name, counters, protocol) in listeners {
+            let registered = t.listeners.iter().any(|m| m.name == *name);
+            if !registered && !t.inherited.contains_key(name) && t.inherited.len() >= MAX_PENDING_LISTENERS {
+                problems.push(|| format!("listeners[{}]: too many listeners; ignored", short(name)));
+                continue;
+            }
+            let entry = t.inherited.entry(name.clone()).or_default();
+            match (&entry.protocol, protocol) {
+                (Some(had), Some(now)) if *had != now => {
+                    problems.push(|| format!("listeners[{}].protocol: {now}, was {had}; ignored", short(name)));
+                    continue;
+                }
+                (None, Some(now)) => entry.protocol = Some(now),
+                _ => {}
+            }
+            let grown = counters.minus(&entry.counters);
+            entry.counters = entry.counters.max(&counters);
+            for m in t.listeners.iter().filter(|m| m.name == *name) {
+                if entry.fits(m) {
+                    m.add_counters(&grown);
+                } else {
+                    problems.push(|| {
+                        format!(
+                            "listeners[{}]: the predecessor's is {}, this instance's {}; not inherited",
+                            short(name),
+                            entry.protocol.as_deref().unwrap_or(""),
+                            m.protocol
+                        )
+                    });
+                }
+            }
+        }
+        drop(guard);
+        if !problems.is_empty() {
+            tracing::warn!(
+                problems = problems.count,
+                first = ?problems.first,
+                "the predecessor's counters snapshot is partly unreadable: what did not parse is ignored"
+            );
+        }
     }
 
     /// Proxy connections open now.
     pub fn active_connections(&self) -> i64 {
-        self.traffic()
-            .iter()
-            .map(|m| m.connections_active.load(Ordering::Relaxed))
-            .sum()
+        self.traffic().iter().fold(0, |sum, m| {
+            sum.saturating_add(m.connections_active.load(Ordering::Relaxed))
+        })
     }
 
     /// The `/metrics` document.
@@ -263,15 +433,371 @@ impl State {
             role: self.role.as_str(),
             phase: self.phase().as_str(),
             listeners: self.listeners.lock().map(|l| l.clone()).unwrap_or_default(),
-            active_connections: traffic
-                .iter()
-                .map(|m| m.connections_active.load(Ordering::Relaxed))
-                .sum(),
-            connections_total: traffic
-                .iter()
-                .map(|m| m.connections_total.load(Ordering::Relaxed))
-                .sum(),
-            requests_served: traffic.iter().map(|m| m.requests_total()).sum(),
+            active_connections: traffic.iter().fold(0, |sum, m| {
+                sum.saturating_add(m.connections_active.load(Ordering::Relaxed))
+            }),
+            connections_total: traffic.iter().fold(0, |sum, m| {
+                sum.saturating_add(m.connections_total.load(Ordering::Relaxed))
+            }),
+            requests_served: traffic.iter().fold(0, |sum, m| sum.saturating_add(m.requests_total())),
         }
+    }
+}
+
+/// A listener name for the log, cut short.
+fn short(name: &str) -> String {
+    match name.char_indices().nth(40) {
+        Some((i, _)) => format!("{:?}...", &name[..i]),
+        None => format!("{name:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn listener(state: &State, name: &str, protocol: &'static str) -> Arc<ListenerMetrics> {
+        let m = Arc::new(ListenerMetrics::new(name, protocol));
+        state.register(m.clone());
+        m
+    }
+
+    /// Some traffic: `n` 200s and one 502 of 3 ms, `n` bytes each way, `n` connections, one connect error.
+    fn traffic(m: &ListenerMetrics, n: u64) {
+        for _ in 0..n {
+            m.response(200, Duration::from_millis(3));
+            m.connections_total.fetch_add(1, Ordering::Relaxed);
+        }
+        m.response(502, Duration::from_millis(3));
+        m.bytes_in.fetch_add(n, Ordering::Relaxed);
+        m.bytes_out.fetch_add(n * 10, Ordering::Relaxed);
+        m.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn expect(m: &ListenerMetrics, ok: u64, failed: u64, connections: u64, bytes_in: u64) {
+        let c = m.counters();
+        assert_eq!(c.requests, [0, ok, 0, 0, failed], "{c:?}");
+        assert_eq!(c.connections_total, connections, "{c:?}");
+        assert_eq!(c.bytes_in, bytes_in, "{c:?}");
+        assert_eq!(c.bytes_out, bytes_in * 10, "{c:?}");
+        assert_eq!(c.upstream_connect_errors, failed, "{c:?}");
+        assert_eq!(c.duration.count, ok + failed, "{c:?}");
+        assert_eq!(
+            c.duration.buckets[3],
+            ok + failed,
+            "3 ms lands in the 5 ms bucket: {c:?}"
+        );
+        assert_eq!(c.duration.sum_nanos, (ok + failed) * 3_000_000, "{c:?}");
+    }
+
+    #[test]
+    fn snapshot_has_every_counter_and_no_gauge() {
+        let a = State::new(Role::Fresh);
+        let m = listener(&a, "ingress", "http");
+        traffic(&m, 4);
+        m.upstream_timeouts.fetch_add(2, Ordering::Relaxed);
+        let _open = crate::state::ConnectionGuard::new(&m);
+        a.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
+        a.handoff.duration.observe(Duration::from_millis(2));
+        let s = a.counters_snapshot();
+        let l = &s["listeners"]["ingress"];
+        assert_eq!(l["protocol"], "http");
+        assert_eq!(l["requests"], json!([0, 4, 0, 0, 1]));
+        assert_eq!(l["bytes_in"], 4);
+        assert_eq!(l["bytes_out"], 40);
+        assert_eq!(l["connections_total"], 5, "4 counted by hand, 1 by the guard");
+        assert_eq!(l["upstream_connect_errors"], 1);
+        assert_eq!(l["upstream_timeouts"], 2);
+        assert_eq!(l["duration"]["count"], 5);
+        assert_eq!(l["duration"]["sum_nanos"], 15_000_000);
+        assert_eq!(l["duration"]["buckets"].as_array().map(Vec::len), Some(14));
+        assert!(l.get("connections_active").is_none(), "{l}");
+        assert_eq!(s["handoff"]["sent_failed"], 1);
+        assert_eq!(s["handoff"]["sent_committed"], 0);
+        assert_eq!(s["handoff"]["duration"]["count"], 1);
+        // It survives the wire.
+        let back: Value = serde_json::from_str(&s.to_string()).expect("json");
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn applied_before_or_after_register_alike() {
+        let a = State::new(Role::Fresh);
+        traffic(&listener(&a, "ingress", "http"), 5);
+        a.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
+        let snap = a.counters_snapshot();
+
+        // Before: kept pending, added at register.
+        let before = State::new(Role::Takeover);
+        before.inherit_counters(&snap);
+        assert_eq!(before.handoff.sent_committed.load(Ordering::Relaxed), 1);
+        let m = listener(&before, "ingress", "http");
+        expect(&m, 5, 1, 5, 5);
+        traffic(&m, 2);
+        expect(&m, 7, 2, 7, 7);
+
+        // After: added at once.
+        let after = State::new(Role::Takeover);
+        let m = listener(&after, "ingress", "http");
+        traffic(&m, 2);
+        after.inherit_counters(&snap);
+        expect(&m, 7, 2, 7, 7);
+        assert_eq!(after.counters_snapshot(), before.counters_snapshot());
+    }
+
+    #[test]
+    fn growing_snapshots_add_only_the_growth() {
+        let a = State::new(Role::Fresh);
+        let old = listener(&a, "ingress", "http");
+        traffic(&old, 3);
+        let first = a.counters_snapshot();
+
+        let b = State::new(Role::Takeover);
+        let new = listener(&b, "ingress", "http");
+        b.inherit_counters(&first);
+        expect(&new, 3, 1, 3, 3);
+        traffic(&new, 10);
+        expect(&new, 13, 2, 13, 13);
+
+        // The old instance keeps serving and draining; its final snapshot adds only what it did since.
+        traffic(&old, 4);
+        a.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
+        let last = a.counters_snapshot();
+        b.inherit_counters(&last);
+        expect(&new, 17, 3, 17, 17);
+        assert_eq!(b.handoff.sent_committed.load(Ordering::Relaxed), 1);
+
+        // The same snapshot again, or an older one, changes nothing: no counter ever decreases.
+        b.inherit_counters(&last);
+        b.inherit_counters(&first);
+        expect(&new, 17, 3, 17, 17);
+        assert_eq!(b.handoff.sent_committed.load(Ordering::Relaxed), 1);
+
+        // A snapshot where one counter went down and another up: only the one that grew is added.
+        let mut odd = last.clone();
+        odd["listeners"]["ingress"]["bytes_in"] = json!(0);
+        odd["listeners"]["ingress"]["upstream_timeouts"] = json!(5);
+        b.inherit_counters(&odd);
+        expect(&new, 17, 3, 17, 17);
+        assert_eq!(new.upstream_timeouts.load(Ordering::Relaxed), 5);
+    }
+
+    #[test]
+    fn a_chain_of_upgrades_accumulates() {
+        let a = State::new(Role::Fresh);
+        traffic(&listener(&a, "ingress", "http"), 1);
+        a.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
+
+        let b = State::new(Role::Takeover);
+        b.inherit_counters(&a.counters_snapshot());
+        let mb = listener(&b, "ingress", "http");
+        b.handoff.received_committed.fetch_add(1, Ordering::Relaxed);
+        traffic(&mb, 10);
+        b.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
+
+        let c = State::new(Role::Takeover);
+        let mc = listener(&c, "ingress", "http");
+        c.inherit_counters(&b.counters_snapshot());
+        c.handoff.received_committed.fetch_add(1, Ordering::Relaxed);
+        traffic(&mc, 100);
+        expect(&mc, 111, 3, 111, 111);
+        assert_eq!(c.handoff.sent_committed.load(Ordering::Relaxed), 2);
+        assert_eq!(c.handoff.received_committed.load(Ordering::Relaxed), 2);
+        assert_eq!(c.status().requests_served, 114);
+        assert_eq!(c.status().connections_total, 111);
+    }
+
+    #[test]
+    fn unknown_listeners_and_other_protocols_are_ignored() {
+        let a = State::new(Role::Fresh);
+        traffic(&listener(&a, "gone", "http"), 3);
+        traffic(&listener(&a, "switched", "http"), 3);
+        traffic(&listener(&a, "kept", "tcp"), 3);
+        let b = State::new(Role::Takeover);
+        b.inherit_counters(&a.counters_snapshot());
+        let switched = listener(&b, "switched", "tcp");
+        let kept = listener(&b, "kept", "tcp");
+        assert_eq!(switched.counters(), ListenerCounters::default());
+        expect(&kept, 3, 1, 3, 3);
+        let s = b.counters_snapshot();
+        assert!(s["listeners"].get("gone").is_none(), "{s}");
+        assert!(!b.metrics().contains("listener=\"gone\""));
+
+        // Registered first, then a snapshot with another protocol: not applied either.
+        let c = State::new(Role::Takeover);
+        let switched = listener(&c, "switched", "tcp");
+        c.inherit_counters(&a.counters_snapshot());
+        assert_eq!(switched.counters(), ListenerCounters::default());
+    }
+
+    #[test]
+    fn gauges_are_not_inherited() {
+        let a = State::new(Role::Fresh);
+        let m = listener(&a, "ingress", "http");
+        let _guards: Vec<ConnectionGuard> = (0..3).map(|_| ConnectionGuard::new(&m)).collect();
+        a.set_phase(Phase::Draining);
+        assert!(a.metrics().contains("baton_drain_connections_remaining 3\n"));
+        a.set_generation(7);
+
+        let b = State::new(Role::Takeover);
+        let n = listener(&b, "ingress", "http");
+        b.inherit_counters(&a.counters_snapshot());
+        b.set_phase(Phase::Draining);
+        assert_eq!(n.connections_active.load(Ordering::Relaxed), 0);
+        assert_eq!(n.connections_total.load(Ordering::Relaxed), 3);
+        assert_eq!(b.active_connections(), 0);
+        assert_eq!(b.generation(), 1);
+        let text = b.metrics();
+        assert!(
+            text.contains("baton_connections_active{listener=\"ingress\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_connections_total{listener=\"ingress\"} 3\n"),
+            "{text}"
+        );
+        assert!(text.contains("baton_drain_connections_remaining 0\n"), "{text}");
+    }
+
+    #[test]
+    fn metrics_text_shows_the_sums() {
+        let a = State::new(Role::Fresh);
+        let old = listener(&a, "ingress", "http");
+        traffic(&old, 4);
+        old.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
+        a.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
+        a.handoff.duration.observe(Duration::from_millis(4));
+
+        let b = State::new(Role::Takeover);
+        let new = listener(&b, "ingress", "http");
+        traffic(&new, 6);
+        new.response(404, Duration::from_secs(60));
+        b.handoff.received_committed.fetch_add(1, Ordering::Relaxed);
+        b.handoff.duration.observe(Duration::from_millis(1));
+        b.inherit_counters(&a.counters_snapshot());
+
+        let text = b.metrics();
+        for line in [
+            "baton_requests_total{listener=\"ingress\",protocol=\"http\",class=\"2xx\"} 10\n",
+            "baton_requests_total{listener=\"ingress\",protocol=\"http\",class=\"4xx\"} 1\n",
+            "baton_requests_total{listener=\"ingress\",protocol=\"http\",class=\"5xx\"} 2\n",
+            "baton_request_duration_seconds_bucket{listener=\"ingress\",le=\"0.005\"} 12\n",
+            "baton_request_duration_seconds_bucket{listener=\"ingress\",le=\"10\"} 12\n",
+            "baton_request_duration_seconds_bucket{listener=\"ingress\",le=\"+Inf\"} 13\n",
+            "baton_request_duration_seconds_count{listener=\"ingress\"} 13\n",
+            "baton_request_duration_seconds_sum{listener=\"ingress\"} 60.036\n",
+            "baton_connections_total{listener=\"ingress\"} 10\n",
+            "baton_received_bytes_total{listener=\"ingress\"} 10\n",
+            "baton_sent_bytes_total{listener=\"ingress\"} 100\n",
+            "baton_upstream_connect_errors_total{listener=\"ingress\"} 2\n",
+            "baton_upstream_timeouts_total{listener=\"ingress\"} 1\n",
+            "baton_handoffs_total{side=\"old\",outcome=\"committed\"} 1\n",
+            "baton_handoffs_total{side=\"new\",outcome=\"committed\"} 1\n",
+            "baton_handoff_duration_seconds_bucket{le=\"0.001\"} 1\n",
+            "baton_handoff_duration_seconds_bucket{le=\"0.005\"} 2\n",
+            "baton_handoff_duration_seconds_count 2\n",
+            "baton_handoff_duration_seconds_sum 0.005\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn garbage_never_panics_and_what_parses_is_kept() {
+        let b = State::new(Role::Takeover);
+        let m = listener(&b, "ingress", "http");
+        let deep = format!("{}1{}", "[".repeat(120), "]".repeat(120));
+        let deep: Value = serde_json::from_str(&deep).expect("within serde_json's depth limit");
+        let huge: Value = serde_json::from_str("1e400").unwrap_or(Value::Null);
+        let beyond_u64: Value = serde_json::from_str("18446744073709551616").expect("parses as a float");
+        for garbage in [
+            Value::Null,
+            json!(5),
+            json!("listeners"),
+            json!([]),
+            json!({}),
+            json!({"listeners": 5, "handoff": []}),
+            json!({"listeners": [{"ingress": {}}], "handoff": {"sent_committed": "1"}}),
+            json!({"listeners": {"ingress": null}}),
+            json!({"listeners": {"ingress": {"protocol": 7}}}),
+            json!({"listeners": {"ingress": {"protocol": "udp", "bytes_in": 5}}}),
+            json!({"listeners": {"ingress": deep.clone()}, "handoff": deep.clone()}),
+            json!({"listeners": {"ingress": {"requests": deep.clone(), "bytes_in": deep, "duration": "x"}}}),
+            json!({"listeners": {"ingress": {"requests": [-1, 1.5, "2", null, huge], "bytes_in": beyond_u64}}}),
+            json!({"listeners": {"ingress": {"requests": [], "duration": {"bounds": [1], "buckets": [1], "count": 1}}}}),
+            json!({"listeners": {"ingress": {"duration": {"bounds": null, "count": 9}}}}),
+            json!({"handoff": {"sent_committed": -3, "duration": {"count": 2}}}),
+        ] {
+            b.inherit_counters(&garbage);
+            assert_eq!(m.counters(), ListenerCounters::default(), "{garbage}");
+            assert_eq!(b.handoff.counters(), HandoffCounters::default(), "{garbage}");
+        }
+
+        // Partly valid: the good fields count, the bad ones are ignored.
+        let mut partial = State::new(Role::Fresh).counters_snapshot();
+        partial["listeners"] = json!({"ingress": {
+            "requests": [1, 2, "x", 4, 5, 6],
+            "bytes_in": 7,
+            "bytes_out": -1,
+            "connections_total": 3,
+            "duration": {"bounds": [1, 2], "buckets": [1, 1], "count": 2, "sum_nanos": 0},
+        }});
+        partial["handoff"]["received_fresh"] = json!(2);
+        partial["handoff"]["sent_failed"] = json!({"deep": [1]});
+        b.inherit_counters(&partial);
+        let c = m.counters();
+        assert_eq!(c.requests, [1, 2, 0, 4, 5], "{c:?}");
+        assert_eq!((c.bytes_in, c.bytes_out, c.connections_total), (7, 0, 3), "{c:?}");
+        assert_eq!(c.duration, Default::default(), "another version's buckets: ignored");
+        assert_eq!(b.handoff.received_fresh.load(Ordering::Relaxed), 2);
+        assert_eq!(b.handoff.sent_failed.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn huge_values_saturate_and_render() {
+        let b = State::new(Role::Takeover);
+        let m = listener(&b, "ingress", "http");
+        traffic(&m, 2);
+        let max = u64::MAX;
+        let mut s = b.counters_snapshot();
+        s["listeners"]["ingress"]["requests"] = json!([max, max, max, max, max]);
+        s["listeners"]["ingress"]["bytes_in"] = json!(max);
+        s["listeners"]["ingress"]["duration"]["buckets"] = json!([max; 14].to_vec());
+        s["listeners"]["ingress"]["duration"]["count"] = json!(max);
+        s["handoff"]["sent_committed"] = json!(max);
+        b.inherit_counters(&s);
+        b.inherit_counters(&s);
+        let c = m.counters();
+        assert_eq!(c.requests, [max; 5]);
+        assert_eq!(c.bytes_in, max);
+        assert_eq!(c.duration.count, max);
+        assert_eq!(b.status().requests_served, max);
+        let text = b.metrics();
+        assert!(
+            text.contains(&format!("baton_received_bytes_total{{listener=\"ingress\"}} {max}\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!("le=\"+Inf\"}} {max}\n")), "{text}");
+        assert!(text.contains(&format!(
+            "baton_handoffs_total{{side=\"old\",outcome=\"committed\"}} {max}\n"
+        )));
+    }
+
+    #[test]
+    fn pending_listeners_are_bounded() {
+        let b = State::new(Role::Takeover);
+        let mut listeners = Map::new();
+        let one = State::new(Role::Fresh);
+        traffic(&listener(&one, "x", "tcp"), 1);
+        let counters = one.counters_snapshot()["listeners"]["x"].clone();
+        for i in 0..MAX_PENDING_LISTENERS + 10 {
+            listeners.insert(format!("l{i:05}"), counters.clone());
+        }
+        b.inherit_counters(&json!({"listeners": listeners, "handoff": {}}));
+        assert_eq!(b.lock_traffic().inherited.len(), MAX_PENDING_LISTENERS);
     }
 }

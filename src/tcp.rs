@@ -8,42 +8,95 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ListenerMetrics;
-use crate::relay;
+use crate::migration::{fd_stream, stream_fd, Handover, Parcel, KIND_TCP};
+use crate::relay::{self, RelayEnd};
 use crate::upstream::Cluster;
 
-/// Relays one accepted connection until either side closes, or the hard stop drops it. The drain does not
-/// interrupt a stream: it runs until it ends or the drain deadline passes.
-pub async fn serve(
-    client: TcpStream,
-    peer: SocketAddr,
-    cluster: Arc<Cluster>,
-    metrics: Arc<ListenerMetrics>,
-    hard_stop: CancellationToken,
-) {
+/// What a relay task needs besides its streams.
+#[derive(Clone)]
+pub struct RelayEnv {
+    /// Listener name (for migration).
+    pub listener: Arc<str>,
+    /// Where streams go.
+    pub cluster: Arc<Cluster>,
+    /// This listener's metrics.
+    pub metrics: Arc<ListenerMetrics>,
+    /// Cancelled at the drain deadline: streams are dropped.
+    pub hard_stop: CancellationToken,
+    /// The connection migration of this instance.
+    pub handover: Arc<Handover>,
+}
+
+/// Relays one accepted connection until either side closes, a migration takes it, or the hard stop drops it. A
+/// plain drain does not interrupt a stream: it runs until it ends or the drain deadline passes.
+pub async fn serve(client: TcpStream, peer: SocketAddr, env: RelayEnv) {
     let _ = client.set_nodelay(true);
-    let relay = async {
-        let (endpoint, upstream) = match cluster.connect().await {
-            Ok(c) => c,
-            Err(e) => {
-                metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(cluster = %cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
-                return;
-            }
-        };
-        // A relayed stream counts as one "2xx request".
-        metrics.requests[1].fetch_add(1, Ordering::Relaxed);
+    let connected = tokio::select! {
+        c = env.cluster.connect() => c,
+        _ = env.hard_stop.cancelled() => return,
+    };
+    let upstream = match connected {
+        Ok((_, upstream)) => upstream,
+        Err(e) => {
+            env.metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(cluster = %env.cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
+            return;
+        }
+    };
+    // A relayed stream counts as one "2xx request".
+    env.metrics.requests[1].fetch_add(1, Ordering::Relaxed);
+    run(client, upstream, (Vec::new(), Vec::new()), env).await
+}
+
+/// Relays a stream handed over by the predecessor, first writing the bytes it had read but not written.
+pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec<u8>, Vec<u8>), env: RelayEnv) {
+    run(client, upstream, pending, env).await
+}
+
+async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), env: RelayEnv) {
+    let mut stop = env.handover.token();
+    loop {
+        let metrics = &env.metrics;
         let up = |n| {
             metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
         };
         let down = |n| {
             metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
         };
-        if let Err(e) = relay::relay(&client, &upstream, up, down).await {
-            tracing::debug!(cluster = %cluster.name, %peer, %endpoint, error = %e, "tcp relay ended with an error");
-        }
-    };
-    tokio::select! {
-        _ = relay => {},
-        _ = hard_stop.cancelled() => {},
+        let ended = tokio::select! {
+            r = relay::relay(&client, &upstream, up, down, pending, &stop) => r,
+            _ = env.hard_stop.cancelled() => return,
+        };
+        let (to_upstream, to_client) = match ended {
+            Ok(RelayEnd::Done(..)) => return,
+            Ok(RelayEnd::Paused { to_upstream, to_client }) => (to_upstream, to_client),
+            Err(e) => {
+                tracing::debug!(cluster = %env.cluster.name, error = %e, "tcp relay ended with an error");
+                return;
+            }
+        };
+        let (Ok(c), Ok(u)) = (stream_fd(client), stream_fd(upstream)) else {
+            tracing::debug!("cannot detach a relayed stream for migration; closing it");
+            return;
+        };
+        let parcel = Parcel {
+            fds: vec![c, u],
+            buffers: vec![to_upstream, to_client],
+        };
+        let Some(back) = env.handover.depart(KIND_TCP, &env.listener, parcel).await else {
+            return; // the successor relays it now
+        };
+        // Not taken: relay on here until the stream ends or the drain deadline.
+        let mut fds = back.fds.into_iter();
+        let mut buffers = back.buffers.into_iter();
+        let (Some(c), Some(u)) = (fds.next(), fds.next()) else {
+            return;
+        };
+        let (Ok(c), Ok(u)) = (fd_stream(c), fd_stream(u)) else {
+            return;
+        };
+        (client, upstream) = (c, u);
+        pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
+        stop = CancellationToken::new();
     }
 }

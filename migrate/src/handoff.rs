@@ -50,7 +50,8 @@ use crate::dir::{ReconfigSocket, UdsDir};
 use crate::error::{HandoffError, StepError};
 use crate::sys;
 use crate::wire::{
-    Hello, ListenerTag, Message, PeerRole, Progress, Ready, MAX_FDS_PER_FRAME, PROTOCOL_MAX, PROTOCOL_MIN,
+    ConnTag, Hello, ListenerTag, Message, PeerRole, Progress, Ready, MAX_FDS_PER_CONN, MAX_FDS_PER_FRAME,
+    PROTOCOL_CONNS, PROTOCOL_MAX, PROTOCOL_MIN,
 };
 
 /// Who this process is, as told to the peer.
@@ -182,6 +183,45 @@ pub async fn hand_over_with(
     timeout: Duration,
     crash_at: Option<&str>,
 ) -> Result<Committed, StepError> {
+    let offer = Offer {
+        listeners,
+        state: serde_json::Value::Null,
+        timeout,
+        crash_at,
+    };
+    hand_over_live(stream, me, offer).await.map(|(committed, _)| committed)
+}
+
+/// What the old side offers in [`hand_over_live`].
+#[derive(Debug)]
+pub struct Offer<'a, 'b> {
+    /// Every listening socket, as for [`hand_over`].
+    pub listeners: &'a [Offered<'b>],
+    /// Application state for the successor ([`Session::peer_state`]), sent only to a successor that speaks
+    /// protocol 2; `Null` for none.
+    pub state: serde_json::Value,
+    /// Bounds the whole exchange, HELLO to DONE, and later each [`Migration::send`].
+    pub timeout: Duration,
+    /// Test hook, as in [`hand_over_with`].
+    pub crash_at: Option<&'a str>,
+}
+
+/// Old side: [`hand_over`], then keeps the session open to hand over live connections.
+///
+/// Returns, with the commit, a [`Migration`] when the successor speaks protocol 2: send it the connections at
+/// points where they are idle ([`Migration::send`]), then [`Migration::end`]. `None` means a successor of an older
+/// protocol: drain as after [`hand_over`].
+pub async fn hand_over_live(
+    stream: UnixStream,
+    me: &Identity,
+    offer: Offer<'_, '_>,
+) -> Result<(Committed, Option<Migration>), StepError> {
+    let Offer {
+        listeners,
+        state,
+        timeout,
+        crash_at,
+    } = offer;
     let crash_at = crash_at.map(str::to_string);
     let t0 = Instant::now();
     let deadline = t0 + timeout;
@@ -211,6 +251,12 @@ pub async fn hand_over_with(
     }
     step_event("old", "hello", me.generation, &peer.version, t0);
     failpoint(&crash_at, "after-hello")?;
+    let protocol = peer.max_protocol;
+    if protocol >= PROTOCOL_CONNS {
+        conn.send(&Message::State(state), &[], deadline)
+            .await
+            .map_err(|e| e.at("hello"))?;
+    }
 
     // 2. LISTENERS: every listening socket, in batches, each fd tagged with its name and address.
     for batch in listeners.chunks(MAX_FDS_PER_FRAME) {
@@ -250,11 +296,196 @@ pub async fn hand_over_with(
         other => return Err(unexpected(&other, "DONE").at("commit")),
     }
     step_event("old", "commit", me.generation, &peer.version, t0);
-    Ok(Committed {
+    let migration = (protocol >= PROTOCOL_CONNS).then(|| Migration {
+        conn,
+        timeout,
+        next_id: 1,
+        crash_at: crash_at.clone(),
+    });
+    let committed = Committed {
         ready,
         generation: peer.generation,
         version: peer.version,
-    })
+    };
+    Ok((committed, migration))
+}
+
+/// A live client connection for [`Migration::send`]: borrowed fds (the old instance keeps its copies until the
+/// successor has acknowledged), and what the successor needs to resume it.
+#[derive(Debug)]
+pub struct Departing<'a> {
+    /// Application-defined kind ([`ConnTag::kind`]).
+    pub kind: String,
+    /// Listener that accepted it.
+    pub listener: String,
+    /// Its sockets (1..=[`MAX_FDS_PER_CONN`]).
+    pub fds: Vec<BorrowedFd<'a>>,
+    /// Unprocessed bytes, in the application's order ([`ConnTag::buffers`]).
+    pub buffers: Vec<Vec<u8>>,
+}
+
+/// Old side, after a committed [`hand_over_live`]: hands live connections to the successor.
+///
+/// Each batch is acknowledged connection by connection. A connection is the successor's only once acknowledged
+/// as accepted: until then, and for every connection it refused, the old instance still owns it and must resume
+/// serving it. Any error (the successor died, hung, or broke the protocol) leaves every connection of the failed
+/// batch with the old instance; the session is then over, and the old instance should drain the rest.
+pub struct Migration {
+    conn: Conn,
+    timeout: Duration,
+    next_id: u64,
+    crash_at: Option<String>,
+}
+
+impl std::fmt::Debug for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migration").field("next_id", &self.next_id).finish()
+    }
+}
+
+impl Migration {
+    /// Sends `batch` and waits for the successor's acknowledgement. Returns, per connection and in order,
+    /// whether the successor now serves it (`true`: close your copies without touching the socket again) or not
+    /// (`false`: resume it; it was refused, or is too large for one frame).
+    ///
+    /// On `Err` the successor is gone or misbehaving: resume every connection of `batch`, and do not call
+    /// `send` again.
+    pub async fn send(&mut self, batch: &[Departing<'_>]) -> Result<Vec<bool>, HandoffError> {
+        let mut taken = vec![false; batch.len()];
+        let mut start = 0;
+        while start < batch.len() {
+            // A frame: at most MAX_FDS_PER_FRAME fds and well under MAX_FRAME bytes.
+            let mut end = start;
+            let (mut fds, mut bytes) = (0usize, 0usize);
+            while end < batch.len() {
+                let c = &batch[end];
+                let size = c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256;
+                if end > start && (fds + c.fds.len() > MAX_FDS_PER_FRAME || bytes + size > MAX_CONN_FRAME_BYTES) {
+                    break;
+                }
+                fds += c.fds.len();
+                bytes += size;
+                end += 1;
+            }
+            let chunk = &batch[start..end];
+            let ok_shape = |c: &Departing<'_>| {
+                (1..=usize::from(MAX_FDS_PER_CONN)).contains(&c.fds.len())
+                    && c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256 <= MAX_CONN_FRAME_BYTES
+            };
+            let mut tags = Vec::new();
+            let mut attached: Vec<BorrowedFd<'_>> = Vec::new();
+            let mut index_of = Vec::new();
+            for (i, c) in chunk.iter().enumerate() {
+                if !ok_shape(c) {
+                    continue; // not sendable: stays with the caller (taken = false)
+                }
+                let id = self.next_id;
+                self.next_id += 1;
+                tags.push(ConnTag {
+                    id,
+                    kind: c.kind.clone(),
+                    listener: c.listener.clone(),
+                    fds: c.fds.len() as u8,
+                    buffers: c.buffers.clone(),
+                });
+                attached.extend(c.fds.iter().copied());
+                index_of.push((id, start + i));
+            }
+            if !tags.is_empty() {
+                let deadline = Instant::now() + self.timeout;
+                self.conn.send(&Message::Conns(tags), &attached, deadline).await?;
+                if self.crash_at.as_deref() == Some("conns-after-send") {
+                    return Err(HandoffError::Failpoint("conns-after-send"));
+                }
+                let (accepted, refused) = match self.conn.recv(deadline).await? {
+                    (Message::ConnsAck { accepted, refused }, _) => (accepted, refused),
+                    (other, _) => return Err(unexpected(&other, "CONNS_ACK")),
+                };
+                for (id, at) in index_of {
+                    let acc = accepted.contains(&id);
+                    if acc && refused.contains(&id) {
+                        return Err(HandoffError::Protocol(format!(
+                            "CONNS_ACK both accepts and refuses connection {id}"
+                        )));
+                    }
+                    // Unmentioned means not taken: the successor closed what it did not acknowledge.
+                    taken[at] = acc;
+                }
+            }
+            start = end;
+        }
+        Ok(taken)
+    }
+
+    /// Tells the successor that no more connections follow, with the application's final state
+    /// ([`Arrival::End`]).
+    pub async fn end(mut self, state: serde_json::Value) -> Result<(), HandoffError> {
+        let deadline = Instant::now() + self.timeout;
+        self.conn.send(&Message::ConnsEnd(state), &[], deadline).await
+    }
+}
+
+/// Largest payload budget of one CONNS frame (the frame limit is [`crate::wire::MAX_FRAME`]).
+const MAX_CONN_FRAME_BYTES: usize = 768 * 1024;
+
+/// New side, after [`Session::commit_live`]: the predecessor's live connections as they arrive.
+pub struct Arrivals {
+    conn: Conn,
+    crash_at: Option<String>,
+}
+
+/// What [`Arrivals::next`] received.
+#[derive(Debug)]
+pub enum Arrival {
+    /// Connections to adopt; answer with [`Arrivals::ack`] before anything else.
+    Conns(Vec<ArrivedConn>),
+    /// The predecessor sent everything; its final application state.
+    End(serde_json::Value),
+}
+
+/// A live client connection received from the predecessor.
+#[derive(Debug)]
+pub struct ArrivedConn {
+    /// What the predecessor said it is, with its unprocessed bytes.
+    pub tag: ConnTag,
+    /// Its sockets, in the order the predecessor gave them (close-on-exec; mode as the predecessor had it: set
+    /// non-blocking yourself).
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Arrivals {
+    /// Waits for the next batch of connections or the end, until `deadline`.
+    ///
+    /// A connection is not yours until you [`Arrivals::ack`] it: do not read from or write to it before. Adopt
+    /// (register with the runtime), acknowledge, then serve.
+    pub async fn next(&mut self, deadline: Instant) -> Result<Arrival, HandoffError> {
+        match self.conn.recv(deadline).await? {
+            (Message::Conns(tags), fds) => {
+                if self.crash_at.as_deref() == Some("conns-before-ack") {
+                    return Err(HandoffError::Failpoint("conns-before-ack"));
+                }
+                let mut fds = fds.into_iter();
+                let conns = tags
+                    .into_iter()
+                    .map(|tag| {
+                        let mine = fds.by_ref().take(usize::from(tag.fds)).collect();
+                        ArrivedConn { tag, fds: mine }
+                    })
+                    .collect();
+                Ok(Arrival::Conns(conns))
+            }
+            (Message::ConnsEnd(state), _) => Ok(Arrival::End(state)),
+            (other, _) => Err(unexpected(&other, "CONNS or CONNS_END")),
+        }
+    }
+
+    /// Acknowledges the last batch: `accepted` ids are served here from now on; `refused` ones (closed here)
+    /// go back to the predecessor.
+    pub async fn ack(&mut self, accepted: Vec<u64>, refused: Vec<u64>, deadline: Instant) -> Result<(), HandoffError> {
+        self.conn
+            .send(&Message::ConnsAck { accepted, refused }, &[], deadline)
+            .await
+    }
 }
 
 /// Settings of the new side. Build with [`TakeoverOptions::new`] and adjust fields.
@@ -343,8 +574,11 @@ pub struct Session {
     crash_at: Option<String>,
     started: Instant,
     generation: u64,
+    protocol: u16,
     /// The predecessor's HELLO: its version (for logs) and its generation (ours is `peer.generation + 1`).
     pub peer: Hello,
+    /// The predecessor's application state ([`Offer::state`]), if it speaks protocol 2.
+    pub peer_state: Option<serde_json::Value>,
     /// The listeners it sent, in its order. Take ownership of what you adopt (`swap_remove`, `mem::take`); what
     /// is left is closed when the session is consumed.
     pub listeners: Vec<Inherited>,
@@ -494,8 +728,14 @@ impl Takeover {
 
         // 2. LISTENERS until LISTENERS_END.
         let mut listeners = Vec::new();
+        let mut peer_state = None;
         loop {
             match conn.recv(deadline).await.map_err(|e| e.at("listeners"))? {
+                (Message::State(state), _)
+                    if chosen >= PROTOCOL_CONNS && peer_state.is_none() && listeners.is_empty() =>
+                {
+                    peer_state = Some(state);
+                }
                 (Message::Listeners(tags), _) if listeners.len() + tags.len() > MAX_LISTENERS => {
                     // The batch's fds are closed as they drop here.
                     let reason = format!("more than {MAX_LISTENERS} listeners offered");
@@ -531,7 +771,9 @@ impl Takeover {
             crash_at: self.opts.crash_at.clone(),
             started: t0,
             generation,
+            protocol: chosen,
             peer,
+            peer_state,
             listeners,
         })))
     }
@@ -616,7 +858,13 @@ impl Session {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn commit(mut self, ready: Ready) -> Result<(), StepError> {
+    pub async fn commit(self, ready: Ready) -> Result<(), StepError> {
+        self.commit_live(ready).await.map(drop)
+    }
+
+    /// [`Session::commit`], then keeps the session open to receive the predecessor's live connections
+    /// ([`Arrivals`]); `None` when the predecessor speaks an older protocol that hands over none.
+    pub async fn commit_live(mut self, ready: Ready) -> Result<Option<Arrivals>, StepError> {
         failpoint(&self.crash_at, "before-ready")?;
         self.conn
             .send(&Message::Ready(ready), &[], self.deadline)
@@ -635,7 +883,10 @@ impl Session {
             .await
             .map_err(|e| e.at("commit"))?;
         step_event("new", "commit", self.generation, &self.peer.version, self.started);
-        Ok(())
+        Ok((self.protocol >= PROTOCOL_CONNS).then_some(Arrivals {
+            conn: self.conn,
+            crash_at: self.crash_at,
+        }))
     }
 
     /// Abandons the session, telling the predecessor why. It keeps serving.

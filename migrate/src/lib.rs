@@ -63,9 +63,9 @@ pub mod wire;
 pub use dir::{InstanceFile, ReconfigSocket, ServingLock, UdsDir};
 pub use error::{HandoffError, StepError};
 pub use handoff::{
-    hand_over, hand_over_with, watch_takeover, Committed, Identity, Inheritance, Inherited, Offered, Session, Takeover,
-    TakeoverOptions,
+    hand_over, hand_over_live, hand_over_with, watch_takeover, Arrival, Arrivals, ArrivedConn, Committed, Departing,
+    Identity, Inheritance, Inherited, Migration, Offer, Offered, Session, Takeover, TakeoverOptions,
 };
 pub use role::{Role, RoleError};
 pub use watch::SuccessorWatch;
-pub use wire::{ListenerTag, Progress, Ready};
+pub use wire::{ConnTag, ListenerTag, Progress, Ready};

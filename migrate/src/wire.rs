@@ -34,7 +34,11 @@ pub const FRAME_VERSION: u8 = 1;
 /// builds by definition, so each side announces a range and the receiver picks the newest version both speak.
 pub const PROTOCOL_MIN: u16 = 1;
 /// Newest handoff protocol version this build speaks.
-pub const PROTOCOL_MAX: u16 = 1;
+pub const PROTOCOL_MAX: u16 = 2;
+/// First protocol version with [`Message::State`] and live connection migration ([`Message::Conns`]).
+pub const PROTOCOL_CONNS: u16 = 2;
+/// Most fds one handed-over connection may carry (a TCP relay: client and upstream).
+pub const MAX_FDS_PER_CONN: u8 = 2;
 /// Largest frame accepted, header included. Anything longer is a protocol error, not an allocation.
 pub const MAX_FRAME: usize = 1 << 20;
 /// Most fds carried by one frame. Kept well below the kernel's SCM_MAX_FD (253) that HAProxy ran into; more
@@ -143,6 +147,61 @@ pub enum Message {
     },
     /// New → watcher: progress of the takeover.
     Progress(Progress),
+    /// Old → new, right after HELLO (protocol 2): the application's state, opaque to the crate (baton sends its
+    /// effective configuration and its counters).
+    State(serde_json::Value),
+    /// Old → new, after DONE (protocol 2): a batch of live client connections; carries the sum of their
+    /// [`ConnTag::fds`] fds, in order.
+    Conns(Vec<ConnTag>),
+    /// New → old: which connections of the last [`Message::Conns`] it serves from now on, and which it refused
+    /// (the old instance keeps serving those).
+    ConnsAck {
+        /// Ids now served by the new instance: the old one closes its copies without touching them.
+        accepted: Vec<u64>,
+        /// Ids the new instance closed its copies of: the old one resumes them.
+        refused: Vec<u64>,
+    },
+    /// Old → new: no more connections follow; the application's final state (e.g. counters at exit).
+    ConnsEnd(serde_json::Value),
+}
+
+/// A live client connection handed over after the commit (protocol 2), at a point where the application
+/// stopped touching it (an HTTP/1 connection between two requests, a relay with nothing in flight).
+///
+/// The crate gives no meaning to `kind`, `listener` or `buffers`: they are the application's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnTag {
+    /// Unique within the session, assigned by the sender; acknowledged by id.
+    pub id: u64,
+    /// Application-defined kind, e.g. `http1`, `tcp`.
+    pub kind: String,
+    /// Name of the listener that accepted it.
+    pub listener: String,
+    /// How many fds of the frame belong to it (1..=[`MAX_FDS_PER_CONN`]).
+    pub fds: u8,
+    /// Bytes the old instance read but did not process, or must still write, in the application's order.
+    /// Base64 on the wire.
+    #[serde(with = "base64_buffers", default)]
+    pub buffers: Vec<Vec<u8>>,
+}
+
+mod base64_buffers {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(buffers: &[Vec<u8>], s: S) -> Result<S::Ok, S::Error> {
+        let encoded: Vec<String> = buffers.iter().map(|b| STANDARD.encode(b)).collect();
+        encoded.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let encoded = Vec::<String>::deserialize(d)?;
+        encoded
+            .iter()
+            .map(|e| STANDARD.decode(e).map_err(serde::de::Error::custom))
+            .collect()
+    }
 }
 
 impl Message {
@@ -157,6 +216,10 @@ impl Message {
             Message::Done => 6,
             Message::Refuse { .. } => 7,
             Message::Progress(_) => 8,
+            Message::State(_) => 9,
+            Message::Conns(_) => 10,
+            Message::ConnsAck { .. } => 11,
+            Message::ConnsEnd(_) => 12,
         }
     }
 
@@ -171,6 +234,10 @@ impl Message {
             Message::Done => "DONE",
             Message::Refuse { .. } => "REFUSE",
             Message::Progress(_) => "PROGRESS",
+            Message::State(_) => "STATE",
+            Message::Conns(_) => "CONNS",
+            Message::ConnsAck { .. } => "CONNS_ACK",
+            Message::ConnsEnd(_) => "CONNS_END",
         }
     }
 
@@ -179,6 +246,7 @@ impl Message {
     pub fn fd_count(&self) -> usize {
         match self {
             Message::Listeners(tags) => tags.len(),
+            Message::Conns(conns) => conns.iter().map(|c| usize::from(c.fds)).sum(),
             _ => 0,
         }
     }
@@ -194,10 +262,17 @@ impl Message {
             Message::Commit | Message::Done => Ok(b"{}".to_vec()),
             Message::Refuse { reason } => serde_json::to_vec(&Reason { reason: reason.clone() }),
             Message::Progress(p) => serde_json::to_vec(p),
+            Message::State(v) => serde_json::to_vec(&StatePayload { state: v }),
+            Message::Conns(conns) => serde_json::to_vec(&ConnBatch { conns }),
+            Message::ConnsAck { accepted, refused } => serde_json::to_vec(&Ack { accepted, refused }),
+            Message::ConnsEnd(v) => serde_json::to_vec(&StatePayload { state: v }),
         }
         .map_err(|e| WireError::Payload(self.name(), e.to_string()))?;
         if self.fd_count() > MAX_FDS_PER_FRAME {
             return Err(WireError::TooManyFds(self.fd_count()));
+        }
+        if let Message::Conns(conns) = self {
+            check_conns(conns)?;
         }
         let len = payload.len() + 2;
         if len + 4 > MAX_FRAME {
@@ -215,6 +290,45 @@ impl Message {
 #[derive(Serialize, Deserialize)]
 struct Batch<T> {
     listeners: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StatePayload<T> {
+    state: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ConnBatch<T> {
+    conns: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Ack<T> {
+    accepted: T,
+    refused: T,
+}
+
+/// Every connection carries 1..=[`MAX_FDS_PER_CONN`] fds, ids are unique, and the batch fits in one frame's fds.
+fn check_conns(conns: &[ConnTag]) -> Result<(), WireError> {
+    let total: usize = conns.iter().map(|c| usize::from(c.fds)).sum();
+    if total > MAX_FDS_PER_FRAME {
+        return Err(WireError::TooManyFds(total));
+    }
+    if let Some(c) = conns.iter().find(|c| c.fds == 0 || c.fds > MAX_FDS_PER_CONN) {
+        return Err(WireError::Payload(
+            "CONNS",
+            format!(
+                "connection {} carries {} fds (1..={MAX_FDS_PER_CONN} allowed)",
+                c.id, c.fds
+            ),
+        ));
+    }
+    let mut ids: Vec<u64> = conns.iter().map(|c| c.id).collect();
+    ids.sort_unstable();
+    if ids.windows(2).any(|w| w[0] == w[1]) {
+        return Err(WireError::Payload("CONNS", "duplicate connection id".into()));
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -305,6 +419,20 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
             Message::Refuse { reason: r.reason }
         }
         8 => Message::Progress(parse(payload, "PROGRESS")?),
+        9 => Message::State(parse::<StatePayload<serde_json::Value>>(payload, "STATE")?.state),
+        10 => {
+            let batch: ConnBatch<Vec<ConnTag>> = parse(payload, "CONNS")?;
+            check_conns(&batch.conns)?;
+            Message::Conns(batch.conns)
+        }
+        11 => {
+            let ack: Ack<Vec<u64>> = parse(payload, "CONNS_ACK")?;
+            Message::ConnsAck {
+                accepted: ack.accepted,
+                refused: ack.refused,
+            }
+        }
+        12 => Message::ConnsEnd(parse::<StatePayload<serde_json::Value>>(payload, "CONNS_END")?.state),
         other => return Err(WireError::UnknownType(other)),
     };
     Ok(Some((message, 4 + len)))
@@ -349,6 +477,28 @@ mod tests {
                 ok: true,
                 detail: String::new(),
             }),
+            Message::State(serde_json::json!({"config": {"source": "listeners: []"}, "counters": {"a": 1}})),
+            Message::Conns(vec![
+                ConnTag {
+                    id: 1,
+                    kind: "http1".into(),
+                    listener: "ingress".into(),
+                    fds: 1,
+                    buffers: vec![b"GET / HTTP/1.1\r\n".to_vec()],
+                },
+                ConnTag {
+                    id: 2,
+                    kind: "tcp".into(),
+                    listener: "db".into(),
+                    fds: 2,
+                    buffers: vec![vec![0, 255, 7], vec![]],
+                },
+            ]),
+            Message::ConnsAck {
+                accepted: vec![1],
+                refused: vec![2],
+            },
+            Message::ConnsEnd(serde_json::json!({"counters": {}})),
         ]
     }
 
@@ -416,6 +566,44 @@ mod tests {
         };
         let m = Message::Listeners(vec![tag; MAX_FDS_PER_FRAME + 1]);
         assert_eq!(m.encode(), Err(WireError::TooManyFds(MAX_FDS_PER_FRAME + 1)));
+    }
+
+    #[test]
+    fn conns_batches_are_checked_both_ways() {
+        let tag = |id, fds| ConnTag {
+            id,
+            kind: "tcp".into(),
+            listener: "l".into(),
+            fds,
+            buffers: vec![],
+        };
+        assert!(matches!(
+            Message::Conns(vec![tag(1, 0)]).encode(),
+            Err(WireError::Payload("CONNS", _))
+        ));
+        assert!(matches!(
+            Message::Conns(vec![tag(1, 3)]).encode(),
+            Err(WireError::Payload("CONNS", _))
+        ));
+        assert!(matches!(
+            Message::Conns(vec![tag(1, 1), tag(1, 1)]).encode(),
+            Err(WireError::Payload("CONNS", _))
+        ));
+        let many: Vec<ConnTag> = (0..33).map(|i| tag(i, 2)).collect();
+        assert_eq!(Message::Conns(many).encode(), Err(WireError::TooManyFds(66)));
+        // Hand-made frames get the same checks from the decoder.
+        let frame = |json: &str| {
+            let mut f = ((json.len() + 2) as u32).to_be_bytes().to_vec();
+            f.extend([FRAME_VERSION, 10]);
+            f.extend(json.as_bytes());
+            f
+        };
+        assert!(decode(&frame(r#"{"conns":[{"id":1,"kind":"t","listener":"l","fds":9}]}"#)).is_err());
+        assert!(decode(&frame(
+            r#"{"conns":[{"id":1,"kind":"t","listener":"l","fds":1,"buffers":["!!"]}]}"#
+        ))
+        .is_err());
+        assert!(decode(&frame(r#"{"conns":[{"id":1,"kind":"t","listener":"l","fds":1}]}"#)).is_ok());
     }
 
     /// Arbitrary bytes never panic the decoder (a small deterministic property test; `make fuzz` goes further).

@@ -1120,7 +1120,10 @@ fn expect_failure(outcome: Result<baton_migrate::Committed, StepError>, step: &s
 /// The fake new's side up to LISTENERS_END: HELLO exchange, then the batch with its fd, checked.
 fn fake_new_until_listeners_end(f: &mut Fake, addr: SocketAddr) {
     let h = f.expect_hello(PeerRole::Sender);
-    assert_eq!((h.min_protocol, h.max_protocol, h.generation), (1, 1, 3));
+    assert_eq!(
+        (h.min_protocol, h.max_protocol, h.generation),
+        (1, baton_migrate::wire::PROTOCOL_MAX, 3)
+    );
     f.send(&hello(PeerRole::Receiver, 4), &[]);
     match f.next() {
         Heard::Msg(Message::Listeners(tags), fds) => {

@@ -231,3 +231,180 @@ async fn protocol_version_skew_is_refused_cleanly() {
         other => panic!("expected REFUSE, got {other:?}"),
     }
 }
+
+/// Protocol 2: the old side's state arrives with the listeners; after the commit, live connections travel with
+/// their buffers, each accepted or refused by id; CONNS_END carries the final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_connections_move_after_the_commit() {
+    use baton_migrate::{hand_over_live, Arrival, Departing, Offer};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = UdsDir::new(tmp.path());
+    dir.ensure().expect("dir");
+    let serving = dir.hold_serving().expect("serving lock");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    // Two live connections on the old side, and their clients.
+    let mut client_a = TcpStream::connect(addr).expect("connect");
+    let (served_a, _) = l.accept().expect("accept");
+    let mut client_b = TcpStream::connect(addr).expect("connect");
+    let (served_b, _) = l.accept().expect("accept");
+
+    let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover");
+    let mut watch = SuccessorWatch::new(&dir);
+    let stream = tokio::time::timeout(Duration::from_secs(2), watch.next())
+        .await
+        .expect("successor seen");
+    let old = tokio::spawn(async move {
+        let offered = [Offered {
+            tag: tag("a", &l),
+            fd: l.as_fd(),
+        }];
+        let offer = Offer {
+            listeners: &offered,
+            state: serde_json::json!({"counters": 41}),
+            timeout: Duration::from_secs(5),
+            crash_at: None,
+        };
+        let (committed, migration) = hand_over_live(stream, &me(7, "v1"), offer).await.expect("commit");
+        drop(serving);
+        let mut migration = migration.expect("both speak protocol 2");
+        let batch = [
+            Departing {
+                kind: "http1".into(),
+                listener: "a".into(),
+                fds: vec![served_a.as_fd()],
+                buffers: vec![b"GET / HTTP/1.1\r\n".to_vec()],
+            },
+            Departing {
+                kind: "unknown".into(),
+                listener: "a".into(),
+                fds: vec![served_b.as_fd()],
+                buffers: vec![],
+            },
+        ];
+        let taken = migration.send(&batch).await.expect("acknowledged");
+        migration.end(serde_json::json!({"counters": 42})).await.expect("end");
+        (committed.generation, taken, served_a, served_b)
+    });
+
+    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
+        panic!("a live peer holds serving.lock");
+    };
+    assert_eq!(session.peer_state, Some(serde_json::json!({"counters": 41})));
+    let inherited = session.listeners.pop().expect("listener");
+    let ready = Ready {
+        adopted: vec![inherited.tag.name.clone()],
+        ..Ready::default()
+    };
+    let mut arrivals = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let Arrival::Conns(conns) = arrivals.next(deadline).await.expect("conns") else {
+        panic!("expected connections first");
+    };
+    assert_eq!(conns.len(), 2);
+    assert_eq!(conns[0].tag.kind, "http1");
+    assert_eq!(conns[0].tag.buffers, [b"GET / HTTP/1.1\r\n".to_vec()]);
+    assert_eq!(conns[1].tag.kind, "unknown");
+    let mut conns = conns.into_iter();
+    let a = conns.next().expect("a");
+    let b = conns.next().expect("b");
+    let (id_a, id_b) = (a.tag.id, b.tag.id);
+    let mut adopted = TcpStream::from(a.fds.into_iter().next().expect("fd"));
+    drop(b); // refused: our copy closed, the old keeps it
+    arrivals.ack(vec![id_a], vec![id_b], deadline).await.expect("ack");
+    match arrivals.next(deadline).await.expect("end") {
+        Arrival::End(state) => assert_eq!(state, serde_json::json!({"counters": 42})),
+        other => panic!("expected the end, got {other:?}"),
+    }
+    let (generation, taken, served_a, mut served_b) = old.await.expect("old side");
+    assert_eq!(generation, 8);
+    assert_eq!(taken, [true, false]);
+    drop(served_a); // the old closes its copy of what was taken: the connection lives on in the new
+                    // The adopted connection is the same socket: bytes flow both ways with the new instance.
+    client_a.write_all(b"ping").expect("write");
+    let mut got = [0u8; 4];
+    adopted.read_exact(&mut got).expect("read in the new instance");
+    assert_eq!(&got, b"ping");
+    adopted.write_all(b"pong").expect("write");
+    client_a.read_exact(&mut got).expect("read from the new instance");
+    assert_eq!(&got, b"pong");
+    // The refused one still works with the old instance.
+    client_b.write_all(b"back").expect("write");
+    served_b
+        .read_exact(&mut got)
+        .expect("the old still serves the refused connection");
+    assert_eq!(&got, b"back");
+}
+
+/// A successor that dies before acknowledging: the old side gets an error and still owns every connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacknowledged_connections_stay_with_the_old_instance() {
+    use baton_migrate::{hand_over_live, Arrival, Departing, HandoffError, Offer};
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = UdsDir::new(tmp.path());
+    dir.ensure().expect("dir");
+    let serving = dir.hold_serving().expect("serving lock");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let mut client = TcpStream::connect(addr).expect("connect");
+    let (served, _) = l.accept().expect("accept");
+
+    let mut o = opts();
+    o.crash_at = Some("conns-before-ack".into());
+    let mut takeover = Takeover::start(&dir, me(1, "v2"), o).expect("takeover");
+    let mut watch = SuccessorWatch::new(&dir);
+    let stream = watch.next().await;
+    let old = tokio::spawn(async move {
+        let offered = [Offered {
+            tag: tag("a", &l),
+            fd: l.as_fd(),
+        }];
+        let offer = Offer {
+            listeners: &offered,
+            state: serde_json::Value::Null,
+            timeout: Duration::from_secs(5),
+            crash_at: None,
+        };
+        let (_, migration) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
+        drop(serving);
+        let mut migration = migration.expect("protocol 2");
+        let batch = [Departing {
+            kind: "tcp".into(),
+            listener: "a".into(),
+            fds: vec![served.as_fd()],
+            buffers: vec![],
+        }];
+        let sent = migration.send(&batch).await;
+        (sent.map_err(|e| e.to_string()), served)
+    });
+    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
+        panic!("peer expected");
+    };
+    let inherited = session.listeners.pop().expect("listener");
+    let mut arrivals = session
+        .commit_live(Ready {
+            adopted: vec![inherited.tag.name.clone()],
+            ..Ready::default()
+        })
+        .await
+        .expect("commit")
+        .expect("protocol 2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    match arrivals.next(deadline).await {
+        Err(HandoffError::Failpoint("conns-before-ack")) => {}
+        Ok(Arrival::Conns(_)) => panic!("the failpoint should have fired"),
+        other => panic!("unexpected {other:?}"),
+    }
+    drop(arrivals); // "crashes": the session closes without an acknowledgement
+    drop(takeover);
+    let (sent, mut served) = old.await.expect("old side");
+    assert!(sent.is_err(), "an unacknowledged batch must be an error: {sent:?}");
+    client.write_all(b"still").expect("write");
+    let mut got = [0u8; 5];
+    served
+        .read_exact(&mut got)
+        .expect("the old instance still owns the connection");
+    assert_eq!(&got, b"still");
+}
