@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # baton benchmark suite: baton against a direct connection, nginx and HAProxy, all on 127.0.0.1.
 #
-#   scripts/bench.sh            full run (~4-5 min plus builds): bench/results.{md,json,png}
+#   scripts/bench.sh            full run (~5-6 min plus builds): bench/results.{md,json,png}
 #   scripts/bench.sh --smoke    ~1 s per scenario, minimal counts, proves the harness end to end (< 90 s with
 #                               warm builds); results in target/bench/smoke/
 #
@@ -13,8 +13,10 @@
 #   2 HTTP/1.1 new conn     the same with "Connection: close" on every request
 #   3 h2c                   h2load (prior knowledge) direct, baton, nginx, HAProxy (each with an h2c listener)
 #   4 TCP relay             one bulk stream (bench/tools tcpbulk) direct, through baton, nginx stream, HAProxy
-#   5 upgrades under load   20 upgrades in 10 s under wrk (keep-alive, then new connection): baton handoffs
-#                           driven like examples/demo.rs, nginx `kill -HUP`, HAProxy master-worker seamless reload
+#   5 upgrades under load   20 upgrades in 10 s under each of three clients: wrk keep-alive, wrk new connection,
+#                           an idle keep-alive pool (bench/tools idlepool: 100 connections, each used once every
+#                           300 ms, no retry); baton handoffs driven like examples/demo.rs, nginx `kill -HUP`,
+#                           HAProxy master-worker seamless reload; failed requests per 100 upgrades
 #   6 handoff latency       50 baton upgrades: start of the new process -> it answers on the inherited sockets,
 #                           and when `baton migrate` returns
 #   7 memory                VmRSS of baton idle and under load, of the empty-slot placeholder, of the peers
@@ -40,17 +42,21 @@ if [[ $MODE == full ]]; then
   WARMUP=1 DUR=5            # seconds: warm-up run, measured run (scenarios 1-3)
   TCP_SECS=3 TCP_WARM=0.5   # scenario 4
   UPG_COUNT=20 UPG_SPAN=10  # scenario 5: upgrades within UPG_SPAN seconds
+  IDLE_PRE=1 IDLE_TAIL=2 IDLE_SETTLE=1 # scenario 5, idle pool: seconds before the first upgrade, after the span
   HANDOFF_COUNT=50 HANDOFF_GAP_MS=100
   OUT_DIR=$ROOT/bench
 else
   WARMUP=0 DUR=1
   TCP_SECS=1 TCP_WARM=0.2
   UPG_COUNT=2 UPG_SPAN=1
+  IDLE_PRE=0.3 IDLE_TAIL=0.5 IDLE_SETTLE=0.3
   HANDOFF_COUNT=3 HANDOFF_GAP_MS=100
   OUT_DIR=$ROOT/target/bench/smoke
 fi
 CONNS=32               # wrk connections
 H2_CONNS=16 H2_STREAMS=16
+IDLE_CONNS=100 IDLE_ROUND_MS=300 # scenario 5 idle pool: keep-alive connections, each used once per round
+IDLE_LOAD_S=$(awk -v a="$IDLE_PRE" -v b="$UPG_SPAN" -v c="$IDLE_TAIL" 'BEGIN { print a + b + c }')
 DRAIN=2s               # baton handoff.drain_timeout in the upgrade scenarios
 
 log() { printf '[%4ds] %s\n' "$((SECONDS - START_S))" "$*"; }
@@ -191,7 +197,7 @@ EMPTY=$ROOT/images/empty/target/release/baton-empty
 EMPTY_STATIC=$ROOT/images/empty/target/$HOST/release/baton-empty
 TOOLS=$ROOT/target/bench/release
 CHART=$TOOLS/baton-bench-chart
-for f in "$BATON" "$EMPTY" "$EMPTY_STATIC" "$TOOLS/freeports" "$TOOLS/tcpbulk" "$TOOLS/upgrader" "$CHART"; do
+for f in "$BATON" "$EMPTY" "$EMPTY_STATIC" "$TOOLS/freeports" "$TOOLS/tcpbulk" "$TOOLS/idlepool" "$TOOLS/upgrader" "$CHART"; do
   [[ -x $f ]] || die "$f was not built"
 done
 BUILD_S=$((SECONDS - START_S))
@@ -238,7 +244,10 @@ put_str .machine.tools.h2load "$(h2load --version 2>&1 | head -1 | awk '{print $
 put .params.upgrades "$UPG_COUNT"
 put .params.upgrade_span_s "$UPG_SPAN"
 put .params.handoff_count "$HANDOFF_COUNT"
-put_str .params.description "Load: wrk -t1 -c$CONNS, ${WARMUP} s warm-up + ${DUR} s measured; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS, baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
+put .params.idle_conns "$IDLE_CONNS"
+put .params.idle_round_ms "$IDLE_ROUND_MS"
+put .params.idle_load_s "$IDLE_LOAD_S"
+put_str .params.description "Load: wrk -t1 -c$CONNS, ${WARMUP} s warm-up + ${DUR} s measured; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
 
 # ---------------------------------------------------------------------------------------------------------
 # Ports, configs, processes
@@ -575,37 +584,79 @@ finish_upgrader() {
   cat "$UPG_DIR/report.json"
 }
 
-for mode in keepalive close; do
-  extra=()
-  [[ $mode == close ]] && extra=(-H "Connection: close")
+# start_load MODE ADDR: the client of MODE against ADDR (ip:port) in the background, for the mode's load time;
+# its JSON goes to $TMP/load-upg.json. Sets LOAD_PID.
+start_load() {
+  local mode=$1 addr=$2
+  case $mode in
+    keepalive) wrk_json "${LOAD_S}s" "http://$addr/" >"$TMP/load-upg.json" & ;;
+    close) wrk_json "${LOAD_S}s" "http://$addr/" -H "Connection: close" >"$TMP/load-upg.json" & ;;
+    idle) idle_json "$addr" >"$TMP/load-upg.json" & ;;
+  esac
+  LOAD_PID=$!
+  PIDS+=("$LOAD_PID")
+}
+
+# idle_json ADDR: the idle keep-alive pool (bench/tools idlepool) for IDLE_LOAD_S; prints its JSON.
+idle_json() {
+  local out=$TMP/logs/idlepool-$RANDOM.log
+  "$TOOLS/idlepool" --target "$1" --conns "$IDLE_CONNS" --round-ms "$IDLE_ROUND_MS" --seconds "$IDLE_LOAD_S" \
+    2>"$out" || die "idlepool $1 failed: $(tail -5 "$out")"
+}
+
+# warm MODE ADDR: the wrk warm-up before a wrk mode (the idle pool warms up in the seconds before the first upgrade).
+warm() {
+  local extra=()
+  ((WARMUP > 0)) && [[ $1 != idle ]] || return 0
+  [[ $1 == close ]] && extra=(-H "Connection: close")
+  wrk_json "${WARMUP}s" "http://$2/" "${extra[@]}" >/dev/null
+}
+
+# summarize SCENARIO TARGET: adds failed, requests and failed_per_100_upgrades (failed * 100 / the upgrades or
+# reloads actually performed; null when there were none) next to the client's raw numbers, and logs them.
+summarize() {
+  local p=".$1.$2"
+  put "$p" "$(jq -c "$p"' |
+    (if .idlepool then {failed: .idlepool.failures, requests: .idlepool.requests}
+     else {failed: (.wrk.errors | add), requests: .wrk.requests} end) as $s
+    | . + $s + {failed_per_100_upgrades: (if .reloads > 0 then ($s.failed * 1000 / .reloads | round) / 10 else null end)}' \
+    "$RESULTS")"
+  log "$1 $2: $(jq -r --arg n "$UPG_COUNT" "$p"' | "failed \(.failed) of \(.requests), \(.failed_per_100_upgrades) per 100 upgrades (" + (
+      if .idlepool then
+        (.idlepool | [(.errors | to_entries[] | select(.value > 0) | "\(.key) \(.value)"),
+          "reconnects \(.reconnects)", "server closes \(.server_closes)"] | join(", "))
+      else
+        (.wrk.errors | "connect \(.connect), read \(.read), write \(.write), timeout \(.timeout), non-2xx \(.status)")
+      end) + "); upgrades/reloads done \(.reloads)/\($n)"' "$RESULTS")"
+}
+
+for mode in keepalive close idle; do
   scenario=upgrades_$mode
+  client=wrk
+  pre=1 settle=1 # seconds before the first upgrade; after the reloads, for the old workers to go
+  if [[ $mode == idle ]]; then client=idlepool pre=$IDLE_PRE settle=$IDLE_SETTLE; fi
 
   # baton: hot upgrades, Kruise style (see bench/tools/src/bin/upgrader.rs and examples/demo.rs).
   baton_upgrader "upgrade-$mode" "$UPG_COUNT" "$UPG_INTERVAL_MS"
-  http=$UPG_HTTP
-  ((WARMUP > 0)) && wrk_json "${WARMUP}s" "http://127.0.0.1:$http/" "${extra[@]}" >/dev/null
-  wrk_json "${LOAD_S}s" "http://127.0.0.1:$http/" "${extra[@]}" >"$TMP/wrk-upg.json" &
-  wrk_pid=$!
-  PIDS+=("$wrk_pid")
-  sleep 1
+  warm "$mode" "127.0.0.1:$UPG_HTTP"
+  start_load "$mode" "127.0.0.1:$UPG_HTTP"
+  sleep "$pre"
   touch "$UPG_DIR/go"
-  wait "$wrk_pid" || die "wrk during the baton upgrades failed"
-  forget "$wrk_pid"
+  wait "$LOAD_PID" || die "$client during the baton upgrades failed"
+  forget "$LOAD_PID"
   report=$(finish_upgrader)
-  put ".$scenario.baton.wrk" "$(cat "$TMP/wrk-upg.json")"
+  put ".$scenario.baton.$client" "$(cat "$TMP/load-upg.json")"
   put ".$scenario.baton.upgrader" "$report"
   put ".$scenario.baton.reloads" "$(jq '[.upgrades[] | select(.ok)] | length' <<<"$report")"
-  log "$scenario baton: $(jq -r '"failed \(.errors|add) of \(.requests)"' "$TMP/wrk-upg.json"), upgrades ok $(jq '[.upgrades[] | select(.ok)] | length' <<<"$report")/$UPG_COUNT"
+  summarize "$scenario" baton
 
   # nginx: kill -HUP (graceful reload: new workers, old ones finish and exit); HAProxy: kill -USR2 to the
   # master (seamless reload: the new worker gets the listening sockets).
   for t in nginx haproxy; do
-    if [[ $t == nginx ]]; then pid=$NGINX_PID sig=HUP url="http://127.0.0.1:$NGX/"; else pid=$HAPROXY_PID sig=USR2 url="http://127.0.0.1:$HAP/"; fi
-    ((WARMUP > 0)) && wrk_json "${WARMUP}s" "$url" "${extra[@]}" >/dev/null
-    wrk_json "${LOAD_S}s" "$url" "${extra[@]}" >"$TMP/wrk-upg.json" &
-    wrk_pid=$!
-    PIDS+=("$wrk_pid")
-    sleep 1
+    if [[ $t == nginx ]]; then pid=$NGINX_PID sig=HUP addr="127.0.0.1:$NGX"; else pid=$HAPROXY_PID sig=USR2 addr="127.0.0.1:$HAP"; fi
+    warm "$mode" "$addr"
+    start_load "$mode" "$addr"
+    sleep "$pre"
     reloads=0
     t0=$(date +%s%N)
     for ((i = 0; i < UPG_COUNT; i++)); do
@@ -617,14 +668,14 @@ for mode in keepalive close; do
       fi
       if kill -"$sig" "$pid" 2>/dev/null; then reloads=$((reloads + 1)); fi
     done
-    wait "$wrk_pid" || die "wrk during the $t reloads failed"
-    forget "$wrk_pid"
+    wait "$LOAD_PID" || die "$client during the $t reloads failed"
+    forget "$LOAD_PID"
     kill -0 "$pid" 2>/dev/null || die "$t died during the reloads: $(tail -5 "$TMP/logs/$t.log")"
-    check_ok "$t after reloads" "$url"
-    put ".$scenario.$t.wrk" "$(cat "$TMP/wrk-upg.json")"
+    check_ok "$t after reloads" "http://$addr/"
+    put ".$scenario.$t.$client" "$(cat "$TMP/load-upg.json")"
     put ".$scenario.$t.reloads" "$reloads"
-    log "$scenario $t: $(jq -r '"failed \(.errors|add) of \(.requests) (connect \(.errors.connect), read \(.errors.read), write \(.errors.write), timeout \(.errors.timeout), non-2xx \(.errors.status))"' "$TMP/wrk-upg.json"), $reloads reloads"
-    sleep 1 # let the old workers go
+    summarize "$scenario" "$t"
+    sleep "$settle" # let the old workers go
   done
 done
 

@@ -7,8 +7,8 @@
 //!
 //! - `--md`: machine info, ONE markdown table (every scenario, baton against direct, nginx and HAProxy, a
 //!   ratio against the best peer, each target "met" or "MISSED"), and the list of missed targets;
-//! - `--png`: a chart (throughput per scenario per proxy, latency, TCP relay, failed requests during
-//!   upgrades, handoff times, memory), text drawn with `ab_glyph` from a TrueType file read at run time;
+//! - `--png`: a chart (throughput per scenario per proxy, latency, TCP relay, failed requests per 100
+//!   upgrades under each client, handoff times, memory), text drawn with `ab_glyph` from a TrueType file read at run time;
 //! - stdout: the table, then one `MISSED: …` line per missed target.
 //!
 //! Exit 0 whatever the numbers say; 1 only when results.json is missing a field the report needs (the
@@ -222,12 +222,64 @@ fn wrk_vals(r: &mut Results, scenario: &str, field: &str, scale: f64) -> [Option
     })
 }
 
-fn failed(r: &mut Results, path: &str) -> Option<f64> {
-    let mut sum = 0.0;
-    for k in ["connect", "read", "write", "timeout", "status"] {
-        sum += r.num(&format!("{path}/errors/{k}"))?;
+/// The client modes of scenario 5: the results.json key and a label (the idle pool's with its parameters).
+fn upgrade_modes(r: &Results) -> [(&'static str, String); 3] {
+    let pool = match (r.opt("params/idle_conns"), r.opt("params/idle_round_ms")) {
+        (Some(c), Some(ms)) => format!("idle keep-alive pool ({c:.0} connections, each used every {ms:.0} ms)"),
+        _ => "idle keep-alive pool".into(),
+    };
+    [
+        ("upgrades_keepalive", "keep-alive".into()),
+        ("upgrades_close", "new connection".into()),
+        ("upgrades_idle", pool),
+    ]
+}
+
+/// Scenario 5, one proxy under one client.
+struct UpgradeLoad {
+    failed: Option<f64>,
+    requests: Option<f64>,
+    /// upgrades (baton) or reloads (nginx, HAProxy) actually performed
+    reloads: Option<f64>,
+    per100: Option<f64>,
+}
+
+/// None when the proxy has no numbers for the scenario. The summary scripts/bench.sh writes (`failed`,
+/// `requests`, `failed_per_100_upgrades`), or else the same derived from the client's raw numbers (the
+/// results.json of older runs).
+fn upgrade_load(r: &Results, scenario: &str, p: &str) -> Option<UpgradeLoad> {
+    let base = format!("{scenario}/{p}");
+    if !r.exists(&base) {
+        return None;
     }
-    Some(sum)
+    let raw_failed = || -> Option<f64> {
+        if r.exists(&format!("{base}/idlepool")) {
+            return r.opt(&format!("{base}/idlepool/failures"));
+        }
+        let mut sum = 0.0;
+        for k in ["connect", "read", "write", "timeout", "status"] {
+            sum += r.opt(&format!("{base}/wrk/errors/{k}"))?;
+        }
+        Some(sum)
+    };
+    let failed = r.opt(&format!("{base}/failed")).or_else(raw_failed);
+    let requests = r
+        .opt(&format!("{base}/requests"))
+        .or_else(|| r.opt(&format!("{base}/wrk/requests")))
+        .or_else(|| r.opt(&format!("{base}/idlepool/requests")));
+    let reloads = r.opt(&format!("{base}/reloads"));
+    let per100 = r
+        .opt(&format!("{base}/failed_per_100_upgrades"))
+        .or(match (failed, reloads) {
+            (Some(f), Some(n)) if n > 0.0 => Some(f * 100.0 / n),
+            _ => None,
+        });
+    Some(UpgradeLoad {
+        failed,
+        requests,
+        reloads,
+        per100,
+    })
 }
 
 fn build_report(r: &mut Results) -> Report {
@@ -354,40 +406,47 @@ fn build_report(r: &mut Results) -> Report {
         }
     }
 
-    // 5. upgrades under load
+    // 5. upgrades under load, under each client: failed / total requests, then failed per 100 upgrades
     let count = r.opt("params/upgrades").unwrap_or(0.0);
     let span = r.opt("params/upgrade_span_s").unwrap_or(0.0);
-    for (scenario, label) in [
-        ("upgrades_keepalive", "keep-alive"),
-        ("upgrades_close", "new connection"),
-    ] {
-        let mut vals = [None; 4];
+    for (scenario, label) in upgrade_modes(r) {
+        if scenario == "upgrades_idle" && !r.exists(scenario) {
+            rep.notes
+                .push("no idle-pool upgrade numbers in this results.json (a run from before that mode)".into());
+            continue;
+        }
+        let mut failed = [None; 4];
         let mut cells: [String; 4] = ["—".into(), "n/a".into(), "n/a".into(), "n/a".into()];
+        let mut per100: [String; 4] = cells.clone();
         for (i, p) in PROXIES.iter().enumerate().skip(1) {
-            let path = format!("{scenario}/{p}/wrk");
-            if !r.exists(&path) {
+            let Some(u) = upgrade_load(r, scenario, p) else {
                 if *p == "baton" {
-                    r.problems.push(format!("{path}: missing"));
+                    r.problems.push(format!("{scenario}/baton: missing"));
                 }
                 continue;
+            };
+            if *p == "baton" && (u.failed.is_none() || u.requests.is_none()) {
+                r.problems
+                    .push(format!("{scenario}/baton: no count of failed or total requests"));
             }
-            let f = failed(r, &path);
-            let total = r.num(&format!("{path}/requests"));
-            vals[i] = f;
-            let reloads = r.opt(&format!("{scenario}/{p}/reloads"));
+            failed[i] = u.failed;
             cells[i] = format!(
                 "{} / {}{}",
-                fmt_num(f, 0),
-                fmt_num(total, 0),
-                match reloads {
+                fmt_num(u.failed, 0),
+                fmt_num(u.requests, 0),
+                match u.reloads {
                     Some(n) if (n - count).abs() > 0.5 => format!(" ({n:.0} reloads)"),
                     _ => String::new(),
                 }
             );
+            per100[i] = match u.per100 {
+                Some(x) if x.fract() == 0.0 => fmt_num(Some(x), 0),
+                other => fmt_num(other, 1),
+            };
         }
         let h = handoffs(r, &format!("{scenario}/baton/upgrader"));
         let all_ok = h.as_ref().is_some_and(|h| h.ok == h.count && h.count > 0);
-        let status = vals[1].map(|f| f == 0.0 && all_ok);
+        let status = failed[1].map(|f| f == 0.0 && all_ok);
         if let Some(h) = &h {
             if h.ok != h.count {
                 rep.notes.push(format!(
@@ -408,6 +467,13 @@ fn build_report(r: &mut Results) -> Report {
             ratio: "—".into(),
             target: "baton: 0 failed".into(),
             status,
+        });
+        rep.push(Row {
+            metric: format!("5 {label}: failed requests per 100 upgrades"),
+            cells: per100,
+            ratio: "—".into(),
+            target: String::new(),
+            status: None,
         });
     }
 
@@ -800,22 +866,16 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
             .collect()
     };
     let count = r.opt("params/upgrades").unwrap_or(0.0);
-    let failed = |path: &str| -> Option<f64> {
-        let mut sum = 0.0;
-        for k in ["connect", "read", "write", "timeout", "status"] {
-            sum += r.opt(&format!("{path}/errors/{k}"))?;
-        }
-        Some(sum)
-    };
+    let modes = upgrade_modes(r);
     let mut upgrade_series = Vec::new();
     for (i, p) in PROXIES.iter().enumerate().skip(1) {
         upgrade_series.push((
             names[i].to_string(),
             i,
-            vec![
-                failed(&format!("upgrades_keepalive/{p}/wrk")),
-                failed(&format!("upgrades_close/{p}/wrk")),
-            ],
+            modes
+                .iter()
+                .map(|(scenario, _)| upgrade_load(r, scenario, p).and_then(|u| u.per100))
+                .collect(),
         ));
     }
     let h = handoffs(r, "handoff").unwrap_or_default();
@@ -851,9 +911,9 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
             decimals: 1,
         },
         Panel {
-            title: format!("Failed requests during {count:.0} upgrades/reloads"),
-            y_label: "failed requests".into(),
-            groups: vec!["keep-alive".into(), "new connection".into()],
+            title: format!("Failed requests per 100 upgrades/reloads ({count:.0} in a run)"),
+            y_label: "failed requests / 100 upgrades".into(),
+            groups: vec!["wrk keep-alive".into(), "wrk new conn".into(), "idle pool".into()],
             series: upgrade_series,
             decimals: 0,
         },
