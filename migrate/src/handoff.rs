@@ -8,6 +8,7 @@
 //!   connects; both check SO_PEERCRED uid
 //!   HELLO {sender, protocols, generation}  ───────▶
 //!                                          ◀───────  HELLO {receiver, chosen protocol, generation+1}
+//!   STATE {application state}              ───────▶  (protocol 2)
 //!   LISTENERS {tags} + SCM_RIGHTS fds ...  ───────▶  (batches of at most 64)
 //!   LISTENERS_END {total}                  ───────▶  validates every fd: socket, listening, address;
 //!                                                    adopts what its config claims, binds the rest,
@@ -16,8 +17,19 @@
 //!   COMMIT                                 ───────▶
 //!                                          ◀───────  DONE
 //!   stops accepting (keeps the queue: no shutdown()),
-//!   releases serving.lock, drains, exits 0           handoff complete: tells `migrate`, closes unclaimed fds
+//!   releases serving.lock                            handoff complete: tells `migrate`, closes unclaimed fds
+//!   ---- protocol 2 only: live connections ([`hand_over_live`], [`Session::commit_live`]) ----
+//!   CONNS {id, kind, listener, buffers} + fds ────▶  (each connection at a quiescent point of the caller's)
+//!                                          ◀───────  CONNS_ACK {accepted, refused}
+//!   ... as connections become quiescent ...
+//!   CONNS_END {state}                      ───────▶
+//!   closes what was accepted, resumes what was refused, drains the rest, exits 0
 //! ```
+//!
+//! In protocol 2 the old instance also sends `STATE` (opaque application state: baton's configuration and
+//! counters) right after HELLO; it reaches the new side as [`Session::peer_state`]. A connection is the new
+//! instance's only once acknowledged: an unacknowledged one (the successor died, hung or refused it) stays with
+//! the old instance, whose copy of the socket was never closed.
 //!
 //! Until the old instance receives DONE it has changed nothing: any error, timeout or crash of the new instance
 //! before that leaves it serving exactly as before (Envoy #14295 drained before the new one listened; Pingora shut
