@@ -112,6 +112,8 @@ pub struct Config {
     pub uds_dir: Option<PathBuf>,
     pub handoff_timeout: Option<String>,
     pub drain_timeout: Option<String>,
+    /// `handoff.inherit_config`; omitted from the file when `None`.
+    pub inherit_config: Option<bool>,
 }
 
 impl Config {
@@ -151,6 +153,12 @@ impl Config {
         self
     }
 
+    /// Writes `inherit_config: <on>` under `handoff:` (a new instance serving its predecessor's config).
+    pub fn inherit_config(mut self, on: bool) -> Self {
+        self.inherit_config = Some(on);
+        self
+    }
+
     pub fn to_yaml(&self) -> String {
         let mut y = String::new();
         y.push_str("listeners:\n");
@@ -175,7 +183,11 @@ impl Config {
         if let Some(a) = &self.admin {
             y.push_str(&format!("admin:\n  address: \"{a}\"\n"));
         }
-        if self.uds_dir.is_some() || self.handoff_timeout.is_some() || self.drain_timeout.is_some() {
+        if self.uds_dir.is_some()
+            || self.handoff_timeout.is_some()
+            || self.drain_timeout.is_some()
+            || self.inherit_config.is_some()
+        {
             y.push_str("handoff:\n");
             if let Some(d) = &self.uds_dir {
                 y.push_str(&format!("  uds_dir: \"{}\"\n", d.display()));
@@ -185,6 +197,9 @@ impl Config {
             }
             if let Some(t) = &self.drain_timeout {
                 y.push_str(&format!("  drain_timeout: {t}\n"));
+            }
+            if let Some(on) = self.inherit_config {
+                y.push_str(&format!("  inherit_config: {on}\n"));
             }
         }
         y
@@ -225,6 +240,9 @@ impl Config {
         }
         if let Some(t) = &self.drain_timeout {
             h.insert("drain_timeout".into(), t.clone().into());
+        }
+        if let Some(on) = self.inherit_config {
+            h.insert("inherit_config".into(), on.into());
         }
         if !h.is_empty() {
             v["handoff"] = serde_json::Value::Object(h);
