@@ -329,9 +329,44 @@ pub fn stream_fd(stream: tokio::net::TcpStream) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(stream.into_std()?))
 }
 
+/// Whether a received fd is what a handed-over connection must be: a connected TCP socket (not a listener, a
+/// pipe, a Unix or UDP socket). Anything else is refused, never served.
+pub fn is_connected_tcp(fd: &OwnedFd) -> bool {
+    let sock = socket2::SockRef::from(fd);
+    matches!(sock.r#type(), Ok(t) if t == socket2::Type::STREAM)
+        && matches!(sock.domain(), Ok(d) if d == socket2::Domain::IPV4 || d == socket2::Domain::IPV6)
+        && sock.peer_addr().is_ok()
+}
+
 /// A received (or returned) fd as a tokio TCP stream, in non-blocking mode.
 pub fn fd_stream(fd: OwnedFd) -> std::io::Result<tokio::net::TcpStream> {
     let std = std::net::TcpStream::from(fd);
     std.set_nonblocking(true)?;
     tokio::net::TcpStream::from_std(std)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_connected_tcp_sockets_are_adopted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (served, _) = listener.accept().expect("accept");
+        assert!(is_connected_tcp(&OwnedFd::from(client)));
+        assert!(is_connected_tcp(&OwnedFd::from(served)));
+        assert!(!is_connected_tcp(&OwnedFd::from(listener)), "a listener");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        assert!(!is_connected_tcp(&OwnedFd::from(udp)), "a UDP socket");
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert!(!is_connected_tcp(&OwnedFd::from(a)), "a Unix socket");
+        let (r, _w) = nix::unistd::pipe().expect("pipe");
+        assert!(!is_connected_tcp(&r), "a pipe");
+        let unconnected = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        assert!(
+            !is_connected_tcp(&OwnedFd::from(unconnected)),
+            "a TCP socket never connected"
+        );
+    }
 }

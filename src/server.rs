@@ -18,7 +18,7 @@ use crate::config::Protocol;
 use crate::http::HttpProxy;
 use crate::listeners::{Kind, Listener};
 use crate::metrics::ListenerMetrics;
-use crate::migration::{fd_stream, Handover, KIND_HTTP1, KIND_TCP};
+use crate::migration::{fd_stream, is_connected_tcp, Handover, KIND_HTTP1, KIND_TCP};
 use crate::state::{ConnectionGuard, State};
 use crate::upstream::Cluster;
 use crate::{admin, http, tcp};
@@ -162,6 +162,10 @@ impl Adopter {
             tracing::debug!(listener = %tag.listener, "handed-over connection for a listener this config lacks; refused");
             return false;
         };
+        if let Some(bad) = fds.iter().position(|fd| !is_connected_tcp(fd)) {
+            tracing::warn!(listener = %tag.listener, kind = %tag.kind, fd = bad, "handed-over fd is not a connected TCP socket; refused");
+            return false;
+        }
         let mut fds = fds.into_iter();
         let mut buffers = tag.buffers.into_iter();
         match (env, tag.kind.as_str()) {

@@ -1,0 +1,139 @@
+//! A misbehaving predecessor during the live-connection phase, played by the test itself with the baton-migrate
+//! API, against a real `baton run` taking over: fds that are not connected TCP sockets, unknown listeners and
+//! kinds are refused (the old side keeps them), a real connection with unparsed bytes is served, and the new
+//! instance keeps serving throughout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::AsFd;
+use std::time::Duration;
+
+use baton_migrate::{hand_over_live, Departing, Identity, ListenerTag, Offer, Offered, SuccessorWatch, UdsDir};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_connections_from_a_predecessor_are_refused_good_ones_served() {
+    let dir = TestDir::new();
+    let upstream = HttpUpstream::start().await;
+    let uds = dir.subdir("uds");
+    let admin = free_addr();
+    // The "old instance" is this test: it holds the listener and serving.lock.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = Config::default()
+        .listener("ingress", addr, "http", "up")
+        .cluster("up", &[upstream.addr])
+        .admin(admin)
+        .uds_dir(&uds)
+        .handoff("5s", "5s")
+        .write_yaml(&dir, "baton.yaml");
+    let uds_dir = UdsDir::new(&uds);
+    uds_dir.ensure().expect("uds dir");
+    let serving = uds_dir.hold_serving().expect("serving lock");
+    let mut watch = SuccessorWatch::new(&uds_dir);
+
+    let c = config.to_str().expect("utf-8 path");
+    let mut new = Baton::spawn(&dir, "new", &["run", "--config", c], &Env::versions(R2, "1"));
+    let stream = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the new instance publishes reconfig.sock");
+    let offered = [Offered {
+        tag: ListenerTag {
+            name: "ingress".into(),
+            address: addr.to_string(),
+            kind: "http".into(),
+        },
+        fd: listener.as_fd(),
+    }];
+    let me = Identity {
+        generation: 1,
+        version: "hostile".into(),
+    };
+    let offer = Offer {
+        listeners: &offered,
+        // Garbage where the config and counters should be: ignored, never fatal.
+        state: serde_json::json!({"config": 7, "counters": {"listeners": [1, 2, {"x": -1}]}}),
+        timeout: Duration::from_secs(5),
+        crash_at: None,
+    };
+    let (_, migration) = hand_over_live(stream, &me, offer).await.expect("commit");
+    drop(serving);
+    drop(listener);
+    let mut migration = migration.expect("baton speaks protocol 2");
+
+    // A real client connection, accepted by "us", with a whole request already read (unparsed) by "us".
+    let relay_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let mut client = std::net::TcpStream::connect(relay_listener.local_addr().expect("addr")).expect("connect");
+    let (served, _) = relay_listener.accept().expect("accept");
+    let (pipe_r, _pipe_w) = nix::unistd::pipe().expect("pipe");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let (unix_a, _unix_b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let good_listener_fd = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let request = b"GET /hello HTTP/1.1\r\nHost: test\r\n\r\n".to_vec();
+    let batch = [
+        departing("http1", "ingress", vec![pipe_r.as_fd()], vec![request.clone()]),
+        departing("http1", "ingress", vec![udp.as_fd()], vec![]),
+        departing(
+            "tcp",
+            "ingress",
+            vec![unix_a.as_fd(), served.as_fd()],
+            vec![vec![], vec![]],
+        ),
+        departing("http1", "ingress", vec![good_listener_fd.as_fd()], vec![]),
+        departing("http1", "no-such-listener", vec![served.as_fd()], vec![]),
+        departing("websocket", "ingress", vec![served.as_fd()], vec![]),
+        departing("http1", "ingress", vec![served.as_fd()], vec![request]),
+    ];
+    let taken = migration.send(&batch).await.expect("acknowledged");
+    assert_eq!(
+        taken,
+        [false, false, false, false, false, false, true],
+        "only the connected TCP socket of a known listener and kind may be adopted"
+    );
+    migration
+        .end(serde_json::json!({"counters": "not an object"}))
+        .await
+        .expect("end");
+    drop(served); // ours; the new instance holds its own copy
+
+    // The adopted connection: the request we had read is answered by the new instance, on the same connection.
+    client.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"ok") {
+        let n = client
+            .read(&mut buf)
+            .expect("the new instance answers the handed-over request");
+        assert!(n > 0, "closed before the response: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    // And the connection stays a keep-alive one.
+    client
+        .write_all(b"GET /again HTTP/1.1\r\nHost: test\r\n\r\n")
+        .expect("second request");
+    let n = client.read(&mut buf).expect("second response");
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+
+    // The new instance serves on, on the inherited listener and its admin port.
+    proxy_ok(addr).await.expect("the new instance serves the listener");
+    let st = status(admin).await.expect("status");
+    assert_eq!(st["phase"], "serving", "{st}");
+    new.assert_running();
+}
+
+fn departing<'a>(
+    kind: &str,
+    listener: &str,
+    fds: Vec<std::os::fd::BorrowedFd<'a>>,
+    buffers: Vec<Vec<u8>>,
+) -> Departing<'a> {
+    Departing {
+        kind: kind.into(),
+        listener: listener.into(),
+        fds,
+        buffers,
+    }
+}
