@@ -139,6 +139,26 @@ async fn setup_serving(handoff_timeout: &str, drain_timeout: &str) -> (Setup, Ba
     panic!("gen-1 could not bind its ports in 5 attempts");
 }
 
+/// Sends one request on each connection, which must still be open and answer 200 without `Connection: close`.
+/// Returns what failed, one line per connection (`label i: why`).
+async fn one_keepalive_request_each(conns: &mut [H1], label: &str) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let res = async {
+            ensure!(!c.closed_while_idle()?, "closed by the server while idle");
+            let r = c.get("/").await?;
+            r.expect_ok()?;
+            ensure!(!r.close, "answered with Connection: close");
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            failures.push(format!("{label} {i}: {e:#}"));
+        }
+    }
+    failures
+}
+
 /// Asserts that `/status` on `admin` is answered by `pid`, at `generation`.
 async fn assert_serving(admin: SocketAddr, pid: u32, generation: u64) {
     let st = status(admin).await.expect("GET /status");
@@ -497,15 +517,11 @@ impl Clients {
 
     /// Waits until every client has at least `n` more successful requests than now; false on timeout.
     async fn wait_progress(&self, n: u64, timeout: Duration) -> bool {
-        let base: Vec<u64> = self.stats.iter().map(|s| s.ok.load(Ordering::Relaxed)).collect();
-        wait_until(timeout, || {
-            let done = self
-                .stats
-                .iter()
-                .zip(&base)
-                .all(|(s, b)| s.ok.load(Ordering::Relaxed) >= b + n);
-            async move { done }
-        })
+        wait_each_grows(
+            || self.stats.iter().map(|s| s.ok.load(Ordering::Relaxed)).collect(),
+            n,
+            timeout,
+        )
         .await
     }
 
@@ -665,20 +681,7 @@ async fn idle_pool_survives_upgrade() {
     )
     .await;
 
-    let mut failures = Vec::new();
-    for (i, c) in pool.iter_mut().enumerate() {
-        let res = async {
-            ensure!(!c.closed_while_idle()?, "closed by the server while idle");
-            let r = c.get("/").await?;
-            r.expect_ok()?;
-            ensure!(!r.close, "answered with Connection: close");
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = res {
-            failures.push(format!("connection {i}: {e:#}"));
-        }
-    }
+    let failures = one_keepalive_request_each(&mut pool, "connection").await;
     assert!(
         failures.is_empty(),
         "{} of the 100 idle connections failed their request after the upgrade (old pid {old_pid} exited, new pid \
@@ -773,20 +776,7 @@ async fn unused_connections_survive_upgrade() {
     )
     .await;
 
-    let mut failures = Vec::new();
-    for (i, c) in unused.iter_mut().enumerate() {
-        let res = async {
-            ensure!(!c.closed_while_idle()?, "closed by the server while idle");
-            let r = c.get("/").await?;
-            r.expect_ok()?;
-            ensure!(!r.close, "answered with Connection: close");
-            anyhow::Ok(())
-        }
-        .await;
-        if let Err(e) = res {
-            failures.push(format!("unused connection {i}: {e:#}"));
-        }
-    }
+    let failures = one_keepalive_request_each(&mut unused, "unused connection").await;
     assert!(
         failures.is_empty(),
         "{} of 10 unused connections failed after the upgrade (new pid {}):\n{}",

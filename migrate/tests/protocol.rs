@@ -238,17 +238,9 @@ async fn protocol_version_skew_is_refused_cleanly() {
 async fn live_connections_move_after_the_commit() {
     use baton_migrate::{hand_over_live, Arrival, Departing, Offer};
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = UdsDir::new(tmp.path());
-    dir.ensure().expect("dir");
-    let serving = dir.hold_serving().expect("serving lock");
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    // Two live connections on the old side, and their clients.
-    let mut client_a = TcpStream::connect(addr).expect("connect");
-    let (served_a, _) = l.accept().expect("accept");
-    let mut client_b = TcpStream::connect(addr).expect("connect");
-    let (served_b, _) = l.accept().expect("accept");
+    let (_tmp, dir, serving, l, mut conns) = old_with_connections(2);
+    let (mut client_b, served_b) = conns.pop().expect("b");
+    let (mut client_a, served_a) = conns.pop().expect("a");
 
     let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover");
     let mut watch = SuccessorWatch::new(&dir);
@@ -342,14 +334,8 @@ async fn live_connections_move_after_the_commit() {
 async fn unacknowledged_connections_stay_with_the_old_instance() {
     use baton_migrate::{hand_over_live, Arrival, Departing, HandoffError, Offer};
 
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = UdsDir::new(tmp.path());
-    dir.ensure().expect("dir");
-    let serving = dir.hold_serving().expect("serving lock");
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    let mut client = TcpStream::connect(addr).expect("connect");
-    let (served, _) = l.accept().expect("accept");
+    let (_tmp, dir, serving, l, mut conns) = old_with_connections(1);
+    let (mut client, served) = conns.pop().expect("connection");
 
     let mut o = opts();
     o.crash_at = Some("conns-before-ack".into());
@@ -407,4 +393,32 @@ async fn unacknowledged_connections_stay_with_the_old_instance() {
         .read_exact(&mut got)
         .expect("the old instance still owns the connection");
     assert_eq!(&got, b"still");
+}
+
+/// An old instance's side for the live-connection tests: a uds dir (in `tmp`) with serving.lock held, a listener,
+/// and `n` accepted connections with their clients.
+#[allow(clippy::type_complexity)]
+fn old_with_connections(
+    n: usize,
+) -> (
+    tempfile::TempDir,
+    UdsDir,
+    baton_migrate::ServingLock,
+    TcpListener,
+    Vec<(TcpStream, TcpStream)>,
+) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = UdsDir::new(tmp.path());
+    dir.ensure().expect("dir");
+    let serving = dir.hold_serving().expect("serving lock");
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    let conns = (0..n)
+        .map(|_| {
+            let client = TcpStream::connect(addr).expect("connect");
+            let (served, _) = l.accept().expect("accept");
+            (client, served)
+        })
+        .collect();
+    (tmp, dir, serving, l, conns)
 }

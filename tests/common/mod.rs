@@ -680,6 +680,16 @@ where
 }
 
 /// Blocking variant of [`wait_until`].
+/// Waits until every count `counts()` returns has grown by at least `n` from its value now; false on timeout.
+pub async fn wait_each_grows(counts: impl Fn() -> Vec<u64>, n: u64, timeout: Duration) -> bool {
+    let base = counts();
+    wait_until(timeout, || {
+        let grown = counts().iter().zip(&base).all(|(now, then)| *now >= then + n);
+        async move { grown }
+    })
+    .await
+}
+
 pub fn wait_until_blocking(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
@@ -994,15 +1004,11 @@ impl Load {
 
     /// Wait until every client has at least `n` more successful requests than now; false on timeout.
     pub async fn wait_progress(&self, n: u64, timeout: Duration) -> bool {
-        let base: Vec<u64> = self.stats.iter().map(|s| s.ok.load(Ordering::Relaxed)).collect();
-        wait_until(timeout, || {
-            let ok = self
-                .stats
-                .iter()
-                .zip(&base)
-                .all(|(s, b)| s.ok.load(Ordering::Relaxed) >= b + n);
-            async move { ok }
-        })
+        wait_each_grows(
+            || self.stats.iter().map(|s| s.ok.load(Ordering::Relaxed)).collect(),
+            n,
+            timeout,
+        )
         .await
     }
 
