@@ -6,8 +6,9 @@
 //!
 //! * T0, pod created: `proxy-1` runs v1 (`SIDECARSET_VERSION=1`, `ALT=0`), `proxy-2` the empty image (`0`, `1`);
 //!   each container's postStart hook `baton migrate` runs right after it starts and must exit 0.
-//! * Load starts: `loadgen` (keep-alive and new-connection HTTP clients) against baton's http listener, and one
-//!   TCP echo round trip every 100 ms, each on a new connection, through baton's tcp listener.
+//! * Load starts: `loadgen` (keep-alive and new-connection HTTP clients) against baton's http listener, and
+//!   through baton's tcp listener one TCP echo round trip every 100 ms on a new connection each, plus one every
+//!   100 ms on a single long-lived TCP stream.
 //! * T1, upgrade v1→v2: kubelet stops the empty `proxy-2` (SIGTERM, must exit 0 promptly) and starts v2 in it
 //!   (`R2`, `1`); its postStart (`baton migrate`) is the handoff and is timed.
 //! * T2, reset: the controller gives `proxy-1` the empty image; kubelet SIGTERMs the old v1 process (it must
@@ -16,10 +17,13 @@
 //!   (`1`, `R2`): that process must idle, and the reset SIGTERMs it instead.
 //! * T3, upgrade v2→v3 the other way round: empty `proxy-1` stopped, v3 started there (`R3`, `R2`), postStart.
 //! * T4, reset: `proxy-2` gets SIGTERM and restarts empty (`0`, `R3`).
-//! * Then the load stops and a summary is printed: requests, failures, handoff and drain times, exit codes.
+//! * Then the load stops and a summary is printed: requests, failures, keep-alive connections and the TCP
+//!   stream reopened, handoff and drain times, exit codes.
 //!
 //! While running it prints one progress line per second and one line per Kubernetes step. Exit code 0 only
-//! if no HTTP request or TCP round trip failed, every baton process exited 0 when told to, `/status` showed
+//! if no HTTP request or TCP round trip failed, no keep-alive connection and not the long-lived TCP stream had
+//! to be reopened while the load ran (the upgrades hand them over; the load is stopped before the pod is
+//! deleted, so its end cannot close any), every baton process exited 0 when told to, `/status` showed
 //! generations 1 → 2 → 3 from the expected processes, and nothing else unexpected happened. Every child
 //! process is killed on any exit path.
 //!
@@ -417,6 +421,8 @@ struct LoadReport {
     requests: u64,
     failed: u64,
     rps: f64,
+    /// Keep-alive connections given up so far (`None` from a loadgen that does not count them).
+    keepalive_reopened: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -424,6 +430,12 @@ struct LoadSummary {
     requests: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
+    /// Keep-alive connections opened, first ones included.
+    keepalive_opened: Option<u64>,
+    /// Keep-alive connections the clients had to give up (and reopen) while the load ran.
+    keepalive_reopened: Option<u64>,
+    #[serde(default)]
+    keepalive_reopen_reasons: BTreeMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -431,6 +443,10 @@ struct TcpStats {
     ok: AtomicU64,
     failed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Connections opened (long-lived stream only).
+    opened: AtomicU64,
+    /// Connections given up after a failed round trip (long-lived stream only).
+    reopened: AtomicU64,
 }
 
 type Shared<T> = Arc<Mutex<T>>;
@@ -442,7 +458,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Prints one progress line per second until aborted. Started with loadgen; ticking half a second out of
 /// phase with loadgen's own reports, each line shows the latest report.
-async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, admin: SocketAddr) {
+async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, stream: Arc<TcpStats>, admin: SocketAddr) {
     let period = Duration::from_secs(1);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period / 2, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -451,13 +467,21 @@ async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, admin: SocketAddr) {
         let status = get_status(admin).await.ok();
         let board = lock(&board);
         let load = match board.load {
-            Some(l) => format!("rps={:>7.0} requests={:>8} failed={}", l.rps, l.requests, l.failed),
-            None => format!("rps={:>7} requests={:>8} failed=-", "-", "-"),
+            Some(l) => format!(
+                "rps={:>7.0} requests={:>8} failed={} reopened={}",
+                l.rps,
+                l.requests,
+                l.failed,
+                l.keepalive_reopened.map_or_else(|| "-".into(), |r| r.to_string())
+            ),
+            None => format!("rps={:>7} requests={:>8} failed=- reopened=-", "-", "-"),
         };
         let tcp_line = format!(
-            "tcp={}/{}",
+            "tcp={}/{} stream={}/{}",
             tcp.ok.load(Ordering::Relaxed),
-            tcp.failed.load(Ordering::Relaxed)
+            tcp.failed.load(Ordering::Relaxed),
+            stream.ok.load(Ordering::Relaxed),
+            stream.failed.load(Ordering::Relaxed)
         );
         let mut phase = String::new();
         for (i, slot) in board.slots.iter().enumerate() {
@@ -517,19 +541,80 @@ async fn tcp_checker(addr: SocketAddr, stats: Arc<TcpStats>, mut stop: watch::Re
     }
 }
 
-/// Connect, write a line, read the same line back, close.
-async fn tcp_round_trip(addr: SocketAddr, n: u64) -> Result<(), String> {
-    let io = |stage: &str, e: std::io::Error| format!("{stage}:{:?}", e.kind());
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| io("connect", e))?;
+/// One long-lived TCP connection through the tcp listener, one echo round trip on it every `TCP_INTERVAL`: the
+/// upgrades hand it over, so it never breaks. After a failed round trip the stream is given up (counted in
+/// `reopened`) and the next round trip opens a new one.
+async fn tcp_stream_checker(addr: SocketAddr, stats: Arc<TcpStats>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(TCP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stream: Option<TcpStream> = None;
+    for n in 0u64.. {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        let attempt = async {
+            let conn = match &mut stream {
+                Some(conn) => conn,
+                None => {
+                    let conn = tcp_connect(addr).await?;
+                    stats.opened.fetch_add(1, Ordering::Relaxed);
+                    stream.insert(conn)
+                }
+            };
+            tcp_echo(conn, &format!("baton demo tcp stream round trip {n}\n")).await
+        };
+        let result = tokio::time::timeout(TCP_TIMEOUT, attempt)
+            .await
+            .unwrap_or_else(|_| Err("timeout".into()));
+        match result {
+            Ok(()) => {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(kind) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                let reopen = if stream.take().is_some() {
+                    stats.reopened.fetch_add(1, Ordering::Relaxed);
+                    "; the stream is given up and reopened"
+                } else {
+                    ""
+                };
+                log(format!("TCP stream round trip #{n} FAILED: {kind}{reopen}"));
+                *lock(&stats.errors).entry(kind).or_insert(0) += 1;
+            }
+        }
+    }
+    // Returning drops (closes) the stream: the pod deletion must not wait for it.
+}
+
+fn io_error(stage: &str, e: std::io::Error) -> String {
+    format!("{stage}:{:?}", e.kind())
+}
+
+async fn tcp_connect(addr: SocketAddr) -> Result<TcpStream, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| io_error("connect", e))?;
     let _ = stream.set_nodelay(true);
-    let msg = format!("baton demo tcp round trip {n}\n");
-    stream.write_all(msg.as_bytes()).await.map_err(|e| io("write", e))?;
+    Ok(stream)
+}
+
+/// Writes `msg` and reads the same bytes back.
+async fn tcp_echo(stream: &mut TcpStream, msg: &str) -> Result<(), String> {
+    stream
+        .write_all(msg.as_bytes())
+        .await
+        .map_err(|e| io_error("write", e))?;
     let mut buf = vec![0u8; msg.len()];
-    stream.read_exact(&mut buf).await.map_err(|e| io("read", e))?;
+    stream.read_exact(&mut buf).await.map_err(|e| io_error("read", e))?;
     if buf != msg.as_bytes() {
         return Err("echo mismatch".into());
     }
     Ok(())
+}
+
+/// Connect, write a line, read the same line back, close.
+async fn tcp_round_trip(addr: SocketAddr, n: u64) -> Result<(), String> {
+    let mut stream = tcp_connect(addr).await?;
+    tcp_echo(&mut stream, &format!("baton demo tcp round trip {n}\n")).await
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -1010,6 +1095,11 @@ struct Outcome {
     tcp_ok: u64,
     tcp_failed: u64,
     tcp_errors: BTreeMap<String, u64>,
+    stream_ok: u64,
+    stream_failed: u64,
+    stream_errors: BTreeMap<String, u64>,
+    stream_opened: u64,
+    stream_reopened: u64,
     upgrades: Vec<Upgrade>,
     exits: Vec<ExitRecord>,
     problems: Vec<String>,
@@ -1103,13 +1193,22 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     ));
     log(format!("loadgen (pid {}): {loadgen_args}", loadgen.pid));
     let tcp_stats = Arc::new(TcpStats::default());
+    let stream_stats = Arc::new(TcpStats::default());
     let (stop_tcp, stop_rx) = watch::channel(false);
-    let tcp_task = tokio::spawn(tcp_checker(tcp, tcp_stats.clone(), stop_rx));
+    let tcp_task = tokio::spawn(tcp_checker(tcp, tcp_stats.clone(), stop_rx.clone()));
+    let stream_task = tokio::spawn(tcp_stream_checker(tcp, stream_stats.clone(), stop_rx));
     log(format!(
-        "tcp checker: one echo round trip every {} on a new connection -> {tcp}",
+        "tcp checker: one echo round trip every {} on a new connection, and one every {} on a long-lived \
+         stream -> {tcp}",
+        ms(TCP_INTERVAL),
         ms(TCP_INTERVAL)
     ));
-    let printer = AbortOnDrop(tokio::spawn(progress(board.clone(), tcp_stats.clone(), admin)));
+    let printer = AbortOnDrop(tokio::spawn(progress(
+        board.clone(),
+        tcp_stats.clone(),
+        stream_stats.clone(),
+        admin,
+    )));
     tokio::time::sleep(pause).await;
 
     // T1 + T2: v1 -> v2 (proxy-2 takes over), then proxy-1 reset to empty.
@@ -1119,10 +1218,12 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     let (slot1, slot2) = demo.upgrade("v2 -> v3", slot2, slot1, "v3", (R3, R2), 3).await?;
     tokio::time::sleep(pause).await;
 
-    // Stop the load and collect the results.
+    // Stop the load and collect the results. Everything counted so far happened under load, before the pod
+    // deletion below: none of it is caused by the end of the demo.
     log("=== stopping the load");
     let _ = stop_tcp.send(true);
     let _ = tcp_task.await;
+    let _ = stream_task.await;
     loadgen.signal(sys::SIGINT)?;
     let loadgen_exit = loadgen.wait(Duration::from_secs(10)).await;
     drop(printer);
@@ -1155,6 +1256,23 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
                 s.failed, s.requests, s.errors
             ));
         }
+        match (s.keepalive_opened, s.keepalive_reopened) {
+            (Some(opened), Some(reopened)) => {
+                if reopened > 0 {
+                    demo.problem(format!(
+                        "{reopened} HTTP keep-alive connections had to be reopened under load ({opened} opened by \
+                         {KEEPALIVE_CLIENTS} clients; the upgrades should have handed them over): {:?}",
+                        s.keepalive_reopen_reasons
+                    ));
+                }
+                if opened < KEEPALIVE_CLIENTS as u64 {
+                    demo.problem(format!(
+                        "only {opened} keep-alive connections opened by {KEEPALIVE_CLIENTS} clients"
+                    ));
+                }
+            }
+            _ => demo.problem("loadgen did not report its keep-alive connections (keepalive_opened/_reopened)"),
+        }
     }
     let tcp_ok = tcp_stats.ok.load(Ordering::Relaxed);
     let tcp_failed = tcp_stats.failed.load(Ordering::Relaxed);
@@ -1165,6 +1283,19 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
         ));
     } else if tcp_ok == 0 {
         demo.problem("no TCP round trip completed");
+    }
+    let stream_ok = stream_stats.ok.load(Ordering::Relaxed);
+    let stream_failed = stream_stats.failed.load(Ordering::Relaxed);
+    let stream_opened = stream_stats.opened.load(Ordering::Relaxed);
+    let stream_reopened = stream_stats.reopened.load(Ordering::Relaxed);
+    if stream_failed > 0 || stream_reopened > 0 {
+        demo.problem(format!(
+            "{stream_failed} of {} round trips on the long-lived TCP stream failed; it was reopened {stream_reopened} \
+             times",
+            stream_ok + stream_failed
+        ));
+    } else if stream_ok == 0 {
+        demo.problem("no round trip on the long-lived TCP stream completed");
     }
 
     // Pod deletion: every container gets SIGTERM and must exit 0.
@@ -1180,11 +1311,17 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     });
 
     let tcp_errors = lock(&tcp_stats.errors).clone();
+    let stream_errors = lock(&stream_stats.errors).clone();
     Ok(Outcome {
         load,
         tcp_ok,
         tcp_failed,
         tcp_errors,
+        stream_ok,
+        stream_failed,
+        stream_errors,
+        stream_opened,
+        stream_reopened,
         upgrades: std::mem::take(&mut demo.upgrades),
         exits: std::mem::take(&mut demo.exits),
         problems: std::mem::take(&mut demo.problems),
@@ -1226,19 +1363,45 @@ fn print_report(outcome: &Outcome) {
     say!("==================================== summary ====================================");
     match &outcome.load {
         Some(s) => {
-            say!("HTTP requests         {}", s.requests);
-            say!("HTTP failed           {}", s.failed);
+            say!("HTTP requests                         {}", s.requests);
+            say!("HTTP failed                           {}", s.failed);
             if !s.errors.is_empty() {
-                say!("HTTP failure kinds    {:?}", s.errors);
+                say!("HTTP failure kinds                    {:?}", s.errors);
+            }
+            match (s.keepalive_reopened, s.keepalive_opened) {
+                (Some(reopened), Some(opened)) => say!(
+                    "HTTP keep-alive connections reopened  {reopened} (of {opened} opened by {KEEPALIVE_CLIENTS} \
+                     keep-alive clients)"
+                ),
+                _ => say!("HTTP keep-alive connections reopened  (not reported by loadgen)"),
+            }
+            if !s.keepalive_reopen_reasons.is_empty() {
+                say!("HTTP keep-alive reopen reasons        {:?}", s.keepalive_reopen_reasons);
             }
         }
-        None => say!("HTTP requests         (no loadgen summary)"),
+        None => say!("HTTP requests                         (no loadgen summary)"),
     }
-    say!("TCP round trips       {}", outcome.tcp_ok + outcome.tcp_failed);
-    say!("TCP failed            {}", outcome.tcp_failed);
+    say!(
+        "TCP round trips                       {} (a new connection each)",
+        outcome.tcp_ok + outcome.tcp_failed
+    );
+    say!("TCP failed                            {}", outcome.tcp_failed);
     if !outcome.tcp_errors.is_empty() {
-        say!("TCP failure kinds     {:?}", outcome.tcp_errors);
+        say!("TCP failure kinds                     {:?}", outcome.tcp_errors);
     }
+    say!(
+        "TCP stream round trips                {} (on one long-lived connection)",
+        outcome.stream_ok + outcome.stream_failed
+    );
+    say!("TCP stream failed                     {}", outcome.stream_failed);
+    if !outcome.stream_errors.is_empty() {
+        say!("TCP stream failure kinds              {:?}", outcome.stream_errors);
+    }
+    say!(
+        "TCP stream reopened                   {} (of {} opened)",
+        outcome.stream_reopened,
+        outcome.stream_opened
+    );
     say!();
     let head = [
         "upgrade",
@@ -1349,7 +1512,10 @@ fn main() -> ExitCode {
         Ok(outcome) => {
             print_report(outcome);
             if outcome.problems.is_empty() {
-                say!("RESULT: PASS - no failed request, every old slot exited 0, generations 1 -> 2 -> 3");
+                say!(
+                    "RESULT: PASS - no failed request, no connection reopened, every old slot exited 0, \
+                     generations 1 -> 2 -> 3"
+                );
                 true
             } else {
                 say!("RESULT: FAIL");

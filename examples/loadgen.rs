@@ -10,11 +10,23 @@
 //! refused or reset connections, a connection closed before or during the response, a truncated body, a
 //! non-2xx status and timeouts are all failures. Failed requests are never retried.
 //!
+//! The keep-alive clients also count their connections: `keepalive_opened` is every connection they opened
+//! (TCP connect and HTTP handshake done, the first one of each client included), `keepalive_reopened` every
+//! connection they had to give up while the load ran, so that the next request needed a new one: the server
+//! closed it while it was idle, a response carried `Connection: close` (or was HTTP/1.0), or a request on it
+//! failed or timed out. Against a server that never closes a keep-alive connection under a busy client,
+//! `keepalive_reopened` is 0 and `keepalive_opened` equals `--keepalive`. Nothing is counted after the stop.
+//!
 //! Runs for `--duration` (e.g. `30s`; forever if omitted) or until SIGTERM/SIGINT. Stdout, one JSON object
 //! per line, flushed after each:
-//! * every `--report-interval`: `{"t":1.0,"requests":1234,"failed":0,"rps":1200.0}` (`requests` and `failed`
-//!   are cumulative; `requests` counts finished requests, successful or not; `rps` is over the last interval);
-//! * at the end: `{"summary":true,"requests":N,"failed":F,"errors":{"<kind>":count,...}}`.
+//! * every `--report-interval`:
+//!   `{"t":1.0,"requests":1234,"failed":0,"rps":1200.0,"keepalive_opened":8,"keepalive_reopened":0}`
+//!   (`requests`, `failed` and the connection counts are cumulative; `requests` counts finished requests,
+//!   successful or not; `rps` is over the last interval);
+//! * at the end: `{"summary":true,"requests":N,"failed":F,"errors":{"<kind>":count,...},"keepalive_opened":O,
+//!   "keepalive_reopened":R,"keepalive_reopen_reasons":{"<reason>":count,...}}`, the reasons being
+//!   `server_closed` (closed while idle, seen before the next request was written), `connection_close` (the
+//!   response said so) and `error:<kind>` (the request failed, `<kind>` as in `errors`).
 //!
 //! Exit code 0 if no request failed, 1 otherwise, 2 on a usage error.
 //!
@@ -105,6 +117,11 @@ struct Stats {
     requests: AtomicU64,
     failed: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// Keep-alive connections opened (handshake done), first ones included.
+    keepalive_opened: AtomicU64,
+    /// Keep-alive connections given up, each of which the client then had to reopen.
+    keepalive_reopened: AtomicU64,
+    keepalive_reopen_reasons: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Stats {
@@ -118,6 +135,16 @@ impl Stats {
         // A poisoned lock only means another client panicked mid-insert; the map is still usable.
         let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
         *errors.entry(kind).or_insert(0) += 1;
+    }
+
+    fn keepalive_opened(&self) {
+        self.keepalive_opened.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn keepalive_reopened(&self, reason: String) {
+        self.keepalive_reopened.fetch_add(1, Ordering::Relaxed);
+        let mut reasons = self.keepalive_reopen_reasons.lock().unwrap_or_else(|e| e.into_inner());
+        *reasons.entry(reason).or_insert(0) += 1;
     }
 }
 
@@ -188,7 +215,14 @@ async fn run(args: Args) -> Result<u64> {
                 let requests = stats.requests.load(Ordering::Relaxed);
                 let failed = stats.failed.load(Ordering::Relaxed);
                 let rps = (requests - last_requests) as f64 / (t - last_t).max(1e-9);
-                emit(&Report { t: round1(t), requests, failed, rps: round1(rps) })?;
+                emit(&Report {
+                    t: round1(t),
+                    requests,
+                    failed,
+                    rps: round1(rps),
+                    keepalive_opened: stats.keepalive_opened.load(Ordering::Relaxed),
+                    keepalive_reopened: stats.keepalive_reopened.load(Ordering::Relaxed),
+                })?;
                 last_requests = requests;
                 last_t = t;
             }
@@ -205,11 +239,19 @@ async fn run(args: Args) -> Result<u64> {
     let requests = stats.requests.load(Ordering::Relaxed);
     let failed = stats.failed.load(Ordering::Relaxed);
     let errors = stats.errors.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let keepalive_reopen_reasons = stats
+        .keepalive_reopen_reasons
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     emit(&Summary {
         summary: true,
         requests,
         failed,
         errors,
+        keepalive_opened: stats.keepalive_opened.load(Ordering::Relaxed),
+        keepalive_reopened: stats.keepalive_reopened.load(Ordering::Relaxed),
+        keepalive_reopen_reasons,
     })?;
     Ok(failed)
 }
@@ -226,22 +268,27 @@ fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-/// A progress line (field order as documented).
+/// A progress line (field order as documented; scripts read the first fields by position, new ones go last).
 #[derive(Serialize)]
 struct Report {
     t: f64,
     requests: u64,
     failed: u64,
     rps: f64,
+    keepalive_opened: u64,
+    keepalive_reopened: u64,
 }
 
-/// The final line.
+/// The final line (new fields go last).
 #[derive(Serialize)]
 struct Summary {
     summary: bool,
     requests: u64,
     failed: u64,
     errors: BTreeMap<String, u64>,
+    keepalive_opened: u64,
+    keepalive_reopened: u64,
+    keepalive_reopen_reasons: BTreeMap<String, u64>,
 }
 
 /// Prints one JSON line and flushes.
@@ -264,14 +311,24 @@ async fn unless_stopped<T>(stop: &mut watch::Receiver<bool>, fut: impl std::futu
     }
 }
 
+type Conn = SendRequest<Empty<Bytes>>;
+
+/// Gives up the client's keep-alive connection, if it has one: the next request must open a new one.
+fn give_up(conn: &mut Option<Conn>, stats: &Stats, reason: impl Into<String>) {
+    if conn.take().is_some() {
+        stats.keepalive_reopened(reason.into());
+    }
+}
+
 /// A client that reuses one keep-alive connection as long as the server lets it.
 async fn keepalive_client(target: SocketAddr, path: Arc<str>, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
-    let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
-    while let Some(result) = unless_stopped(&mut stop, keepalive_request(target, &path, &mut conn)).await {
+    let mut conn: Option<Conn> = None;
+    while let Some(result) = unless_stopped(&mut stop, keepalive_request(target, &path, &mut conn, &stats)).await {
         match result {
             Ok(()) => stats.success(),
             Err(failure) => {
-                conn = None;
+                // Already given up (with its reason) on every path that had a connection.
+                give_up(&mut conn, &stats, format!("error:{}", failure.0));
                 stats.failure(failure.0);
                 tokio::time::sleep(FAILURE_BACKOFF).await;
             }
@@ -283,7 +340,8 @@ async fn keepalive_client(target: SocketAddr, path: Arc<str>, stats: Arc<Stats>,
 async fn keepalive_request(
     target: SocketAddr,
     path: &str,
-    conn: &mut Option<SendRequest<Empty<Bytes>>>,
+    conn: &mut Option<Conn>,
+    stats: &Stats,
 ) -> Result<(), Failure> {
     let attempt = async {
         // A connection the server closed after its last complete response is simply replaced. A connection
@@ -291,31 +349,42 @@ async fn keepalive_request(
         // handing the request back; it was never sent, so sending it on a new connection is not a retry.
         let mut req = Some(build_request(path, false));
         for _ in 0..2 {
-            let reusable = match conn.as_mut() {
-                Some(sender) => sender.ready().await.is_ok(),
-                None => false,
-            };
+            if let Some(sender) = conn.as_mut() {
+                if sender.ready().await.is_err() {
+                    give_up(conn, stats, "server_closed");
+                }
+            }
             let sender = match conn {
-                Some(sender) if reusable => sender,
-                _ => conn.insert(connect(target).await?),
+                Some(sender) => sender,
+                None => {
+                    let sender = connect(target).await?;
+                    stats.keepalive_opened();
+                    conn.insert(sender)
+                }
             };
             let Some(request) = req.take() else { break };
             match sender.try_send_request(request).await {
                 Ok(resp) => {
                     let close = wants_close(&resp);
                     let result = finish_response(resp).await;
-                    if close || result.is_err() {
-                        *conn = None;
+                    match &result {
+                        Err(failure) => give_up(conn, stats, format!("error:{}", failure.0)),
+                        Ok(()) if close => give_up(conn, stats, "connection_close"),
+                        Ok(()) => {}
                     }
                     return result;
                 }
-                Err(mut err) => {
-                    *conn = None;
-                    match err.take_message() {
-                        Some(unsent) => req = Some(unsent),
-                        None => return Err(Failure::new("send", classify_hyper(err.error()))),
+                Err(mut err) => match err.take_message() {
+                    Some(unsent) => {
+                        give_up(conn, stats, "server_closed");
+                        req = Some(unsent);
                     }
-                }
+                    None => {
+                        let failure = Failure::new("send", classify_hyper(err.error()));
+                        give_up(conn, stats, format!("error:{}", failure.0));
+                        return Err(failure);
+                    }
+                },
             }
         }
         Err(Failure::new(
@@ -326,7 +395,7 @@ async fn keepalive_request(
     match tokio::time::timeout(REQUEST_TIMEOUT, attempt).await {
         Ok(result) => result,
         Err(_) => {
-            *conn = None;
+            give_up(conn, stats, "error:timeout");
             Err(Failure("timeout".into()))
         }
     }
