@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -50,8 +50,11 @@ pub struct ConnEnv {
     pub listener: Arc<str>,
     /// The proxy of the listener.
     pub proxy: Arc<HttpProxy>,
-    /// Cancelled when a plain drain starts: HTTP/1 responses say `Connection: close`, HTTP/2 gets GOAWAY.
+    /// Cancelled when a plain drain starts: HTTP/2 gets GOAWAY.
     pub drain: CancellationToken,
+    /// Set when a plain drain starts: HTTP/1 responses say `Connection: close`. A flag, not the token: it is
+    /// read on every request.
+    pub closing: Arc<AtomicBool>,
     /// Cancelled at the drain deadline: connections are dropped.
     pub hard_stop: CancellationToken,
     /// The connection migration of this instance, started at a committed handoff to a successor.
@@ -124,8 +127,8 @@ async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv) {
         handover,
         ..
     } = env;
-    let svc_drain = drain.clone();
-    let svc = service_fn(move |req| handle(req, peer, proxy.clone(), svc_drain.clone(), None));
+    let never = Arc::new(AtomicBool::new(false)); // HTTP/2 says GOAWAY, never `Connection: close`
+    let svc = service_fn(move |req| handle(req, peer, proxy.clone(), never.clone(), None));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     // GOAWAY at a plain drain and at a migration's start alike: HTTP/2 state is not migrated, and hyper's
@@ -146,15 +149,13 @@ async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv) {
 /// successor does not take it, serves on here in drain mode (`Connection: close` on the next response).
 async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv, mut may_migrate: bool) {
     loop {
-        let drain = if may_migrate {
-            env.drain.clone()
+        let closing = if may_migrate {
+            env.closing.clone()
         } else {
             // Not taken by the successor: the graceful path of a plain drain.
-            let closing = CancellationToken::new();
-            closing.cancel();
-            closing
+            Arc::new(AtomicBool::new(true))
         };
-        let Paused { stream, buffered } = match run_h1(io, peer, &env, &drain, may_migrate).await {
+        let Paused { stream, buffered } = match run_h1(io, peer, &env, closing, may_migrate).await {
             Some(p) => p,
             None => return,
         };
@@ -179,21 +180,13 @@ async fn run_h1(
     io: ClientIo<TcpStream>,
     peer: SocketAddr,
     env: &ConnEnv,
-    drain: &CancellationToken,
+    closing: Arc<AtomicBool>,
     may_migrate: bool,
 ) -> Option<Paused> {
     let ctl = Arc::new(ConnCtl::default());
-    let (proxy, svc_drain, svc_ctl) = (env.proxy.clone(), drain.clone(), ctl.clone());
+    let (proxy, svc_ctl) = (env.proxy.clone(), ctl.clone());
     // Boxed: hyper hands the connection back (into_parts) only with an Unpin service future.
-    let svc = service_fn(move |req| {
-        Box::pin(handle(
-            req,
-            peer,
-            proxy.clone(),
-            svc_drain.clone(),
-            Some(svc_ctl.clone()),
-        ))
-    });
+    let svc = service_fn(move |req| Box::pin(handle(req, peer, proxy.clone(), closing.clone(), Some(svc_ctl.clone()))));
     let mut conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         // A request head larger than this is answered 431 and never forwarded.
@@ -235,7 +228,7 @@ async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
     proxy: Arc<HttpProxy>,
-    drain: CancellationToken,
+    closing: Arc<AtomicBool>,
     ctl: Option<Arc<ConnCtl>>,
 ) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
     let start = Instant::now();
@@ -247,7 +240,7 @@ async fn handle(
     let req = Request::from_parts(parts, RequestBody::new(body, ctl.clone()));
     let mut resp = forward(req, peer, &proxy.cluster, &proxy.metrics).await;
     proxy.metrics.response(resp.status().as_u16(), start.elapsed());
-    if is_h1 && drain.is_cancelled() {
+    if is_h1 && closing.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use baton_migrate::{ArrivedConn, ListenerTag, Migration, Offered};
 use tokio::net::TcpListener;
@@ -31,6 +32,7 @@ pub struct Server {
     conn_envs: Arc<HashMap<String, ConnEnv>>,
     stop_accepting: CancellationToken,
     drain: CancellationToken,
+    closing: Arc<AtomicBool>,
     hard_stop: CancellationToken,
     handover: Arc<Handover>,
     tracker: TaskTracker,
@@ -71,6 +73,7 @@ impl Server {
             conn_envs: Arc::new(HashMap::new()),
             stop_accepting: CancellationToken::new(),
             drain: CancellationToken::new(),
+            closing: Arc::new(AtomicBool::new(false)),
             hard_stop: CancellationToken::new(),
             handover: Arc::new(Handover::default()),
             tracker: TaskTracker::new(),
@@ -95,6 +98,7 @@ impl Server {
                                 metrics,
                             }),
                             drain: server.drain.clone(),
+                            closing: server.closing.clone(),
                             hard_stop: server.hard_stop.clone(),
                             handover: server.handover.clone(),
                         }),
@@ -231,6 +235,7 @@ impl Server {
         let hub = match migration {
             Some((migration, final_state)) => self.handover.start(migration, self.tracker.clone(), final_state),
             None => {
+                self.closing.store(true, Ordering::Relaxed);
                 self.drain.cancel();
                 None
             }
