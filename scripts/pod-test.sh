@@ -224,6 +224,14 @@ client_counts() {
   echo "$(jnum "$line" requests) $(jnum "$line" failed)"
 }
 
+# Last progress line of the client: "reopened opened" for its keep-alive connections.
+client_reopened() {
+  local line
+  line=$(podman logs "$CLIENT" 2>/dev/null | grep '^{"t"' | tail -n 1 || true)
+  [ -n "$line" ] || { echo "? ?"; return; }
+  echo "$(jnum "$line" keepalive_reopened) $(jnum "$line" keepalive_opened)"
+}
+
 # Waits for the client's next progress line, so counts read afterwards cover everything up to now.
 client_sync() {
   local n0 deadline
@@ -419,7 +427,11 @@ read -r req_before_crash failed_before_crash < <(client_counts)
 [ "$req_before_crash" -gt 0 ] || fail "the client completed no request in steps 1-3"
 [ "$failed_before_crash" -eq 0 ] ||
   fail "$failed_before_crash of $req_before_crash requests failed during steps 1-3 (upgrades v1->v2->v3); client log: $(podman logs "$CLIENT" 2>&1 | grep '^{"t"' | tail -n 3 | tr '\n' ' ')"
-log "steps 1-3: $req_before_crash requests, 0 failed"
+# Live connection migration: no keep-alive connection was closed under its client by the two upgrades.
+read -r reopened_before_crash opened_before_crash < <(client_reopened)
+[ "$reopened_before_crash" = "0" ] ||
+  fail "$reopened_before_crash keep-alive connections were reopened during steps 1-3 (they should move to the new instance); client log: $(podman logs "$CLIENT" 2>&1 | grep '^{"t"' | tail -n 1)"
+log "steps 1-3: $req_before_crash requests, 0 failed; keep-alive connections: $opened_before_crash opened, 0 reopened"
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. Crash of the working slot: SIGKILL, then the restart kubelet would do, with the env it would see (R3/0).
