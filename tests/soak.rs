@@ -60,6 +60,12 @@ async fn hundred_upgrades_under_load() {
     let st = status(s.admin).await.expect("status");
     assert_eq!(st["generation"].as_u64(), Some(UPGRADES + 1), "{st}");
     assert_eq!(report.failures(), 0, "{report}");
+    // Keep-alive connections move to each new instance instead of being closed (live connection migration).
+    assert_eq!(
+        report.reconnects(),
+        0,
+        "keep-alive connections reopened across upgrades: {report}"
+    );
 
     // The serving process at generation 101 holds no more fds, and barely more memory, than at generation 2.
     let (_, fds_first, rss_first) = samples[0];
