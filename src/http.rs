@@ -232,7 +232,6 @@ async fn handle(
     ctl: Option<Arc<ConnCtl>>,
 ) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
     let start = Instant::now();
-    let is_h1 = ctl.is_some();
     if let Some(ctl) = &ctl {
         ctl.begin(!req.body().is_end_stream(), wants_close(&req));
     }
@@ -240,7 +239,7 @@ async fn handle(
     let req = Request::from_parts(parts, RequestBody::new(body, ctl.clone()));
     let mut resp = forward(req, peer, &proxy.cluster, &proxy.metrics).await;
     proxy.metrics.response(resp.status().as_u16(), start.elapsed());
-    if is_h1 && closing.load(Ordering::Relaxed) {
+    if closing.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
@@ -248,25 +247,22 @@ async fn handle(
     Ok(Response::from_parts(parts, Tracked::new(body, ctl)))
 }
 
-/// Whether an HTTP/1 request asks to close the connection after its response.
+/// Whether an HTTP/1 request asks to close the connection after its response (RFC 9112 §9.3).
 fn wants_close(req: &Request<Incoming>) -> bool {
-    let close_token = || {
-        req.headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("close"))
-    };
     match req.version() {
-        Version::HTTP_10 => !req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|v| v.to_ascii_lowercase().contains("keep-alive")),
-        _ => req.headers().contains_key(header::CONNECTION) && close_token(),
+        Version::HTTP_10 => !connection_has(req.headers(), "keep-alive"),
+        _ => connection_has(req.headers(), "close"),
     }
+}
+
+/// Whether the `Connection` field lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 async fn forward(

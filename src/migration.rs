@@ -27,6 +27,8 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::state::State;
+
 /// Kind tag of a migrated HTTP/1 connection: one fd, one buffer (bytes read but not parsed).
 pub const KIND_HTTP1: &str = "http1";
 /// Kind tag of a migrated TCP relay: fds client then upstream; buffers to-upstream then to-client.
@@ -99,16 +101,16 @@ impl Handover {
     }
 
     /// Starts the migration: every connection task heads for its quiescent point, and the hub sends what
-    /// arrives. The hub ends (sending the final `state`) once `tracker` is closed and empty.
+    /// arrives. The hub ends, sending this instance's final counters, once `tracker` is closed and empty.
     pub fn start(
         &self,
         migration: Migration,
         tracker: TaskTracker,
-        final_state: impl FnOnce() -> serde_json::Value + Send + 'static,
+        state: Arc<State>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let rx = self.rx.lock().ok()?.take()?;
         self.requested.cancel();
-        Some(tokio::spawn(run_hub(migration, rx, tracker, final_state)))
+        Some(tokio::spawn(run_hub(migration, rx, tracker, state)))
     }
 }
 
@@ -117,7 +119,7 @@ async fn run_hub(
     mut migration: Migration,
     mut rx: mpsc::UnboundedReceiver<Departure>,
     tracker: TaskTracker,
-    final_state: impl FnOnce() -> serde_json::Value,
+    state: Arc<State>,
 ) {
     let mut broken = false;
     let (mut sent, mut taken) = (0usize, 0usize);
@@ -166,10 +168,6 @@ async fn run_hub(
                 }
             }
             Err(e) => {
-                if let baton_migrate::HandoffError::Failpoint(step) = e {
-                    tracing::warn!(step, "failpoint reached: exiting abruptly");
-                    std::process::exit(crate::run::FAILPOINT_EXIT);
-                }
                 tracing::warn!(error = %e, "connection migration failed: serving the remaining connections here, closing them gracefully");
                 broken = true;
                 for d in batch {
@@ -184,7 +182,8 @@ async fn run_hub(
         "connection migration over: nothing left to hand over"
     );
     if !broken {
-        if let Err(e) = migration.end(final_state()).await {
+        let last = serde_json::json!({ "counters": state.counters_snapshot() });
+        if let Err(e) = migration.end(last).await {
             tracing::debug!(error = %e, "could not tell the successor the migration ended");
         }
     }

@@ -51,24 +51,24 @@ pub async fn relay(
         pump(upstream, client, &sent_down, pending.1, stop)
     )?;
     // A direction that already ended cannot be handed over half-closed: finish the other one here.
-    let never = CancellationToken::new();
     match (up, down) {
         (Pumped::Eof(a), Pumped::Eof(b)) => Ok(RelayEnd::Done(a, b)),
         (Pumped::Stopped(to_upstream), Pumped::Stopped(to_client)) => Ok(RelayEnd::Paused { to_upstream, to_client }),
-        (Pumped::Eof(a), Pumped::Stopped(rest)) => match pump(upstream, client, &sent_down, rest, &never).await? {
-            Pumped::Eof(b) => Ok(RelayEnd::Done(a, b)),
-            Pumped::Stopped(_) => unreachable_stop(),
-        },
-        (Pumped::Stopped(rest), Pumped::Eof(b)) => match pump(client, upstream, &sent_up, rest, &never).await? {
-            Pumped::Eof(a) => Ok(RelayEnd::Done(a, b)),
-            Pumped::Stopped(_) => unreachable_stop(),
-        },
+        (Pumped::Eof(a), Pumped::Stopped(rest)) => {
+            Ok(RelayEnd::Done(a, to_end(upstream, client, &sent_down, rest).await?))
+        }
+        (Pumped::Stopped(rest), Pumped::Eof(b)) => {
+            Ok(RelayEnd::Done(to_end(client, upstream, &sent_up, rest).await?, b))
+        }
     }
 }
 
-/// A pump with a token nobody cancels cannot stop; reported as an error rather than a panic all the same.
-fn unreachable_stop() -> io::Result<RelayEnd> {
-    Err(io::Error::other("relay stopped without a stop request"))
+/// [`pump`] with no stop: runs until `src` ends.
+async fn to_end(src: &TcpStream, dst: &TcpStream, moved: &impl Fn(u64), pending: Vec<u8>) -> io::Result<u64> {
+    match pump(src, dst, moved, pending, &CancellationToken::new()).await? {
+        Pumped::Eof(n) => Ok(n),
+        Pumped::Stopped(_) => Err(io::Error::other("relay stopped without a stop request")),
+    }
 }
 
 enum Pumped {

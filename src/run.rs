@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use baton_migrate::{
     hand_over_live, Arrival, Arrivals, HandoffError, Identity, Inheritance, Migration, Offer, Role, ServingLock,
-    Session, StepError, SuccessorWatch, Takeover, TakeoverOptions, UdsDir,
+    Session, SuccessorWatch, Takeover, TakeoverOptions, UdsDir,
 };
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -260,7 +260,7 @@ impl Start<'_> {
                         return Err(Stop::Failed(reason));
                     }
                     Err(e) => {
-                        crash_if_failpoint(&e);
+                        crash_if_failpoint(&e.error);
                         // After READY, a silent or vanished predecessor crashed or hung mid-commit. We accept on
                         // the very sockets it held, so serving on is safe whether it is dead or stuck (a live one
                         // may accept too: one shared queue, nothing lost). Stepping back could leave nobody.
@@ -308,7 +308,7 @@ impl Start<'_> {
                 ))
             }
             Err(e) => {
-                crash_if_failpoint(&e);
+                crash_if_failpoint(&e.error);
                 // A predecessor that died mid-handoff releases serving.lock as its process ends (a moment after
                 // its socket closed): then binding fresh is safe.
                 if self.predecessor_gone(Duration::from_secs(1)).await {
@@ -414,11 +414,8 @@ fn spawn_arrivals(mut arrivals: Arrivals, adopter: Adopter, state: Arc<State>) -
                     }
                     break;
                 }
-                Err(HandoffError::Failpoint(step)) => {
-                    tracing::warn!(step, "failpoint reached: exiting abruptly");
-                    std::process::exit(FAILPOINT_EXIT);
-                }
                 Err(e) => {
+                    crash_if_failpoint(&e);
                     tracing::info!(error = %e, "the predecessor ended the connection migration without its final report");
                     break;
                 }
@@ -433,8 +430,8 @@ fn spawn_finish(takeover: Takeover, ok: bool, phase: &'static str, detail: &str)
     tokio::spawn(async move { takeover.finish(ok, phase, &detail).await })
 }
 
-fn crash_if_failpoint(e: &StepError) {
-    if let HandoffError::Failpoint(step) = e.error {
+fn crash_if_failpoint(e: &HandoffError) {
+    if let HandoffError::Failpoint(step) = e {
         tracing::warn!(step, "failpoint reached: exiting abruptly");
         std::process::exit(FAILPOINT_EXIT);
     }
@@ -487,16 +484,6 @@ async fn serve(
     server.stop_accepting().await;
     drop(serving);
     let migrating = migration.is_some();
-    let final_state = {
-        let state = state.clone();
-        move || serde_json::json!({ "counters": state.counters_snapshot() })
-    };
-    let migration = migration.map(|m| {
-        (
-            m,
-            Box::new(final_state) as Box<dyn FnOnce() -> serde_json::Value + Send>,
-        )
-    });
     let report = server.drain(config.handoff.drain_timeout, migration).await;
     tracing::info!(
         elapsed_ms = report.elapsed.as_millis() as u64,
@@ -549,7 +536,7 @@ async fn hand_off(
             Some(migration)
         }
         Err(e) => {
-            crash_if_failpoint(&e);
+            crash_if_failpoint(&e.error);
             state.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "handoff failed; still serving");
             None

@@ -225,15 +225,11 @@ impl Server {
     /// after their next response (`Connection: close`), TCP streams run to their end. With one: HTTP/1
     /// connections and TCP streams are handed to the successor at their next quiescent point (what it refuses
     /// takes the path above), HTTP/2 connections get GOAWAY. At `timeout` what is left is closed.
-    pub async fn drain(
-        mut self,
-        timeout: Duration,
-        migration: Option<(Migration, Box<dyn FnOnce() -> serde_json::Value + Send>)>,
-    ) -> DrainReport {
+    pub async fn drain(mut self, timeout: Duration, migration: Option<Migration>) -> DrainReport {
         let start = Instant::now();
         self.stop_accepting().await;
         let hub = match migration {
-            Some((migration, final_state)) => self.handover.start(migration, self.tracker.clone(), final_state),
+            Some(migration) => self.handover.start(migration, self.tracker.clone(), self.state.clone()),
             None => {
                 self.closing.store(true, Ordering::Relaxed);
                 self.drain.cancel();

@@ -308,11 +308,10 @@ pub async fn hand_over_live(
         other => return Err(unexpected(&other, "DONE").at("commit")),
     }
     step_event("old", "commit", me.generation, &peer.version, t0);
-    let migration = (protocol >= PROTOCOL_CONNS).then(|| Migration {
+    let migration = (protocol >= PROTOCOL_CONNS).then_some(Migration {
         conn,
         timeout,
         next_id: 1,
-        crash_at: crash_at.clone(),
     });
     let committed = Committed {
         ready,
@@ -346,7 +345,6 @@ pub struct Migration {
     conn: Conn,
     timeout: Duration,
     next_id: u64,
-    crash_at: Option<String>,
 }
 
 impl std::fmt::Debug for Migration {
@@ -364,69 +362,75 @@ impl Migration {
     /// `send` again.
     pub async fn send(&mut self, batch: &[Departing<'_>]) -> Result<Vec<bool>, HandoffError> {
         let mut taken = vec![false; batch.len()];
-        let mut start = 0;
-        while start < batch.len() {
-            // A frame: at most MAX_FDS_PER_FRAME fds and well under MAX_FRAME bytes.
-            let mut end = start;
-            let (mut fds, mut bytes) = (0usize, 0usize);
-            while end < batch.len() {
-                let c = &batch[end];
-                let size = c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256;
-                if end > start && (fds + c.fds.len() > MAX_FDS_PER_FRAME || bytes + size > MAX_CONN_FRAME_BYTES) {
+        // What the protocol can carry: 1..=MAX_FDS_PER_CONN fds, buffers within one frame. The rest stays with
+        // the caller (taken = false).
+        let sendable: Vec<(usize, usize)> = batch
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, payload_size(c)))
+            .filter(|&(i, size)| {
+                (1..=usize::from(MAX_FDS_PER_CONN)).contains(&batch[i].fds.len()) && size <= MAX_CONN_FRAME_BYTES
+            })
+            .collect();
+        let mut rest = &sendable[..];
+        while !rest.is_empty() {
+            // One frame: at most MAX_FDS_PER_FRAME fds and MAX_CONN_FRAME_BYTES of payload.
+            let (mut fds, mut bytes, mut n) = (0, 0, 0);
+            for &(i, size) in rest {
+                let more = batch[i].fds.len();
+                if n > 0 && (fds + more > MAX_FDS_PER_FRAME || bytes + size > MAX_CONN_FRAME_BYTES) {
                     break;
                 }
-                fds += c.fds.len();
-                bytes += size;
-                end += 1;
+                (fds, bytes, n) = (fds + more, bytes + size, n + 1);
             }
-            let chunk = &batch[start..end];
-            let ok_shape = |c: &Departing<'_>| {
-                (1..=usize::from(MAX_FDS_PER_CONN)).contains(&c.fds.len())
-                    && c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256 <= MAX_CONN_FRAME_BYTES
-            };
-            let mut tags = Vec::new();
-            let mut attached: Vec<BorrowedFd<'_>> = Vec::new();
-            let mut index_of = Vec::new();
-            for (i, c) in chunk.iter().enumerate() {
-                if !ok_shape(c) {
-                    continue; // not sendable: stays with the caller (taken = false)
-                }
-                let id = self.next_id;
-                self.next_id += 1;
-                tags.push(ConnTag {
-                    id,
-                    kind: c.kind.clone(),
-                    listener: c.listener.clone(),
-                    fds: c.fds.len() as u8,
-                    buffers: c.buffers.clone(),
-                });
-                attached.extend(c.fds.iter().copied());
-                index_of.push((id, start + i));
-            }
-            if !tags.is_empty() {
-                let deadline = Instant::now() + self.timeout;
-                self.conn.send(&Message::Conns(tags), &attached, deadline).await?;
-                if self.crash_at.as_deref() == Some("conns-after-send") {
-                    return Err(HandoffError::Failpoint("conns-after-send"));
-                }
-                let (accepted, refused) = match self.conn.recv(deadline).await? {
-                    (Message::ConnsAck { accepted, refused }, _) => (accepted, refused),
-                    (other, _) => return Err(unexpected(&other, "CONNS_ACK")),
-                };
-                for (id, at) in index_of {
-                    let acc = accepted.contains(&id);
-                    if acc && refused.contains(&id) {
-                        return Err(HandoffError::Protocol(format!(
-                            "CONNS_ACK both accepts and refuses connection {id}"
-                        )));
-                    }
-                    // Unmentioned means not taken: the successor closed what it did not acknowledge.
-                    taken[at] = acc;
-                }
-            }
-            start = end;
+            let (frame, later) = rest.split_at(n);
+            self.send_frame(batch, frame, &mut taken).await?;
+            rest = later;
         }
         Ok(taken)
+    }
+
+    /// Sends one CONNS frame of `batch[i]` for each `(i, _)` of `frame`, and records the acknowledgement.
+    async fn send_frame(
+        &mut self,
+        batch: &[Departing<'_>],
+        frame: &[(usize, usize)],
+        taken: &mut [bool],
+    ) -> Result<(), HandoffError> {
+        let mut tags = Vec::with_capacity(frame.len());
+        let mut attached: Vec<BorrowedFd<'_>> = Vec::new();
+        let mut ids = Vec::with_capacity(frame.len());
+        for &(i, _) in frame {
+            let c = &batch[i];
+            let id = self.next_id;
+            self.next_id += 1;
+            tags.push(ConnTag {
+                id,
+                kind: c.kind.clone(),
+                listener: c.listener.clone(),
+                fds: c.fds.len() as u8,
+                buffers: c.buffers.clone(),
+            });
+            attached.extend(c.fds.iter().copied());
+            ids.push((id, i));
+        }
+        let deadline = Instant::now() + self.timeout;
+        self.conn.send(&Message::Conns(tags), &attached, deadline).await?;
+        let (accepted, refused) = match self.conn.recv(deadline).await? {
+            (Message::ConnsAck { accepted, refused }, _) => (accepted, refused),
+            (other, _) => return Err(unexpected(&other, "CONNS_ACK")),
+        };
+        for (id, i) in ids {
+            let acc = accepted.contains(&id);
+            if acc && refused.contains(&id) {
+                return Err(HandoffError::Protocol(format!(
+                    "CONNS_ACK both accepts and refuses connection {id}"
+                )));
+            }
+            // Unmentioned means not taken: the successor closed what it did not acknowledge.
+            taken[i] = acc;
+        }
+        Ok(())
     }
 
     /// Tells the successor that no more connections follow, with the application's final state
@@ -435,6 +439,11 @@ impl Migration {
         let deadline = Instant::now() + self.timeout;
         self.conn.send(&Message::ConnsEnd(state), &[], deadline).await
     }
+}
+
+/// Bytes a connection takes in a CONNS frame, over-estimated: its buffers in base64 plus room for its tag.
+fn payload_size(c: &Departing<'_>) -> usize {
+    c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256
 }
 
 /// Largest payload budget of one CONNS frame (the frame limit is [`crate::wire::MAX_FRAME`]).
