@@ -300,31 +300,28 @@ pub struct HistogramCounts {
 }
 
 impl HistogramCounts {
+    /// Each value `f` of the two.
+    fn zip(&self, o: &HistogramCounts, f: impl Fn(u64, u64) -> u64) -> HistogramCounts {
+        HistogramCounts {
+            buckets: std::array::from_fn(|i| f(self.buckets[i], o.buckets[i])),
+            count: f(self.count, o.count),
+            sum_nanos: f(self.sum_nanos, o.sum_nanos),
+        }
+    }
+
     /// Each value the greater of the two.
     pub fn max(&self, o: &HistogramCounts) -> HistogramCounts {
-        HistogramCounts {
-            buckets: std::array::from_fn(|i| self.buckets[i].max(o.buckets[i])),
-            count: self.count.max(o.count),
-            sum_nanos: self.sum_nanos.max(o.sum_nanos),
-        }
+        self.zip(o, u64::max)
     }
 
     /// Each value `self - o`, at least 0.
     pub fn minus(&self, o: &HistogramCounts) -> HistogramCounts {
-        HistogramCounts {
-            buckets: std::array::from_fn(|i| self.buckets[i].saturating_sub(o.buckets[i])),
-            count: self.count.saturating_sub(o.count),
-            sum_nanos: self.sum_nanos.saturating_sub(o.sum_nanos),
-        }
+        self.zip(o, u64::saturating_sub)
     }
 
     /// Each value the saturating sum of the two.
     pub fn plus(&self, o: &HistogramCounts) -> HistogramCounts {
-        HistogramCounts {
-            buckets: std::array::from_fn(|i| self.buckets[i].saturating_add(o.buckets[i])),
-            count: self.count.saturating_add(o.count),
-            sum_nanos: self.sum_nanos.saturating_add(o.sum_nanos),
-        }
+        self.zip(o, u64::saturating_add)
     }
 
     /// `{"bounds": [...], "buckets": [...], "count": n, "sum_nanos": n}`.
@@ -389,43 +386,32 @@ pub struct ListenerCounters {
 }
 
 impl ListenerCounters {
+    /// Each value `f` of the two (histogram buckets included).
+    fn zip(&self, o: &ListenerCounters, f: impl Fn(u64, u64) -> u64) -> ListenerCounters {
+        ListenerCounters {
+            requests: std::array::from_fn(|i| f(self.requests[i], o.requests[i])),
+            bytes_in: f(self.bytes_in, o.bytes_in),
+            bytes_out: f(self.bytes_out, o.bytes_out),
+            connections_total: f(self.connections_total, o.connections_total),
+            upstream_connect_errors: f(self.upstream_connect_errors, o.upstream_connect_errors),
+            upstream_timeouts: f(self.upstream_timeouts, o.upstream_timeouts),
+            duration: self.duration.zip(&o.duration, f),
+        }
+    }
+
     /// Each value the greater of the two.
     pub fn max(&self, o: &ListenerCounters) -> ListenerCounters {
-        ListenerCounters {
-            requests: std::array::from_fn(|i| self.requests[i].max(o.requests[i])),
-            bytes_in: self.bytes_in.max(o.bytes_in),
-            bytes_out: self.bytes_out.max(o.bytes_out),
-            connections_total: self.connections_total.max(o.connections_total),
-            upstream_connect_errors: self.upstream_connect_errors.max(o.upstream_connect_errors),
-            upstream_timeouts: self.upstream_timeouts.max(o.upstream_timeouts),
-            duration: self.duration.max(&o.duration),
-        }
+        self.zip(o, u64::max)
     }
 
     /// Each value `self - o`, at least 0.
     pub fn minus(&self, o: &ListenerCounters) -> ListenerCounters {
-        ListenerCounters {
-            requests: std::array::from_fn(|i| self.requests[i].saturating_sub(o.requests[i])),
-            bytes_in: self.bytes_in.saturating_sub(o.bytes_in),
-            bytes_out: self.bytes_out.saturating_sub(o.bytes_out),
-            connections_total: self.connections_total.saturating_sub(o.connections_total),
-            upstream_connect_errors: self.upstream_connect_errors.saturating_sub(o.upstream_connect_errors),
-            upstream_timeouts: self.upstream_timeouts.saturating_sub(o.upstream_timeouts),
-            duration: self.duration.minus(&o.duration),
-        }
+        self.zip(o, u64::saturating_sub)
     }
 
     /// Each value the saturating sum of the two.
     pub fn plus(&self, o: &ListenerCounters) -> ListenerCounters {
-        ListenerCounters {
-            requests: std::array::from_fn(|i| self.requests[i].saturating_add(o.requests[i])),
-            bytes_in: self.bytes_in.saturating_add(o.bytes_in),
-            bytes_out: self.bytes_out.saturating_add(o.bytes_out),
-            connections_total: self.connections_total.saturating_add(o.connections_total),
-            upstream_connect_errors: self.upstream_connect_errors.saturating_add(o.upstream_connect_errors),
-            upstream_timeouts: self.upstream_timeouts.saturating_add(o.upstream_timeouts),
-            duration: self.duration.plus(&o.duration),
-        }
+        self.zip(o, u64::saturating_add)
     }
 
     /// The JSON form, with the listener's protocol.
@@ -494,28 +480,26 @@ pub struct HandoffCounters {
 }
 
 impl HandoffCounters {
+    /// Each value `f` of the two (histogram buckets included).
+    fn zip(&self, o: &HandoffCounters, f: impl Fn(u64, u64) -> u64) -> HandoffCounters {
+        HandoffCounters {
+            sent_committed: f(self.sent_committed, o.sent_committed),
+            sent_failed: f(self.sent_failed, o.sent_failed),
+            received_committed: f(self.received_committed, o.received_committed),
+            received_fresh: f(self.received_fresh, o.received_fresh),
+            received_failed: f(self.received_failed, o.received_failed),
+            duration: self.duration.zip(&o.duration, f),
+        }
+    }
+
     /// Each value the greater of the two.
     pub fn max(&self, o: &HandoffCounters) -> HandoffCounters {
-        HandoffCounters {
-            sent_committed: self.sent_committed.max(o.sent_committed),
-            sent_failed: self.sent_failed.max(o.sent_failed),
-            received_committed: self.received_committed.max(o.received_committed),
-            received_fresh: self.received_fresh.max(o.received_fresh),
-            received_failed: self.received_failed.max(o.received_failed),
-            duration: self.duration.max(&o.duration),
-        }
+        self.zip(o, u64::max)
     }
 
     /// Each value `self - o`, at least 0.
     pub fn minus(&self, o: &HandoffCounters) -> HandoffCounters {
-        HandoffCounters {
-            sent_committed: self.sent_committed.saturating_sub(o.sent_committed),
-            sent_failed: self.sent_failed.saturating_sub(o.sent_failed),
-            received_committed: self.received_committed.saturating_sub(o.received_committed),
-            received_fresh: self.received_fresh.saturating_sub(o.received_fresh),
-            received_failed: self.received_failed.saturating_sub(o.received_failed),
-            duration: self.duration.minus(&o.duration),
-        }
+        self.zip(o, u64::saturating_sub)
     }
 
     /// The JSON form.
