@@ -1,6 +1,6 @@
 //! The Kubernetes example (`examples/kubernetes/`) checked without a cluster:
 //!
-//! - the SidecarSet and the CloneSet against the real OpenKruise CRD schemas (`../shared/kruise/crds/`, master and
+//! - the SidecarSet and the CloneSet against the real OpenKruise CRD schemas (`tests/data/kruise-crds/`, master and
 //!   v1.8.4), with a small validator of the OpenAPI v3 subset those schemas use (see [`schema`] for what "valid"
 //!   means here), and the parts the CRDs leave schemaless (the sidecar container, the SidecarSet volumes, the
 //!   CloneSet pod template) against a hand-written subset of core/v1 ([`core_v1`]);
@@ -28,8 +28,8 @@ const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// The CRD sets the manifests must fit: the one Kruise master ships, and the v1.8.4 release.
 const CRD_DIRS: [&str; 2] = [
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/kruise/crds"),
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/kruise/crds/v1.8.4"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kruise-crds/master"),
+    concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kruise-crds/v1.8.4"),
 ];
 
 /// The apiVersion of both Kruise manifests.
@@ -91,7 +91,7 @@ fn group_version(api_version: &str) -> (&str, &str) {
 fn crd_schema(crd_file: &Path, api_version: &str, kind: &str) -> Value {
     assert!(
         crd_file.exists(),
-        "{} is missing: the Kruise CRDs are expected in ../shared/kruise/crds next to the repository",
+        "{} is missing: the Kruise CRDs are kept in tests/data/kruise-crds",
         crd_file.display()
     );
     let crd = load_yaml(crd_file);
