@@ -35,6 +35,9 @@ const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// Room for the first read of a connection.
+const SNIFF_READ: usize = 8 * 1024;
+
 /// Everything a connection needs to proxy.
 pub struct HttpProxy {
     /// Where requests go.
@@ -86,7 +89,7 @@ async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, env: ConnEnv) {
         match sniffed {
             Sniffed::Gone => return,
             Sniffed::H2(io) => return serve_h2(io, peer, env).await,
-            Sniffed::H1(io) => return serve_h1(io, peer, env, may_migrate).await,
+            Sniffed::H1(stream, read) => return crate::h1::serve(stream, read, peer, env, may_migrate).await,
             Sniffed::Silent(quiet, bytes) => match depart(&env, quiet, bytes).await {
                 None => return,
                 Some((s, b)) => {
@@ -99,7 +102,7 @@ async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, env: ConnEnv) {
 }
 
 /// Offers a quiescent connection to the successor: `None` if it took it, else the connection back.
-async fn depart(env: &ConnEnv, stream: TcpStream, buffered: Vec<u8>) -> Option<(TcpStream, Vec<u8>)> {
+pub(crate) async fn depart(env: &ConnEnv, stream: TcpStream, buffered: Vec<u8>) -> Option<(TcpStream, Vec<u8>)> {
     let fd = match crate::migration::stream_fd(stream) {
         Ok(fd) => fd,
         Err(e) => {
@@ -147,7 +150,7 @@ async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv) {
 
 /// Serves HTTP/1 requests; hands the connection over between two requests once a migration started. If the
 /// successor does not take it, serves on here in drain mode (`Connection: close` on the next response).
-async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv, mut may_migrate: bool) {
+pub(crate) async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv, mut may_migrate: bool) {
     loop {
         let closing = if may_migrate {
             env.closing.clone()
@@ -395,7 +398,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
 
 /// What the first bytes of a connection said.
 enum Sniffed {
-    H1(ClientIo<TcpStream>),
+    /// HTTP/1, with the bytes read so far.
+    H1(TcpStream, Vec<u8>),
     H2(ClientIo<TcpStream>),
     /// A migration started before the client said which protocol it speaks: the connection, with what it sent.
     Silent(TcpStream, Vec<u8>),
@@ -416,14 +420,17 @@ async fn sniff(
         let n = read.len().min(H2_PREFACE.len());
         let is_h2 = read[..n] == H2_PREFACE[..n];
         if !is_h2 || n == H2_PREFACE.len() {
-            let io = ClientIo::new(Bytes::from(read), stream, metrics.clone());
-            return if is_h2 { Sniffed::H2(io) } else { Sniffed::H1(io) };
+            return if is_h2 {
+                Sniffed::H2(ClientIo::new(Bytes::from(read), stream, metrics.clone()))
+            } else {
+                Sniffed::H1(stream, read)
+            };
         }
-        let mut buf = [0u8; 24];
-        let want = H2_PREFACE.len() - n;
+        // Read as much as is there: the HTTP/1 engine parses from this same buffer.
+        read.reserve(SNIFF_READ);
         let got = tokio::select! {
             biased;
-            r = stream.read(&mut buf[..want]) => r,
+            r = stream.read_buf(&mut read) => r,
             _ = async {
                 match handover {
                     Some(h) => h.requested().await,
@@ -435,7 +442,6 @@ async fn sniff(
             Ok(0) | Err(_) => return Sniffed::Gone,
             Ok(m) => {
                 metrics.bytes_in.fetch_add(m as u64, Ordering::Relaxed);
-                read.extend_from_slice(&buf[..m]);
             }
         }
     }

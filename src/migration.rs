@@ -52,6 +52,8 @@ struct Departure {
 /// The old instance's side of a connection migration, shared by every connection task.
 pub struct Handover {
     requested: CancellationToken,
+    /// Set with `requested`: read once per request, cheaper than the token's lock.
+    started: AtomicBool,
     tx: mpsc::UnboundedSender<Departure>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Departure>>>,
 }
@@ -61,6 +63,7 @@ impl Default for Handover {
         let (tx, rx) = mpsc::unbounded_channel();
         Handover {
             requested: CancellationToken::new(),
+            started: AtomicBool::new(false),
             tx,
             rx: Mutex::new(Some(rx)),
         }
@@ -75,7 +78,7 @@ impl Handover {
 
     /// Whether a migration has started.
     pub fn is_requested(&self) -> bool {
-        self.requested.is_cancelled()
+        self.started.load(Ordering::Acquire)
     }
 
     /// A token cancelled when the migration starts.
@@ -109,6 +112,7 @@ impl Handover {
         state: Arc<State>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let rx = self.rx.lock().ok()?.take()?;
+        self.started.store(true, Ordering::Release);
         self.requested.cancel();
         Some(tokio::spawn(run_hub(migration, rx, tracker, state)))
     }

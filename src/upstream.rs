@@ -10,6 +10,7 @@ use http::uri::Authority;
 use tokio::net::TcpStream;
 
 use crate::config::ClusterConfig;
+use crate::h1::RawIdle;
 use crate::pool::Idle;
 
 /// One upstream endpoint.
@@ -18,8 +19,10 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// `ip:port`, ready to be a `Host` value (built once).
     pub authority: Authority,
-    /// Its idle keep-alive HTTP connections.
+    /// Its idle keep-alive HTTP connections of hyper's client (requests hyper serves).
     pub idle: Arc<Idle>,
+    /// Its idle keep-alive HTTP connections of the HTTP/1 engine.
+    pub raw: RawIdle,
 }
 
 /// A cluster at run time.
@@ -49,6 +52,7 @@ impl Cluster {
                         addr,
                         authority,
                         idle: Arc::default(),
+                        raw: RawIdle::default(),
                     })
                 })
                 .collect(),
