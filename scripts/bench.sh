@@ -40,13 +40,14 @@ START_S=$SECONDS
 
 if [[ $MODE == full ]]; then
   WARMUP=1 DUR=5            # seconds: warm-up run, measured run (scenarios 1-3)
+  ROUNDS=3                  # scenarios 1-2: measured runs per target, interleaved; the median is reported
   TCP_SECS=3 TCP_WARM=0.5   # scenario 4
   UPG_COUNT=20 UPG_SPAN=10  # scenario 5: upgrades within UPG_SPAN seconds
   IDLE_PRE=1 IDLE_TAIL=2 IDLE_SETTLE=1 # scenario 5, idle pool: seconds before the first upgrade, after the span
   HANDOFF_COUNT=50 HANDOFF_GAP_MS=100
   OUT_DIR=$ROOT/bench
 else
-  WARMUP=0 DUR=1
+  WARMUP=0 DUR=1 ROUNDS=1
   TCP_SECS=1 TCP_WARM=0.2
   UPG_COUNT=2 UPG_SPAN=1
   IDLE_PRE=0.3 IDLE_TAIL=0.5 IDLE_SETTLE=0.3
@@ -247,7 +248,7 @@ put .params.handoff_count "$HANDOFF_COUNT"
 put .params.idle_conns "$IDLE_CONNS"
 put .params.idle_round_ms "$IDLE_ROUND_MS"
 put .params.idle_load_s "$IDLE_LOAD_S"
-put_str .params.description "Load: wrk -t1 -c$CONNS, ${WARMUP} s warm-up + ${DUR} s measured; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
+put_str .params.description "Load: wrk -t1 -c$CONNS, ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
 
 # ---------------------------------------------------------------------------------------------------------
 # Ports, configs, processes
@@ -464,27 +465,38 @@ TARGETS=(direct baton nginx haproxy)
 # ---------------------------------------------------------------------------------------------------------
 # 1 + 2. HTTP/1.1 keep-alive, then a new connection per request.
 
+# Rounds interleave the targets (direct, baton, nginx, HAProxy, then again), so drift on the machine (other
+# processes, frequency, page cache) hits all of them alike; each target's median run by req/s is reported, with
+# every run's req/s in `rps_runs`.
 for scenario in http1_keepalive http1_close; do
   extra=()
   [[ $scenario == http1_close ]] && extra=(-H "Connection: close")
+  for t in "${TARGETS[@]}"; do rm -f "$TMP/runs-$scenario-$t"; done
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for t in "${TARGETS[@]}"; do
+      ((WARMUP > 0 && round == 1)) && wrk_json "${WARMUP}s" "${HTTP_URL[$t]}" "${extra[@]}" >/dev/null
+      sampler=
+      if [[ $scenario == http1_keepalive && -n ${MEM_PID[$t]:-} ]]; then
+        sample_rss "${MEM_PID[$t]}" "$TMP/rss-$t-$round" &
+        sampler=$!
+        PIDS+=("$sampler")
+      fi
+      wrk_json "${DUR}s" "${HTTP_URL[$t]}" "${extra[@]}" >>"$TMP/runs-$scenario-$t"
+      if [[ -n $sampler ]]; then
+        kill "$sampler" 2>/dev/null || true
+        wait "$sampler" 2>/dev/null || true
+        forget "$sampler"
+      fi
+      log "$scenario $t, round $round: $(tail -1 "$TMP/runs-$scenario-$t" | jq -r '"\(.rps|floor) req/s"')"
+    done
+  done
   for t in "${TARGETS[@]}"; do
-    ((WARMUP > 0)) && wrk_json "${WARMUP}s" "${HTTP_URL[$t]}" "${extra[@]}" >/dev/null
-    sampler=
+    j=$(jq -s 'sort_by(.rps) as $r | $r[(length / 2 | floor)] + {rps_runs: [.[].rps | floor]}' "$TMP/runs-$scenario-$t")
     if [[ $scenario == http1_keepalive && -n ${MEM_PID[$t]:-} ]]; then
-      rm -f "$TMP/rss-$t"
-      sample_rss "${MEM_PID[$t]}" "$TMP/rss-$t" &
-      sampler=$!
-      PIDS+=("$sampler")
-    fi
-    j=$(wrk_json "${DUR}s" "${HTTP_URL[$t]}" "${extra[@]}")
-    if [[ -n $sampler ]]; then
-      kill "$sampler" 2>/dev/null || true
-      wait "$sampler" 2>/dev/null || true
-      forget "$sampler"
-      put ".memory_kib.${t}_load" "$(cat "$TMP/rss-$t" 2>/dev/null || echo 0)"
+      put ".memory_kib.${t}_load" "$(cat "$TMP"/rss-"$t"-* 2>/dev/null | sort -n | tail -1 | grep . || echo 0)"
     fi
     put ".$scenario.$t" "$j"
-    log "$scenario $t: $(jq -r '"\(.rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors|add)"' <<<"$j")"
+    log "$scenario $t (median of $ROUNDS): $(jq -r '"\(.rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors|add), runs \(.rps_runs)"' <<<"$j")"
   done
 done
 
