@@ -166,7 +166,13 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
             r = exchange(endpoint, cluster.connect_timeout, &out, &req, closing, &mut ubuf, &mut head) => r,
             _ = &mut timer => Err(Failure::Timeout),
         };
-        let (up, parsed) = match exchanged {
+        let mut chunks = ChunkedDecoder::default();
+        let exchanged = exchanged.and_then(|(up, parsed)| {
+            // Framing errors in what already arrived are still the upstream's to answer for: nothing was sent.
+            let first = body_start(&parsed, &ubuf, &mut chunks).map_err(|why| Failure::Exchange(why.into()))?;
+            Ok((up, parsed, first))
+        });
+        let (up, parsed, first) = match exchanged {
             Ok(ok) => ok,
             Err(failure) => {
                 let (status, body) = failure.answer(cluster, endpoint, metrics);
@@ -180,7 +186,7 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
             }
         };
         metrics.response(parsed.status, start.elapsed());
-        match relay_body(up, &parsed, &mut ubuf, &mut head, &mut client, metrics).await {
+        match relay_body(up, &parsed, first, chunks, &mut ubuf, &mut head, &mut client, metrics).await {
             Ok(Some(up)) => endpoint.raw.put(up),
             Ok(None) => {}
             Err(()) => return, // one side failed mid-body: nothing else can be said on this connection
@@ -272,24 +278,27 @@ async fn exchange(
             return Err(Failure::Exchange(format!("writing the request: {e}").into()));
         }
         ubuf.clear();
+        // Any byte of response, an informational one included, rules out sending the request again.
+        let mut answered = false;
         loop {
             ubuf.reserve(READ_ROOM);
             let n = match up.read_buf(ubuf).await {
                 Ok(n) => n,
-                Err(e) if ubuf.is_empty() && reused && req.idempotent => {
+                Err(e) if !answered && reused && req.idempotent => {
                     tracing::trace!(error = %e, "reused upstream connection failed; retrying on a new one");
                     break;
                 }
                 Err(e) => return Err(Failure::Exchange(format!("reading the response: {e}").into())),
             };
             if n == 0 {
-                if ubuf.is_empty() && reused && req.idempotent {
+                if !answered && reused && req.idempotent {
                     break;
                 }
                 return Err(Failure::Exchange(
                     "the upstream closed before a complete response head".into(),
                 ));
             }
+            answered = true;
             head.clear();
             match parse_response(ubuf, req.is_head, closing, head) {
                 Ok(Some(parsed)) => return Ok((up, parsed)),
@@ -406,7 +415,8 @@ fn parse_response(
         for f in resp.headers.iter() {
             let keep = match Field::of(f.name) {
                 Field::ContentLength => !passed_through,
-                Field::TransferEncoding => passed_through,
+                // With a body passed through as it is, or none (HEAD, 304: the fields a GET would get).
+                Field::TransferEncoding => true,
                 Field::Connection | Field::HopByHop | Field::Upgrade => false,
                 _ if named => !connection_names(resp.headers, f.name),
                 _ => true,
@@ -462,28 +472,36 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Relays the response body after the head (in `out`): `Ok(Some)` gives back the upstream connection if it can
-/// carry another exchange; `Err` if either side failed part-way (the client connection must close).
+/// Where the body begins in what was read with the head (`ubuf` past `head_len`): how many bytes of it are body,
+/// and whether the body ends there. Errors on a malformed chunked body.
+fn body_start(head: &ResponseHead, ubuf: &[u8], chunks: &mut ChunkedDecoder) -> Result<(usize, bool), &'static str> {
+    let after = &ubuf[head.head_len..];
+    Ok(match head.framing {
+        Framing::Empty => (0, true),
+        Framing::Length(n) => {
+            let k = usize::try_from(n).unwrap_or(usize::MAX).min(after.len());
+            (k, k as u64 == n)
+        }
+        Framing::Chunked => chunks.feed(after)?,
+        Framing::Close => (after.len(), false),
+    })
+}
+
+/// Writes the client head (`out`) and the response body, the first part of which (`first`, from [`body_start`])
+/// is in `ubuf`: `Ok(Some)` gives back the upstream connection if it can carry another exchange; `Err` if either
+/// side failed part-way (the client connection must close).
+#[allow(clippy::too_many_arguments)]
 async fn relay_body(
     mut up: TcpStream,
     head: &ResponseHead,
+    (taken, mut done): (usize, bool),
+    mut chunks: ChunkedDecoder,
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     client: &mut TcpStream,
     metrics: &ListenerMetrics,
 ) -> Result<Option<TcpStream>, ()> {
     let after = &ubuf[head.head_len..];
-    let mut chunks = ChunkedDecoder::default();
-    // What of `after` is body, and whether the body ends there.
-    let (taken, mut done) = match head.framing {
-        Framing::Empty => (0, true),
-        Framing::Length(n) => {
-            let k = usize::try_from(n).unwrap_or(usize::MAX).min(after.len());
-            (k, k as u64 == n)
-        }
-        Framing::Chunked => chunks.feed(after).map_err(|_| ())?,
-        Framing::Close => (after.len(), false),
-    };
     let extra = after.len() - taken;
     out.extend_from_slice(&after[..taken]);
     write(client, out, metrics).await.map_err(drop)?;
@@ -911,6 +929,11 @@ mod tests {
         );
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert!(parsed.expect("valid").expect("complete").keep_alive);
+
+        // HEAD: no body, and the fields a GET would get, framing fields included.
+        let (parsed, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, false);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(parsed.expect("valid").expect("complete").framing, Framing::Empty);
     }
 
     #[test]
