@@ -23,6 +23,7 @@ use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
 use crate::migration::{ConnCtl, Handover, Parcel, RequestBody, Tracked, KIND_HTTP1};
 use crate::pool::{self, PoolError, PooledBody};
+use crate::signal::Signal;
 use crate::upstream::Cluster;
 
 /// Response body: the upstream's, streamed, or a short one of ours.
@@ -60,6 +61,8 @@ pub struct ConnEnv {
     pub closing: Arc<AtomicBool>,
     /// Cancelled at the drain deadline: connections are dropped.
     pub hard_stop: CancellationToken,
+    /// Fired with `hard_stop` (what the HTTP/1 engine waits on, cheaper to poll).
+    pub hard_stop_signal: Arc<Signal>,
     /// The connection migration of this instance, started at a committed handoff to a successor.
     pub handover: Arc<Handover>,
 }
@@ -67,18 +70,18 @@ pub struct ConnEnv {
 /// Serves one accepted connection until it ends, the drain asks it to end (HTTP/2 GOAWAY; HTTP/1 closes after
 /// its next response, which carries `Connection: close`), a migration takes it (HTTP/1, or a connection that has
 /// not said which protocol it speaks yet), or the hard stop drops it.
-pub async fn serve(stream: TcpStream, env: ConnEnv) {
+pub async fn serve(stream: TcpStream, peer: SocketAddr, env: ConnEnv) {
     let _ = stream.set_nodelay(true);
-    serve_from(stream, Vec::new(), env).await
+    serve_from(stream, Vec::new(), peer, env).await
 }
 
 /// Serves a connection handed over by the predecessor, starting with the bytes it had read.
 pub async fn serve_adopted(stream: TcpStream, buffered: Vec<u8>, env: ConnEnv) {
-    serve_from(stream, buffered, env).await
+    let Ok(peer) = stream.peer_addr() else { return };
+    serve_from(stream, buffered, peer, env).await
 }
 
-async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, env: ConnEnv) {
-    let Ok(peer) = stream.peer_addr() else { return };
+async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, peer: SocketAddr, env: ConnEnv) {
     let mut may_migrate = true;
     loop {
         let handover = may_migrate.then_some(&*env.handover);

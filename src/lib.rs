@@ -17,6 +17,7 @@ pub mod pool;
 pub mod relay;
 pub mod run;
 pub mod server;
+pub mod signal;
 pub mod state;
 pub mod tcp;
 pub mod upstream;

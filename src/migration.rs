@@ -25,6 +25,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
+
+use crate::signal::Signal;
 use tokio_util::task::TaskTracker;
 
 use crate::state::State;
@@ -52,8 +54,8 @@ struct Departure {
 /// The old instance's side of a connection migration, shared by every connection task.
 pub struct Handover {
     requested: CancellationToken,
-    /// Set with `requested`: read once per request, cheaper than the token's lock.
-    started: AtomicBool,
+    /// Fired with `requested`: what the HTTP/1 engine waits on, cheaper to poll than the token.
+    started: Signal,
     tx: mpsc::UnboundedSender<Departure>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Departure>>>,
 }
@@ -63,7 +65,7 @@ impl Default for Handover {
         let (tx, rx) = mpsc::unbounded_channel();
         Handover {
             requested: CancellationToken::new(),
-            started: AtomicBool::new(false),
+            started: Signal::default(),
             tx,
             rx: Mutex::new(Some(rx)),
         }
@@ -78,7 +80,12 @@ impl Handover {
 
     /// Whether a migration has started.
     pub fn is_requested(&self) -> bool {
-        self.started.load(Ordering::Acquire)
+        self.started.fired()
+    }
+
+    /// Resolves once a migration has started (the cheap wait of a hot loop).
+    pub fn started(&self) -> crate::signal::Wait<'_> {
+        self.started.wait()
     }
 
     /// A token cancelled when the migration starts.
@@ -112,7 +119,7 @@ impl Handover {
         state: Arc<State>,
     ) -> Option<tokio::task::JoinHandle<()>> {
         let rx = self.rx.lock().ok()?.take()?;
-        self.started.store(true, Ordering::Release);
+        self.started.fire();
         self.requested.cancel();
         Some(tokio::spawn(run_hub(migration, rx, tracker, state)))
     }

@@ -20,6 +20,7 @@ use crate::http::HttpProxy;
 use crate::listeners::{Kind, Listener};
 use crate::metrics::ListenerMetrics;
 use crate::migration::{fd_stream, is_connected_tcp, Handover, KIND_HTTP1, KIND_TCP};
+use crate::signal::Signal;
 use crate::state::{ConnectionGuard, State};
 use crate::upstream::Cluster;
 use crate::{admin, http, tcp};
@@ -34,6 +35,7 @@ pub struct Server {
     drain: CancellationToken,
     closing: Arc<AtomicBool>,
     hard_stop: CancellationToken,
+    hard_stop_signal: Arc<Signal>,
     handover: Arc<Handover>,
     tracker: TaskTracker,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -75,6 +77,7 @@ impl Server {
             drain: CancellationToken::new(),
             closing: Arc::new(AtomicBool::new(false)),
             hard_stop: CancellationToken::new(),
+            hard_stop_signal: Arc::default(),
             handover: Arc::new(Handover::default()),
             tracker: TaskTracker::new(),
             accept_tasks: Vec::new(),
@@ -100,6 +103,7 @@ impl Server {
                             drain: server.drain.clone(),
                             closing: server.closing.clone(),
                             hard_stop: server.hard_stop.clone(),
+                            hard_stop_signal: server.hard_stop_signal.clone(),
                             handover: server.handover.clone(),
                         }),
                         Protocol::Tcp => ConnEnv::Tcp(tcp::RelayEnv {
@@ -242,6 +246,7 @@ impl Server {
             Err(_) => {
                 let left = self.state.active_connections();
                 self.hard_stop.cancel();
+                self.hard_stop_signal.fire();
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
                 left
             }
@@ -285,7 +290,7 @@ async fn accept_loop(
                 let guard = ConnectionGuard::new(&env.proxy.metrics);
                 let env = env.clone();
                 tracker.spawn(async move {
-                    http::serve(stream, env).await;
+                    http::serve(stream, peer, env).await;
                     drop(guard);
                 });
             }

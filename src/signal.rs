@@ -1,0 +1,140 @@
+//! A one-shot broadcast signal that is cheap to wait on from a hot loop.
+//!
+//! A connection task waits on "the drain deadline passed" and "a migration started" around every read. With a
+//! `CancellationToken` each poll of the wait takes two locks; here a poll is an atomic load and a waker
+//! comparison, and the lock is taken once per waiting task (to register), and once at the firing.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+
+/// Fired once, seen by every waiter.
+#[derive(Debug, Default)]
+pub struct Signal {
+    fired: AtomicBool,
+    next: AtomicU64,
+    waiters: Mutex<HashMap<u64, Waker>>,
+}
+
+impl Signal {
+    /// Fires: every pending and future [`Signal::wait`] resolves.
+    pub fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        let waiters = match self.waiters.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for waker in waiters.into_values() {
+            waker.wake();
+        }
+    }
+
+    /// Whether it fired.
+    pub fn fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    /// Resolves once it fired.
+    pub fn wait(&self) -> Wait<'_> {
+        Wait {
+            signal: self,
+            key: None,
+            waker: None,
+        }
+    }
+}
+
+/// The future of [`Signal::wait`].
+#[derive(Debug)]
+pub struct Wait<'a> {
+    signal: &'a Signal,
+    key: Option<u64>,
+    /// The waker registered last: while the task's waker is the same, polling takes no lock.
+    waker: Option<Waker>,
+}
+
+impl Future for Wait<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        if this.signal.fired() {
+            return Poll::Ready(());
+        }
+        if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            return Poll::Pending;
+        }
+        let Ok(mut waiters) = this.signal.waiters.lock() else {
+            return Poll::Ready(()); // poisoned: only by a panic while firing; treat as fired
+        };
+        // Checked again under the lock: `fire` sets the flag before it takes the lock.
+        if this.signal.fired() {
+            return Poll::Ready(());
+        }
+        let key = *this
+            .key
+            .get_or_insert_with(|| this.signal.next.fetch_add(1, Ordering::Relaxed));
+        waiters.insert(key, cx.waker().clone());
+        this.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key {
+            if let Ok(mut waiters) = self.signal.waiters.lock() {
+                waiters.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn every_waiter_wakes_and_late_ones_do_not_wait() {
+        let signal = Arc::new(Signal::default());
+        let waiters: Vec<_> = (0..8)
+            .map(|_| {
+                let s = signal.clone();
+                tokio::spawn(async move { s.wait().await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(waiters.iter().all(|w| !w.is_finished()));
+        assert_eq!(signal.waiters.lock().expect("lock").len(), 8);
+        signal.fire();
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+        }
+        tokio::time::timeout(Duration::from_secs(5), signal.wait())
+            .await
+            .expect("a wait after the firing resolves at once");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_wait_unregisters() {
+        let signal = Signal::default();
+        {
+            let mut wait = std::pin::pin!(signal.wait());
+            assert!(futures_poll_once(wait.as_mut()).await.is_pending());
+            assert_eq!(signal.waiters.lock().expect("lock").len(), 1);
+        }
+        assert!(signal.waiters.lock().expect("lock").is_empty());
+    }
+
+    async fn futures_poll_once(mut f: Pin<&mut Wait<'_>>) -> Poll<()> {
+        std::future::poll_fn(|cx| Poll::Ready(f.as_mut().poll(cx))).await
+    }
+}
