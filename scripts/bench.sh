@@ -55,6 +55,7 @@ else
   OUT_DIR=$ROOT/target/bench/smoke
 fi
 CONNS=32               # wrk connections
+WIDE_CONNS=128         # scenario 1, second run: enough connections to keep every proxy busy
 H2_CONNS=16 H2_STREAMS=16
 IDLE_CONNS=100 IDLE_ROUND_MS=300 # scenario 5 idle pool: keep-alive connections, each used once per round
 IDLE_LOAD_S=$(awk -v a="$IDLE_PRE" -v b="$UPG_SPAN" -v c="$IDLE_TAIL" 'BEGIN { print a + b + c }')
@@ -246,9 +247,10 @@ put .params.upgrades "$UPG_COUNT"
 put .params.upgrade_span_s "$UPG_SPAN"
 put .params.handoff_count "$HANDOFF_COUNT"
 put .params.idle_conns "$IDLE_CONNS"
+put .params.wide_conns "$WIDE_CONNS"
 put .params.idle_round_ms "$IDLE_ROUND_MS"
 put .params.idle_load_s "$IDLE_LOAD_S"
-put_str .params.description "Load: wrk -t1 -c$CONNS, ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
+put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
 
 # ---------------------------------------------------------------------------------------------------------
 # Ports, configs, processes
@@ -304,7 +306,7 @@ start_bg upstream nginx -c "$TMP/upstream/nginx.conf" -p "$TMP/upstream" -e "$TM
   echo "http {"
   nginx_http_common "$TMP/nginx"
   cat <<EOF
-  upstream app { server 127.0.0.1:$UP; keepalive 64; keepalive_requests 100000000; }
+  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
   server {
     listen 127.0.0.1:$NGX;
     listen 127.0.0.1:$NGX_H2 http2;
@@ -439,7 +441,7 @@ wrk_json() {
   local d=$1 url=$2 out
   shift 2
   out=$TMP/logs/wrk-$RANDOM.log
-  wrk -t1 -c"$CONNS" -d"$d" --latency -s "$LUA" "$@" "$url" >"$out" 2>&1 || die "wrk $url failed: $(tail -5 "$out")"
+  wrk -t1 -c"${WRK_CONNS:-$CONNS}" -d"$d" --latency -s "$LUA" "$@" "$url" >"$out" 2>&1 || die "wrk $url failed: $(tail -5 "$out")"
   grep '^WRKJSON ' "$out" | tail -1 | sed 's/^WRKJSON //' | grep . || die "wrk printed no WRKJSON line: $(tail -5 "$out")"
 }
 
@@ -468,9 +470,14 @@ TARGETS=(direct baton nginx haproxy)
 # Rounds interleave the targets (direct, baton, nginx, HAProxy, then again), so drift on the machine (other
 # processes, frequency, page cache) hits all of them alike; each target's median run by req/s is reported, with
 # every run's req/s in `rps_runs`.
-for scenario in http1_keepalive http1_close; do
+# http1_keepalive_wide: keep-alive again with WIDE_CONNS connections. With CONNS on two cores the chain
+# client -> proxy -> upstream is latency-bound and a lean proxy idles part of the time; with more connections in
+# flight every proxy runs flat out, so it shows what each can carry.
+for scenario in http1_keepalive http1_keepalive_wide http1_close; do
   extra=()
+  export WRK_CONNS=$CONNS
   [[ $scenario == http1_close ]] && extra=(-H "Connection: close")
+  [[ $scenario == http1_keepalive_wide ]] && WRK_CONNS=$WIDE_CONNS
   for t in "${TARGETS[@]}"; do rm -f "$TMP/runs-$scenario-$t"; done
   for ((round = 1; round <= ROUNDS; round++)); do
     for t in "${TARGETS[@]}"; do
@@ -496,9 +503,11 @@ for scenario in http1_keepalive http1_close; do
       put ".memory_kib.${t}_load" "$(cat "$TMP"/rss-"$t"-* 2>/dev/null | sort -n | tail -1 | grep . || echo 0)"
     fi
     put ".$scenario.$t" "$j"
+    put ".$scenario.$t.connections" "$WRK_CONNS"
     log "$scenario $t (median of $ROUNDS): $(jq -r '"\(.rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors|add), runs \(.rps_runs)"' <<<"$j")"
   done
 done
+unset WRK_CONNS
 
 # ---------------------------------------------------------------------------------------------------------
 # 3. h2c (prior knowledge): nginx 1.22 serves h2c on a plain `listen ... http2` port, so direct works.

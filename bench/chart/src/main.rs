@@ -327,6 +327,23 @@ fn build_report(r: &mut Results) -> Report {
         "",
         None,
     );
+    let wide = r.opt("params/wide_conns").map_or("more".into(), |c| format!("{c:.0}"));
+    rep.metric(
+        &format!("1 keep-alive with {wide} connections (every proxy busy): req/s"),
+        wrk_vals(r, "http1_keepalive_wide", "rps", 1.0),
+        0,
+        Better::Higher,
+        "",
+        None,
+    );
+    rep.metric(
+        &format!("1 keep-alive with {wide} connections: latency p99 (ms)"),
+        wrk_vals(r, "http1_keepalive_wide", "p99_us", ms),
+        3,
+        Better::Lower,
+        "",
+        None,
+    );
 
     // 2. new connection per request
     rep.metric(
@@ -881,12 +898,26 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
     let h = handoffs(r, "handoff").unwrap_or_default();
     let hl = handoffs(r, "upgrades_keepalive/baton/upgrader").unwrap_or_default();
     let mib = |path: &str| r.opt(path).map(|k| k / 1024.0);
+    let wide = r.opt("params/wide_conns").map_or("more".into(), |c| format!("{c:.0}"));
     vec![
         Panel {
             title: "HTTP throughput (1 worker each, wrk/h2load 1 thread)".into(),
             y_label: "requests / s".into(),
-            groups: vec!["HTTP/1.1 keep-alive".into(), "HTTP/1.1 new conn".into(), "h2c".into()],
-            series: per_proxy(&["http1_keepalive/{p}/rps", "http1_close/{p}/rps", "h2c/{p}/rps"], 1.0),
+            groups: vec![
+                "HTTP/1.1 keep-alive".into(),
+                format!("keep-alive, {wide} conns"),
+                "HTTP/1.1 new conn".into(),
+                "h2c".into(),
+            ],
+            series: per_proxy(
+                &[
+                    "http1_keepalive/{p}/rps",
+                    "http1_keepalive_wide/{p}/rps",
+                    "http1_close/{p}/rps",
+                    "h2c/{p}/rps",
+                ],
+                1.0,
+            ),
             decimals: 0,
         },
         Panel {
