@@ -222,6 +222,11 @@ fn wrk_vals(r: &mut Results, scenario: &str, field: &str, scale: f64) -> [Option
     })
 }
 
+/// Like [`wrk_vals`], for a field only some targets have (the proxy's CPU: none for direct).
+fn wrk_opt_vals(r: &Results, scenario: &str, field: &str) -> [Option<f64>; 4] {
+    PROXIES.map(|p| r.opt(&format!("{scenario}/{p}/{field}")))
+}
+
 /// The client modes of scenario 5: the results.json key and a label (the idle pool's with its parameters).
 fn upgrade_modes(r: &Results) -> [(&'static str, String); 3] {
     let pool = match (r.opt("params/idle_conns"), r.opt("params/idle_round_ms")) {
@@ -327,6 +332,14 @@ fn build_report(r: &mut Results) -> Report {
         "",
         None,
     );
+    rep.metric(
+        "1 keep-alive: the proxy's CPU per request, user + kernel (µs)",
+        wrk_opt_vals(r, "http1_keepalive", "cpu_us_per_req"),
+        2,
+        Better::Lower,
+        "",
+        None,
+    );
     let wide = r.opt("params/wide_conns").map_or("more".into(), |c| format!("{c:.0}"));
     rep.metric(
         &format!("1 keep-alive with {wide} connections (every proxy busy): req/s"),
@@ -340,6 +353,14 @@ fn build_report(r: &mut Results) -> Report {
         &format!("1 keep-alive with {wide} connections: latency p99 (ms)"),
         wrk_vals(r, "http1_keepalive_wide", "p99_us", ms),
         3,
+        Better::Lower,
+        "",
+        None,
+    );
+    rep.metric(
+        &format!("1 keep-alive with {wide} connections: the proxy's CPU per request (µs)"),
+        wrk_opt_vals(r, "http1_keepalive_wide", "cpu_us_per_req"),
+        2,
         Better::Lower,
         "",
         None,
@@ -901,12 +922,12 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
     let wide = r.opt("params/wide_conns").map_or("more".into(), |c| format!("{c:.0}"));
     vec![
         Panel {
-            title: "HTTP throughput (1 worker each, wrk/h2load 1 thread)".into(),
+            title: "HTTP throughput (1 worker each; HTTP/1.1 unless h2c)".into(),
             y_label: "requests / s".into(),
             groups: vec![
-                "HTTP/1.1 keep-alive".into(),
-                format!("keep-alive, {wide} conns"),
-                "HTTP/1.1 new conn".into(),
+                "keep-alive".into(),
+                format!("keep-alive ×{wide}"),
+                "new conn".into(),
                 "h2c".into(),
             ],
             series: per_proxy(
