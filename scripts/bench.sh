@@ -253,7 +253,7 @@ put .params.idle_conns "$IDLE_CONNS"
 put .params.wide_conns "$WIDE_CONNS"
 put .params.idle_round_ms "$IDLE_ROUND_MS"
 put .params.idle_load_s "$IDLE_LOAD_S"
-put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
+put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s, median of $ROUNDS interleaved rounds. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
 
 # ---------------------------------------------------------------------------------------------------------
 # Ports, configs, processes
@@ -546,11 +546,20 @@ put_str .h2c.note "h2c direct: nginx $(jq -r .machine.tools.nginx "$RESULTS") up
 # ---------------------------------------------------------------------------------------------------------
 # 4. TCP relay: one bulk stream into a sink that confirms every byte.
 
+# As scenarios 1-2: ROUNDS interleaved rounds, the median run reported, every run's rate in `gbit_s_runs`.
+for t in "${TARGETS[@]}"; do rm -f "$TMP/tcp-runs-$t"; done
+for ((round = 1; round <= ROUNDS; round++)); do
+  for t in "${TARGETS[@]}"; do
+    "$TOOLS/tcpbulk" send --target "${TCP_ADDR[$t]}" --seconds "$TCP_SECS" --warmup "$TCP_WARM" \
+      2>"$TMP/logs/tcpbulk.err" >>"$TMP/tcp-runs-$t" || die "tcpbulk through $t failed: $(cat "$TMP/logs/tcpbulk.err")"
+    echo >>"$TMP/tcp-runs-$t"
+    log "tcp bulk $t, round $round: $(tail -2 "$TMP/tcp-runs-$t" | jq -r 'select(.) | "\(.gbit_s) Gbit/s (verified \(.verified))"')"
+  done
+done
 for t in "${TARGETS[@]}"; do
-  j=$("$TOOLS/tcpbulk" send --target "${TCP_ADDR[$t]}" --seconds "$TCP_SECS" --warmup "$TCP_WARM" 2>"$TMP/logs/tcpbulk.err") ||
-    die "tcpbulk through $t failed: $(cat "$TMP/logs/tcpbulk.err")"
+  j=$(jq -s 'sort_by(.gbit_s) as $r | $r[(length / 2 | floor)] + {gbit_s_runs: [.[].gbit_s]}' "$TMP/tcp-runs-$t")
   put ".tcp_bulk.$t" "$j"
-  log "tcp bulk $t: $(jq -r '"\(.gbit_s) Gbit/s (verified \(.verified))"' <<<"$j")"
+  log "tcp bulk $t (median of $ROUNDS): $(jq -r '"\(.gbit_s) Gbit/s, runs \(.gbit_s_runs)"' <<<"$j")"
 done
 stop_pid "$BATON_PID" # the static instance is done; the upgrade scenarios run their own
 
