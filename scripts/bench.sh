@@ -137,9 +137,9 @@ wait_port() { # PORT [what]
 }
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
-# CPU time (user + system) of PID so far, in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-CLK_TCK=$(getconf CLK_TCK)
+# CPU time of PID so far, in ns: /proc/PID/schedstat (exact; the tick-sampled utime/stime of /proc/PID/stat
+# undercount a process that sleeps and wakes thousands of times a second).
+cpu_ns() { awk '{print $1}' "/proc/$1/schedstat" 2>/dev/null || echo 0; }
 
 # The pid of the first child of $1 (the nginx / HAProxy worker).
 child_of() {
@@ -492,11 +492,11 @@ for scenario in http1_keepalive http1_keepalive_wide http1_close; do
         PIDS+=("$sampler")
       fi
       # The proxy's own CPU per request (user + kernel), from /proc before and after the run.
-      cpu0=$( [[ -n ${MEM_PID[$t]:-} ]] && cpu_ticks "${MEM_PID[$t]}" || echo 0)
+      cpu0=$( [[ -n ${MEM_PID[$t]:-} ]] && cpu_ns "${MEM_PID[$t]}" || echo 0)
       run=$(wrk_json "${DUR}s" "${HTTP_URL[$t]}" "${extra[@]}")
-      cpu1=$( [[ -n ${MEM_PID[$t]:-} ]] && cpu_ticks "${MEM_PID[$t]}" || echo 0)
-      jq -c --argjson ticks "$((cpu1 - cpu0))" --argjson hz "$CLK_TCK" --argjson has "$([[ -n ${MEM_PID[$t]:-} ]] && echo true || echo false)" \
-        'if $has and .requests > 0 then . + {cpu_us_per_req: ($ticks * 1e6 / $hz / .requests)} else . end' \
+      cpu1=$( [[ -n ${MEM_PID[$t]:-} ]] && cpu_ns "${MEM_PID[$t]}" || echo 0)
+      jq -c --argjson ns "$((cpu1 - cpu0))" --argjson has "$([[ -n ${MEM_PID[$t]:-} ]] && echo true || echo false)" \
+        'if $has and .requests > 0 then . + {cpu_us_per_req: ($ns / 1e3 / .requests)} else . end' \
         <<<"$run" >>"$TMP/runs-$scenario-$t"
       if [[ -n $sampler ]]; then
         kill "$sampler" 2>/dev/null || true
