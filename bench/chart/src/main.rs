@@ -192,8 +192,15 @@ impl Report {
         target: &str,
         status: Option<bool>,
     ) {
+        // Rows judged against a target get one more decimal, so a ratio just short of it does not print as met.
         let ratio = ratio_against_peers(&vals, better)
-            .map(|x| format!("{x:.2}×"))
+            .map(|x| {
+                if status.is_some() {
+                    format!("{x:.3}×")
+                } else {
+                    format!("{x:.2}×")
+                }
+            })
             .unwrap_or_else(|| "—".into());
         self.push(Row {
             metric: metric.into(),
