@@ -76,11 +76,10 @@ impl RawIdle {
 /// Serves HTTP/1 on an accepted connection whose first bytes (`read`) are not an HTTP/2 preface.
 /// `may_migrate: false` means the successor refused it once already: serve on, closing after the next response.
 pub async fn serve(client: TcpStream, read: Vec<u8>, peer: SocketAddr, env: ConnEnv, may_migrate: bool) {
-    let hard_stop = env.hard_stop_signal.clone();
     tokio::select! {
         biased;
         _ = run(client, read, peer, &env, may_migrate) => {}
-        _ = hard_stop.wait() => {}
+        _ = env.hard_stop.wait() => {}
     }
 }
 
@@ -115,7 +114,7 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
     let mut out = Vec::with_capacity(1024);
     let mut ubuf = Vec::new();
     let mut head = Vec::with_capacity(1024);
-    let migration = env.handover.started();
+    let migration = env.handover.requested();
     tokio::pin!(migration);
     let timer = tokio::time::sleep(cluster.request_timeout);
     tokio::pin!(timer);

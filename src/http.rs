@@ -59,10 +59,8 @@ pub struct ConnEnv {
     /// Set when a plain drain starts: HTTP/1 responses say `Connection: close`. A flag, not the token: it is
     /// read on every request.
     pub closing: Arc<AtomicBool>,
-    /// Cancelled at the drain deadline: connections are dropped.
-    pub hard_stop: CancellationToken,
-    /// Fired with `hard_stop` (what the HTTP/1 engine waits on, cheaper to poll).
-    pub hard_stop_signal: Arc<Signal>,
+    /// Fired at the drain deadline: connections are dropped.
+    pub hard_stop: Arc<Signal>,
     /// The connection migration of this instance, started at a committed handoff to a successor.
     pub handover: Arc<Handover>,
 }
@@ -87,7 +85,7 @@ async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, peer: SocketAddr, 
         let handover = may_migrate.then_some(&*env.handover);
         let sniffed = tokio::select! {
             s = sniff(stream, read, &env.proxy.metrics, handover) => s,
-            _ = env.hard_stop.cancelled() => return,
+            _ = env.hard_stop.wait() => return,
         };
         match sniffed {
             Sniffed::Gone => return,
@@ -143,11 +141,11 @@ async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, env: ConnEnv) {
         _ = conn.as_mut() => return,
         _ = drain.cancelled() => conn.as_mut().graceful_shutdown(),
         _ = handover.requested() => conn.as_mut().graceful_shutdown(),
-        _ = hard_stop.cancelled() => return,
+        _ = hard_stop.wait() => return,
     }
     tokio::select! {
         _ = conn => {},
-        _ = hard_stop.cancelled() => {},
+        _ = hard_stop.wait() => {},
     }
 }
 
@@ -205,7 +203,7 @@ async fn run_h1(
     loop {
         tokio::select! {
             biased;
-            _ = env.hard_stop.cancelled() => return None,
+            _ = env.hard_stop.wait() => return None,
             ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if ended.is_err() || !pausing || !ctl.migratable() {
                     // Ended by the client, an error, or hyper's own keep-alive rules: close as hyper would.

@@ -24,9 +24,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_util::sync::CancellationToken;
 
-use crate::signal::Signal;
+use crate::signal::{Signal, Wait};
 use tokio_util::task::TaskTracker;
 
 use crate::state::State;
@@ -53,9 +52,8 @@ struct Departure {
 
 /// The old instance's side of a connection migration, shared by every connection task.
 pub struct Handover {
-    requested: CancellationToken,
-    /// Fired with `requested`: what the HTTP/1 engine waits on, cheaper to poll than the token.
-    started: Signal,
+    /// Fired when the migration starts.
+    started: Arc<Signal>,
     tx: mpsc::UnboundedSender<Departure>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Departure>>>,
 }
@@ -64,8 +62,7 @@ impl Default for Handover {
     fn default() -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Handover {
-            requested: CancellationToken::new(),
-            started: Signal::default(),
+            started: Arc::default(),
             tx,
             rx: Mutex::new(Some(rx)),
         }
@@ -74,8 +71,8 @@ impl Default for Handover {
 
 impl Handover {
     /// Resolves once a migration has started: time to reach a quiescent point and [`Handover::depart`].
-    pub async fn requested(&self) {
-        self.requested.cancelled().await
+    pub fn requested(&self) -> Wait<'_> {
+        self.started.wait()
     }
 
     /// Whether a migration has started.
@@ -83,14 +80,9 @@ impl Handover {
         self.started.fired()
     }
 
-    /// Resolves once a migration has started (the cheap wait of a hot loop).
-    pub fn started(&self) -> crate::signal::Wait<'_> {
-        self.started.wait()
-    }
-
-    /// A token cancelled when the migration starts.
-    pub fn token(&self) -> CancellationToken {
-        self.requested.clone()
+    /// The signal fired when the migration starts.
+    pub fn signal(&self) -> Arc<Signal> {
+        self.started.clone()
     }
 
     /// Offers a quiescent connection to the successor. `None`: it is the successor's now (our copies are
@@ -120,7 +112,6 @@ impl Handover {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let rx = self.rx.lock().ok()?.take()?;
         self.started.fire();
-        self.requested.cancel();
         Some(tokio::spawn(run_hub(migration, rx, tracker, state)))
     }
 }

@@ -10,11 +10,11 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+use crate::signal::Signal;
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::migration::RELAY_FLUSH_GRACE;
 
@@ -35,7 +35,7 @@ pub enum RelayEnd {
     },
 }
 
-/// Relays both directions until both have ended, or until `stop` is cancelled while both are open. First writes
+/// Relays both directions until both have ended, or until `stop` fires while both are open. First writes
 /// `pending` (to-upstream, to-client): bytes an earlier instance read but did not write. `sent_up` and
 /// `sent_down` are told every chunk moved client → upstream and upstream → client.
 pub async fn relay(
@@ -44,7 +44,7 @@ pub async fn relay(
     sent_up: impl Fn(u64),
     sent_down: impl Fn(u64),
     pending: (Vec<u8>, Vec<u8>),
-    stop: &CancellationToken,
+    stop: &Signal,
 ) -> io::Result<RelayEnd> {
     let (up, down) = tokio::try_join!(
         pump(client, upstream, &sent_up, pending.0, stop),
@@ -65,7 +65,7 @@ pub async fn relay(
 
 /// [`pump`] with no stop: runs until `src` ends.
 async fn to_end(src: &TcpStream, dst: &TcpStream, moved: &impl Fn(u64), pending: Vec<u8>) -> io::Result<u64> {
-    match pump(src, dst, moved, pending, &CancellationToken::new()).await? {
+    match pump(src, dst, moved, pending, &Signal::default()).await? {
         Pumped::Eof(n) => Ok(n),
         Pumped::Stopped(_) => Err(io::Error::other("relay stopped without a stop request")),
     }
@@ -109,13 +109,13 @@ impl Pipe {
     }
 }
 
-/// Resolves [`RELAY_FLUSH_GRACE`] after `stop` is cancelled.
-async fn flush_grace_over(stop: &CancellationToken) {
-    stop.cancelled().await;
+/// Resolves [`RELAY_FLUSH_GRACE`] after `stop` fires.
+async fn flush_grace_over(stop: &Signal) {
+    stop.wait().await;
     tokio::time::sleep(RELAY_FLUSH_GRACE).await;
 }
 
-/// Moves `src` → `dst` until `src` ends (then half-closes `dst`) or `stop` is cancelled at a read boundary.
+/// Moves `src` → `dst` until `src` ends (then half-closes `dst`) or `stop` fires at a read boundary.
 ///
 /// The pipe is filled only when it is empty: then an EAGAIN from splice can only mean that `src` has nothing to
 /// read, so clearing its readiness is right (a full pipe would also say EAGAIN and leave tokio waiting for a
@@ -125,7 +125,7 @@ async fn pump(
     dst: &TcpStream,
     moved: &impl Fn(u64),
     pending: Vec<u8>,
-    stop: &CancellationToken,
+    stop: &Signal,
 ) -> io::Result<Pumped> {
     let mut total = 0u64;
     let mut off = 0;
@@ -147,7 +147,7 @@ async fn pump(
     loop {
         let n = tokio::select! {
             biased;
-            _ = stop.cancelled() => return Ok(Pumped::Stopped(Vec::new())),
+            _ = stop.wait() => return Ok(Pumped::Stopped(Vec::new())),
             r = src.async_io(Interest::READABLE, || {
                 splice(src, None, &pipe.write, None, pipe.capacity, flags).map_err(errno)
             }) => r?,

@@ -34,8 +34,7 @@ pub struct Server {
     stop_accepting: CancellationToken,
     drain: CancellationToken,
     closing: Arc<AtomicBool>,
-    hard_stop: CancellationToken,
-    hard_stop_signal: Arc<Signal>,
+    hard_stop: Arc<Signal>,
     handover: Arc<Handover>,
     tracker: TaskTracker,
     accept_tasks: Vec<JoinHandle<()>>,
@@ -76,8 +75,7 @@ impl Server {
             stop_accepting: CancellationToken::new(),
             drain: CancellationToken::new(),
             closing: Arc::new(AtomicBool::new(false)),
-            hard_stop: CancellationToken::new(),
-            hard_stop_signal: Arc::default(),
+            hard_stop: Arc::default(),
             handover: Arc::new(Handover::default()),
             tracker: TaskTracker::new(),
             accept_tasks: Vec::new(),
@@ -103,7 +101,6 @@ impl Server {
                             drain: server.drain.clone(),
                             closing: server.closing.clone(),
                             hard_stop: server.hard_stop.clone(),
-                            hard_stop_signal: server.hard_stop_signal.clone(),
                             handover: server.handover.clone(),
                         }),
                         Protocol::Tcp => ConnEnv::Tcp(tcp::RelayEnv {
@@ -245,8 +242,7 @@ impl Server {
             Ok(()) => 0,
             Err(_) => {
                 let left = self.state.active_connections();
-                self.hard_stop.cancel();
-                self.hard_stop_signal.fire();
+                self.hard_stop.fire();
                 let _ = tokio::time::timeout(Duration::from_secs(1), self.tracker.wait()).await;
                 left
             }

@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
 use crate::metrics::ListenerMetrics;
 use crate::migration::{fd_stream, stream_fd, Handover, Parcel, KIND_TCP};
 use crate::relay::{self, RelayEnd};
+use crate::signal::Signal;
 use crate::upstream::Cluster;
 
 /// What a relay task needs besides its streams.
@@ -21,8 +21,8 @@ pub struct RelayEnv {
     pub cluster: Arc<Cluster>,
     /// This listener's metrics.
     pub metrics: Arc<ListenerMetrics>,
-    /// Cancelled at the drain deadline: streams are dropped.
-    pub hard_stop: CancellationToken,
+    /// Fired at the drain deadline: streams are dropped.
+    pub hard_stop: Arc<Signal>,
     /// The connection migration of this instance.
     pub handover: Arc<Handover>,
 }
@@ -33,7 +33,7 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, env: RelayEnv) {
     let _ = client.set_nodelay(true);
     let connected = tokio::select! {
         c = env.cluster.connect() => c,
-        _ = env.hard_stop.cancelled() => return,
+        _ = env.hard_stop.wait() => return,
     };
     let upstream = match connected {
         Ok((_, upstream)) => upstream,
@@ -54,7 +54,7 @@ pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec
 }
 
 async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), env: RelayEnv) {
-    let mut stop = env.handover.token();
+    let mut stop = env.handover.signal();
     loop {
         let metrics = &env.metrics;
         let up = |n| {
@@ -65,7 +65,7 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
         };
         let ended = tokio::select! {
             r = relay::relay(&client, &upstream, up, down, pending, &stop) => r,
-            _ = env.hard_stop.cancelled() => return,
+            _ = env.hard_stop.wait() => return,
         };
         let (to_upstream, to_client) = match ended {
             Ok(RelayEnd::Done(..)) => return,
@@ -97,6 +97,6 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
         };
         (client, upstream) = (c, u);
         pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
-        stop = CancellationToken::new();
+        stop = Arc::default();
     }
 }
