@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::fields::{tokens, Field};
 use crate::http::ConnEnv;
 use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
@@ -639,52 +640,6 @@ impl ChunkedDecoder {
         }
         Ok((i, self.state == Done))
     }
-}
-
-/// Request and response fields this engine treats specially.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Field {
-    Host,
-    ContentLength,
-    TransferEncoding,
-    Connection,
-    Upgrade,
-    Expect,
-    ForwardedFor,
-    /// Hop-by-hop by definition, dropped (RFC 9110 §7.6.1): `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
-    /// `Proxy-Authenticate`, `Proxy-Authorization`.
-    HopByHop,
-    Other,
-}
-
-impl Field {
-    fn of(name: &str) -> Field {
-        let is = |s: &str| name.eq_ignore_ascii_case(s);
-        match name.len() {
-            2 if is("te") => Field::HopByHop,
-            4 if is("host") => Field::Host,
-            6 if is("expect") => Field::Expect,
-            7 if is("upgrade") => Field::Upgrade,
-            7 if is("trailer") => Field::HopByHop,
-            10 if is("connection") => Field::Connection,
-            10 if is("keep-alive") => Field::HopByHop,
-            14 if is("content-length") => Field::ContentLength,
-            15 if is("x-forwarded-for") => Field::ForwardedFor,
-            16 if is("proxy-connection") => Field::HopByHop,
-            17 if is("transfer-encoding") => Field::TransferEncoding,
-            18 if is("proxy-authenticate") => Field::HopByHop,
-            19 if is("proxy-authorization") => Field::HopByHop,
-            _ => Field::Other,
-        }
-    }
-}
-
-/// The comma-separated tokens of a field value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
 }
 
 /// A `Content-Length` value: digits only.

@@ -19,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::fields::{tokens, Field};
 use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
 use crate::migration::{ConnCtl, Handover, Parcel, RequestBody, Tracked, KIND_HTTP1};
@@ -264,9 +265,8 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
     headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .flat_map(|v| tokens(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
 async fn forward(
@@ -342,48 +342,22 @@ pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
 }
 
 /// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names, plus the ones that are
-/// hop-by-hop by definition. Framing (`Transfer-Encoding`) is redone by hyper on each side.
+/// hop-by-hop by definition ([`Field::is_hop_by_hop`]). Framing (`Transfer-Encoding`) is redone by hyper on each
+/// side.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Fast path: most messages carry none of them, and one pass over the names is cheaper than ten lookups.
-    if !headers.keys().any(is_hop_by_hop) {
+    let hop = |name: &HeaderName| Field::of(name.as_str()).is_hop_by_hop();
+    // Fast path: most messages carry none of them (and a field named in `Connection` needs a `Connection`).
+    if !headers.keys().any(hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| hop(name) || connection_has(headers, name.as_str()))
+        .cloned()
         .collect();
-    for name in named {
+    for name in doomed {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-}
-
-/// Hop-by-hop by definition (fields named in `Connection` are found through it).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TE
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TRAILER
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
 }
 
 fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fields;
 pub mod h1;
 pub mod http;
 pub mod io;
