@@ -27,7 +27,7 @@ use crate::fields::{tokens, Field};
 use crate::http::ConnEnv;
 use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
-use crate::upstream::{Cluster, Endpoint};
+use crate::upstream::{Endpoint, Failure};
 
 /// Largest request or response head handled here (hyper answers a larger request head 431).
 const MAX_HEAD: usize = 64 * 1024;
@@ -175,7 +175,7 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
         let (up, parsed, first) = match exchanged {
             Ok(ok) => ok,
             Err(failure) => {
-                let (status, body) = failure.answer(cluster, endpoint, metrics);
+                let (status, body) = failure.answer(cluster, endpoint.addr, metrics);
                 metrics.response(status, start.elapsed());
                 out.clear();
                 our_response(&mut out, status, body, closing);
@@ -206,35 +206,6 @@ async fn write(client: &mut TcpStream, bytes: &[u8], metrics: &ListenerMetrics) 
     client.write_all(bytes).await?;
     metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
     Ok(())
-}
-
-/// Why no upstream response head arrived.
-#[derive(Debug)]
-enum Failure {
-    Connect(std::io::Error),
-    Exchange(std::borrow::Cow<'static, str>),
-    Timeout,
-}
-
-impl Failure {
-    /// The status and body the client gets; counted in the listener's metrics and logged.
-    fn answer(self, cluster: &Cluster, endpoint: &Endpoint, metrics: &ListenerMetrics) -> (u16, &'static str) {
-        match self {
-            Failure::Connect(e) => {
-                metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "upstream connect failed");
-                (502, "baton: upstream connect failed\n")
-            }
-            Failure::Exchange(why) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %why, "upstream request failed");
-                (502, "baton: upstream request failed\n")
-            }
-            Failure::Timeout => {
-                metrics.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
-                (504, "baton: upstream timed out\n")
-            }
-        }
-    }
 }
 
 /// A short plain-text response of ours.

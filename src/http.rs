@@ -25,7 +25,7 @@ use crate::metrics::ListenerMetrics;
 use crate::migration::{ConnCtl, Handover, Parcel, RequestBody, Tracked, KIND_HTTP1};
 use crate::pool::{self, PoolError, PooledBody};
 use crate::signal::Signal;
-use crate::upstream::Cluster;
+use crate::upstream::{Cluster, Failure};
 
 /// Response body: the upstream's, streamed, or a short one of ours.
 pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
@@ -308,26 +308,22 @@ async fn forward(
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Either::Left(body))
         }
-        Ok(Err(e @ PoolError::Connect(_))) => {
-            metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "upstream connect failed");
-            plain(StatusCode::BAD_GATEWAY, "baton: upstream connect failed\n")
-        }
         Ok(Err(e)) if e.client_body_failed() => {
             // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
             // upstream's. The upstream never saw a complete request.
             tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "bad request body from the client");
             plain(StatusCode::BAD_REQUEST, "baton: bad request body\n")
         }
-        Ok(Err(e)) => {
-            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "upstream request failed");
-            plain(StatusCode::BAD_GATEWAY, "baton: upstream request failed\n")
-        }
-        Err(_) => {
-            metrics.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
-            plain(StatusCode::GATEWAY_TIMEOUT, "baton: upstream timed out\n")
-        }
+        Ok(Err(PoolError::Connect(e))) => failed(Failure::Connect(e), cluster, addr, metrics),
+        Ok(Err(e)) => failed(Failure::Exchange(e.to_string().into()), cluster, addr, metrics),
+        Err(_) => failed(Failure::Timeout, cluster, addr, metrics),
     }
+}
+
+/// The answer to an upstream failure ([`Failure::answer`]).
+fn failed(failure: Failure, cluster: &Cluster, addr: SocketAddr, metrics: &ListenerMetrics) -> Response<ProxyBody> {
+    let (status, body) = failure.answer(cluster, addr, metrics);
+    plain(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body)
 }
 
 /// A short plain-text response of ours.
