@@ -27,12 +27,13 @@ use crate::fields::{tokens, Field};
 use crate::http::ConnEnv;
 use crate::io::ClientIo;
 use crate::metrics::ListenerMetrics;
+use crate::pool::MAX_IDLE;
 use crate::upstream::{Endpoint, Failure};
 
-/// Largest request or response head handled here (hyper answers a larger request head 431).
-const MAX_HEAD: usize = 64 * 1024;
+/// Largest request or response head handled here: hyper's limit, which answers a larger request head 431.
+const MAX_HEAD: usize = crate::http::MAX_REQUEST_HEAD;
 /// Largest request body read whole before it is forwarded; a larger one is streamed by hyper.
-pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+const MAX_BUFFERED_BODY: usize = 64 * 1024;
 /// Request fields parsed here; a request with more goes to hyper (which allows 100).
 const REQUEST_FIELDS: usize = 64;
 /// Response fields accepted from an upstream.
@@ -41,8 +42,6 @@ const RESPONSE_FIELDS: usize = 100;
 const READ_ROOM: usize = 8 * 1024;
 /// Read size while relaying a response body.
 const BODY_CHUNK: usize = 64 * 1024;
-/// Most idle upstream connections kept per endpoint.
-const MAX_IDLE: usize = 256;
 
 /// Idle upstream connections of one endpoint, ready for an exchange.
 #[derive(Default)]
@@ -166,13 +165,7 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
             r = exchange(endpoint, cluster.connect_timeout, &out, &req, closing, &mut ubuf, &mut head) => r,
             _ = &mut timer => Err(Failure::Timeout),
         };
-        let mut chunks = ChunkedDecoder::default();
-        let exchanged = exchanged.and_then(|(up, parsed)| {
-            // Framing errors in what already arrived are still the upstream's to answer for: nothing was sent.
-            let first = body_start(&parsed, &ubuf, &mut chunks).map_err(|why| Failure::Exchange(why.into()))?;
-            Ok((up, parsed, first))
-        });
-        let (up, parsed, first) = match exchanged {
+        let answer = match exchanged {
             Ok(ok) => ok,
             Err(failure) => {
                 let (status, body) = failure.answer(cluster, endpoint.addr, metrics);
@@ -185,13 +178,13 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
                 continue;
             }
         };
-        metrics.response(parsed.status, start.elapsed());
-        match relay_body(up, &parsed, first, chunks, &mut ubuf, &mut head, &mut client, metrics).await {
+        metrics.response(answer.head.status, start.elapsed());
+        let close_client = answer.head.close;
+        match relay_body(answer, &mut ubuf, &mut head, &mut client, metrics).await {
             Ok(Some(up)) => endpoint.raw.put(up),
             Ok(None) => {}
             Err(()) => return, // one side failed mid-body: nothing else can be said on this connection
         }
-        let close_client = parsed.close;
         if close_client {
             return shutdown(client).await;
         }
@@ -232,7 +225,7 @@ async fn exchange(
     closing: bool,
     ubuf: &mut Vec<u8>,
     head: &mut Vec<u8>,
-) -> Result<(TcpStream, ResponseHead), Failure> {
+) -> Result<Answer, Failure> {
     let mut pooled = endpoint.raw.take();
     loop {
         let reused = pooled.is_some();
@@ -272,7 +265,20 @@ async fn exchange(
             answered = true;
             head.clear();
             match parse_response(ubuf, req.is_head, closing, head) {
-                Ok(Some(parsed)) => return Ok((up, parsed)),
+                Ok(Some(parsed)) => {
+                    // Framing errors in what came with the head are still the upstream's to answer for:
+                    // nothing was sent to the client yet.
+                    let mut body = BodyEnd::new(parsed.framing);
+                    let first = body
+                        .feed(&ubuf[parsed.head_len..])
+                        .map_err(|why| Failure::Exchange(why.into()))?;
+                    return Ok(Answer {
+                        up,
+                        head: parsed,
+                        body,
+                        first,
+                    });
+                }
                 Ok(None) => {}
                 Err(why) => return Err(Failure::Exchange(why.into())),
             }
@@ -443,74 +449,100 @@ fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Where the body begins in what was read with the head (`ubuf` past `head_len`): how many bytes of it are body,
-/// and whether the body ends there. Errors on a malformed chunked body.
-fn body_start(head: &ResponseHead, ubuf: &[u8], chunks: &mut ChunkedDecoder) -> Result<(usize, bool), &'static str> {
-    let after = &ubuf[head.head_len..];
-    Ok(match head.framing {
-        Framing::Empty => (0, true),
-        Framing::Length(n) => {
-            let k = usize::try_from(n).unwrap_or(usize::MAX).min(after.len());
-            (k, k as u64 == n)
-        }
-        Framing::Chunked => chunks.feed(after)?,
-        Framing::Close => (after.len(), false),
-    })
+/// An upstream response whose head arrived: the connection, the parsed head, and how its body ends.
+struct Answer {
+    up: TcpStream,
+    head: ResponseHead,
+    body: BodyEnd,
+    /// Of the bytes read past the head: how many are body, and whether the body ends there.
+    first: (usize, bool),
 }
 
-/// Writes the client head (`out`) and the response body, the first part of which (`first`, from [`body_start`])
-/// is in `ubuf`: `Ok(Some)` gives back the upstream connection if it can carry another exchange; `Err` if either
-/// side failed part-way (the client connection must close).
-#[allow(clippy::too_many_arguments)]
+/// Where a response body ends, fed its bytes as they arrive.
+#[derive(Debug)]
+enum BodyEnd {
+    Empty,
+    /// Bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+}
+
+impl BodyEnd {
+    fn new(framing: Framing) -> BodyEnd {
+        match framing {
+            Framing::Empty => BodyEnd::Empty,
+            Framing::Length(n) => BodyEnd::Length(n),
+            Framing::Chunked => BodyEnd::Chunked(ChunkedDecoder::default()),
+            Framing::Close => BodyEnd::Close,
+        }
+    }
+
+    /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
+    fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        match self {
+            BodyEnd::Empty => Ok((0, true)),
+            BodyEnd::Length(left) => {
+                let k = usize::try_from(*left).unwrap_or(usize::MAX).min(bytes.len());
+                *left -= k as u64;
+                Ok((k, *left == 0))
+            }
+            BodyEnd::Chunked(decoder) => decoder.feed(bytes),
+            BodyEnd::Close => Ok((bytes.len(), false)),
+        }
+    }
+
+    /// The most bytes worth reading next (never past a known length).
+    fn want(&self) -> usize {
+        match self {
+            BodyEnd::Length(left) => usize::try_from(*left).unwrap_or(usize::MAX).min(BODY_CHUNK),
+            _ => BODY_CHUNK,
+        }
+    }
+}
+
+/// Writes the client head (`out`) and the response body: `Ok(Some)` gives back the upstream connection if it
+/// can carry another exchange; `Err` if either side failed part-way (the client connection must close).
 async fn relay_body(
-    mut up: TcpStream,
-    head: &ResponseHead,
-    (taken, mut done): (usize, bool),
-    mut chunks: ChunkedDecoder,
+    answer: Answer,
     ubuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     client: &mut TcpStream,
     metrics: &ListenerMetrics,
 ) -> Result<Option<TcpStream>, ()> {
+    let Answer {
+        mut up,
+        head,
+        mut body,
+        first: (taken, mut done),
+    } = answer;
     let after = &ubuf[head.head_len..];
     let extra = after.len() - taken;
     out.extend_from_slice(&after[..taken]);
     write(client, out, metrics).await.map_err(drop)?;
-    let mut remaining = match head.framing {
-        Framing::Length(n) => n - taken as u64,
-        _ => u64::MAX,
-    };
     if !done {
         ubuf.clear();
         ubuf.resize(BODY_CHUNK, 0);
         while !done {
-            let want = usize::try_from(remaining).unwrap_or(usize::MAX).min(BODY_CHUNK);
-            let n = up.read(&mut ubuf[..want]).await.map_err(drop)?;
-            let (k, end) = match head.framing {
-                Framing::Close if n == 0 => return Ok(None),
-                _ if n == 0 => return Err(()),
-                Framing::Length(_) => {
-                    remaining -= n as u64;
-                    (n, remaining == 0)
-                }
-                Framing::Chunked => chunks.feed(&ubuf[..n]).map_err(|_| ())?,
-                _ => (n, false),
-            };
+            let n = up.read(&mut ubuf[..body.want()]).await.map_err(drop)?;
+            if n == 0 {
+                return if head.framing == Framing::Close {
+                    Ok(None)
+                } else {
+                    Err(())
+                };
+            }
+            let (k, end) = body.feed(&ubuf[..n]).map_err(drop)?;
+            write(client, &ubuf[..k], metrics).await.map_err(drop)?;
             if k < n {
                 // Bytes after the chunked body's end: the upstream is not speaking HTTP/1.1 properly.
-                return relay_last(client, &ubuf[..k], metrics).await;
+                return Ok(None);
             }
-            write(client, &ubuf[..k], metrics).await.map_err(drop)?;
             done = end;
         }
         ubuf.truncate(0);
     }
     Ok((head.keep_alive && extra == 0).then_some(up))
-}
-
-async fn relay_last(client: &mut TcpStream, bytes: &[u8], metrics: &ListenerMetrics) -> Result<Option<TcpStream>, ()> {
-    write(client, bytes, metrics).await.map_err(drop)?;
-    Ok(None)
 }
 
 /// Finds the end of a chunked body passed through as it is (RFC 9112 §7.1), trailers included.

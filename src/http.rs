@@ -33,7 +33,7 @@ pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// Largest HTTP/1 request head accepted (request line and headers).
-const MAX_REQUEST_HEAD: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST_HEAD: usize = 64 * 1024;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 

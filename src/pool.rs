@@ -19,8 +19,8 @@ use crate::migration::RequestBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-/// Most idle connections kept per endpoint.
-const MAX_IDLE: usize = 256;
+/// Most idle connections kept per endpoint, in each pool (this one and the HTTP/1 engine's).
+pub(crate) const MAX_IDLE: usize = 256;
 
 /// Why an exchange failed.
 #[derive(Debug)]
