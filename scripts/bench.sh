@@ -448,6 +448,11 @@ wrk_json() {
   grep '^WRKJSON ' "$out" | tail -1 | sed 's/^WRKJSON //' | grep . || die "wrk printed no WRKJSON line: $(tail -5 "$out")"
 }
 
+# median_run FIELD FILE: of the JSON runs in FILE, the median one by FIELD, with every run's FIELD in FIELD_runs.
+median_run() {
+  jq -s --arg f "$1" 'sort_by(.[$f]) as $r | $r[(length / 2 | floor)] + {($f + "_runs"): [.[][$f]]}' "$2"
+}
+
 # sample_rss PID FILE: writes the peak VmRSS of PID to FILE until killed.
 sample_rss() {
   local peak=0 v
@@ -507,7 +512,7 @@ for scenario in http1_keepalive http1_keepalive_wide http1_close; do
     done
   done
   for t in "${TARGETS[@]}"; do
-    j=$(jq -s 'sort_by(.rps) as $r | $r[(length / 2 | floor)] + {rps_runs: [.[].rps | floor]}' "$TMP/runs-$scenario-$t")
+    j=$(median_run rps "$TMP/runs-$scenario-$t")
     if [[ $scenario == http1_keepalive && -n ${MEM_PID[$t]:-} ]]; then
       put ".memory_kib.${t}_load" "$(cat "$TMP"/rss-"$t"-* 2>/dev/null | sort -n | tail -1 | grep . || echo 0)"
     fi
@@ -557,7 +562,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
   done
 done
 for t in "${TARGETS[@]}"; do
-  j=$(jq -s 'sort_by(.gbit_s) as $r | $r[(length / 2 | floor)] + {gbit_s_runs: [.[].gbit_s]}' "$TMP/tcp-runs-$t")
+  j=$(median_run gbit_s "$TMP/tcp-runs-$t")
   put ".tcp_bulk.$t" "$j"
   log "tcp bulk $t (median of $ROUNDS): $(jq -r '"\(.gbit_s) Gbit/s, runs \(.gbit_s_runs)"' <<<"$j")"
 done
