@@ -60,15 +60,6 @@ impl Rec {
     }
 }
 
-fn header_values(head: &str, name: &str) -> Vec<String> {
-    head.lines()
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
 /// What the upstream does with a request.
 enum Action {
     /// Writes `parts` one after the other, `gap` apart, then does `then`.

@@ -35,13 +35,7 @@ impl Received {
 
     /// Values of the header `name` (case-insensitive), in order.
     fn header(&self, name: &str) -> Vec<String> {
-        self.head
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim().to_string())
-            .collect()
+        header_values(&self.head, name)
     }
 }
 

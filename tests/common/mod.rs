@@ -1302,3 +1302,13 @@ pub fn assert_listeners(st: &serde_json::Value, s: &Setup, origin: &str) {
         );
     }
 }
+
+/// Values of the field `name` (any case), in order, in an HTTP/1 message head (start line, then field lines).
+pub fn header_values(head: &str, name: &str) -> Vec<String> {
+    head.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(n, _)| n.trim().eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.trim().to_string())
+        .collect()
+}
