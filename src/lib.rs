@@ -5,20 +5,18 @@
 //! listeners from it (or binds them) and never asks which.
 #![forbid(unsafe_code)]
 
-pub mod admin;
 pub mod config;
-pub mod fields;
-pub mod h1;
-pub mod http;
-pub mod io;
-pub mod listeners;
-pub mod metrics;
+pub mod drain;
+pub mod instance;
 pub mod migration;
-pub mod pool;
-pub mod relay;
-pub mod run;
+pub mod proxy;
 pub mod server;
-pub mod signal;
-pub mod state;
-pub mod tcp;
+pub mod telemetry;
 pub mod upstream;
+
+/// The software version shown in `/status` and logs: `BATON_VERSION` at build time (images set it to their
+/// tag, e.g. `v2`), else the crate version.
+pub const VERSION: &str = match option_env!("BATON_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

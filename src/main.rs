@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use baton::config::{parse_duration, Config, ConfigError, DEFAULT_UDS_DIR};
-use baton::run::{run, RunOptions};
+use baton::instance::{run, RunOptions};
 use baton_migrate::{watch_takeover, Role, UdsDir};
 use clap::{Parser, Subcommand};
 
@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 const USAGE: u8 = 2;
 
 #[derive(Parser)]
-#[command(name = "baton", version = baton::state::VERSION, about = "A sidecar proxy that hands its sockets to its successor on OpenKruise SidecarSet hot upgrade")]
+#[command(name = "baton", version = baton::VERSION, about = "A sidecar proxy that hands its sockets to its successor on OpenKruise SidecarSet hot upgrade")]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text", env = "BATON_LOG_FORMAT")]
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     let early_stop = std::env::args()
         .skip(1)
         .any(|a| a == "run")
-        .then(baton::run::catch_early_signals);
+        .then(baton::instance::catch_early_signals);
     let cli = Cli::parse();
     if let Err(e) = init_logging(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("baton: --log-level: {e}");
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             uds_dir,
             workers,
         } => {
-            let early_stop = early_stop.unwrap_or_else(baton::run::catch_early_signals);
+            let early_stop = early_stop.unwrap_or_else(baton::instance::catch_early_signals);
             let config = match Config::load(&config) {
                 Ok(c) => c,
                 Err(e) => return config_error(&e),

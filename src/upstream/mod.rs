@@ -1,10 +1,12 @@
 //! Upstream clusters: round-robin endpoint choice, a keep-alive HTTP/1.1 connection pool per endpoint, and TCP
 //! connects, each under the cluster's timeouts.
 
+pub mod pool;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::metrics::ListenerMetrics;
+use crate::telemetry::metrics::ListenerMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +14,8 @@ use http::uri::Authority;
 use tokio::net::TcpStream;
 
 use crate::config::ClusterConfig;
-use crate::h1::RawIdle;
-use crate::pool::Idle;
+use crate::proxy::http::engine::RawIdle;
+use crate::upstream::pool::Idle;
 
 /// One upstream endpoint.
 pub struct Endpoint {

@@ -3,7 +3,7 @@
 //!
 //! - HTTP/1: between two requests. A connection with a request in flight finishes its response here first; the
 //!   bytes hyper read but did not parse yet travel with the fd.
-//! - TCP relay: when neither direction has bytes inside this process (see [`crate::relay`]); bytes read but not yet
+//! - TCP relay: when neither direction has bytes inside this process (see [`crate::proxy::tcp::splice`]); bytes read but not yet
 //!   written travel with both fds.
 //! - HTTP/2: not migrated; it gets GOAWAY at the commit and finishes its streams here.
 //!
@@ -25,10 +25,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use crate::signal::{Signal, Wait};
+use crate::drain::latch::{Signal, Wait};
 use tokio_util::task::TaskTracker;
 
-use crate::state::State;
+use crate::telemetry::state::State;
 
 /// Kind tag of a migrated HTTP/1 connection: one fd, one buffer (bytes read but not parsed).
 pub const KIND_HTTP1: &str = "http1";

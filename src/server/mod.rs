@@ -1,6 +1,8 @@
 //! Accept loops and the drain. `Server::start` takes ready listeners (bound or inherited, it does not know
 //! which) and serves them until told to stop accepting; `Server::drain` then waits for in-flight work.
 
+pub mod listeners;
+
 use std::io;
 use std::os::fd::AsFd;
 use std::sync::Arc;
@@ -16,14 +18,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Protocol;
-use crate::http::HttpProxy;
-use crate::listeners::{Kind, Listener};
-use crate::metrics::ListenerMetrics;
+use crate::drain::latch::Signal;
 use crate::migration::{fd_stream, is_connected_tcp, Handover, KIND_HTTP1, KIND_TCP};
-use crate::signal::Signal;
-use crate::state::{ConnectionGuard, State};
+use crate::proxy::http::HttpProxy;
+use crate::proxy::{http, tcp};
+use crate::server::listeners::{Kind, Listener};
+use crate::telemetry::admin;
+use crate::telemetry::metrics::ListenerMetrics;
+use crate::telemetry::state::{ConnectionGuard, State};
 use crate::upstream::Cluster;
-use crate::{admin, http, tcp};
 
 /// A running set of listeners.
 pub struct Server {

@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::metrics::ListenerMetrics;
+use crate::telemetry::metrics::ListenerMetrics;
 
 /// A client stream that first replays bytes already read from it (the protocol sniff), and counts the bytes
 /// read from and written to the client.

@@ -9,17 +9,11 @@ use baton_migrate::{InstanceFile, Role, UdsDir};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::metrics::{HandoffCounters, HandoffMetrics, ListenerCounters, ListenerMetrics, Problems};
+use crate::telemetry::metrics::{HandoffCounters, HandoffMetrics, ListenerCounters, ListenerMetrics, Problems};
+use crate::VERSION;
 
 /// Listeners of a predecessor's counters snapshot kept while no listener of that name is registered here.
 const MAX_PENDING_LISTENERS: usize = 1024;
-
-/// The software version shown in `/status` and logs: `BATON_VERSION` at build time (images set it to their
-/// tag, e.g. `v2`), else the crate version.
-pub const VERSION: &str = match option_env!("BATON_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
 
 /// Lifecycle of an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -412,7 +406,7 @@ impl State {
     /// The `/metrics` document.
     pub fn metrics(&self) -> String {
         let phases: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
-        crate::metrics::render(&crate::metrics::Snapshot {
+        crate::telemetry::metrics::render(&crate::telemetry::metrics::Snapshot {
             version: VERSION,
             role: self.role.as_str(),
             phase: self.phase().as_str(),
@@ -500,7 +494,7 @@ mod tests {
         let m = listener(&a, "ingress", "http");
         traffic(&m, 4);
         m.upstream_timeouts.fetch_add(2, Ordering::Relaxed);
-        let _open = crate::state::ConnectionGuard::new(&m);
+        let _open = crate::telemetry::state::ConnectionGuard::new(&m);
         a.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
         a.handoff.duration.observe(Duration::from_millis(2));
         let s = a.counters_snapshot();

@@ -1,4 +1,6 @@
-//! The TCP listener: a bidirectional byte relay to the cluster (splice(2), see [`crate::relay`]).
+//! The TCP listener: a bidirectional byte relay to the cluster (splice(2), see [`crate::proxy::tcp::splice`]).
+
+pub mod splice;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -6,11 +8,11 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::metrics::ListenerMetrics;
+use crate::drain::latch::Signal;
 use crate::migration::{fd_stream, stream_fd, Handover, Parcel, KIND_TCP};
-use crate::relay::{self, RelayEnd};
-use crate::signal::Signal;
+use crate::telemetry::metrics::ListenerMetrics;
 use crate::upstream::Cluster;
+use splice::RelayEnd;
 
 /// What a relay task needs besides its streams.
 #[derive(Clone)]
@@ -64,7 +66,7 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
             metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
         };
         let ended = tokio::select! {
-            r = relay::relay(&client, &upstream, up, down, pending, &stop) => r,
+            r = splice::relay(&client, &upstream, up, down, pending, &stop) => r,
             _ = env.hard_stop.wait() => return,
         };
         let (to_upstream, to_client) = match ended {

@@ -1,5 +1,5 @@
 //! The HTTP/1 fields a proxy treats specially, and the hop-by-hop rules (RFC 9110 §7.6.1), for both the HTTP/1
-//! engine ([`crate::h1`]) and the hyper path ([`crate::http`]).
+//! engine ([`crate::proxy::http::engine`]) and the hyper path ([`crate::proxy::http`]).
 
 /// Request and response fields with a meaning for the proxy.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,6 +1,9 @@
 //! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on one port, each request proxied to the cluster's
 //! pooled keep-alive client with bodies streamed both ways.
 
+pub mod engine;
+pub mod fields;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,12 +22,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::fields::{tokens, Field};
-use crate::io::ClientIo;
-use crate::metrics::ListenerMetrics;
+use crate::drain::latch::Signal;
 use crate::migration::{ConnCtl, Handover, Parcel, RequestBody, Tracked, KIND_HTTP1};
-use crate::pool::{self, PoolError, PooledBody};
-use crate::signal::Signal;
+use crate::proxy::http::fields::{tokens, Field};
+use crate::proxy::io::ClientIo;
+use crate::telemetry::metrics::ListenerMetrics;
+use crate::upstream::pool::{self, PoolError, PooledBody};
 use crate::upstream::{Cluster, Failure};
 
 /// Response body: the upstream's, streamed, or a short one of ours.
@@ -91,7 +94,9 @@ async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, peer: SocketAddr, 
         match sniffed {
             Sniffed::Gone => return,
             Sniffed::H2(io) => return serve_h2(io, peer, env).await,
-            Sniffed::H1(stream, read) => return crate::h1::serve(stream, read, peer, env, may_migrate).await,
+            Sniffed::H1(stream, read) => {
+                return crate::proxy::http::engine::serve(stream, read, peer, env, may_migrate).await
+            }
             Sniffed::Silent(quiet, bytes) => match depart(&env, quiet, bytes).await {
                 None => return,
                 Some((s, b)) => {

@@ -17,10 +17,11 @@ use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::listeners::{self, Listener};
+use crate::server::listeners::{self, Listener};
 use crate::server::{Adopter, Server};
-use crate::state::{Phase, State, VERSION};
+use crate::telemetry::state::{Phase, State};
 use crate::upstream::Cluster;
+use crate::VERSION;
 
 /// Exit code of a takeover instance stopped by a test failpoint (`BATON_FAILPOINT`).
 pub const FAILPOINT_EXIT: i32 = 86;

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::state::{Phase, State};
+use crate::telemetry::state::{Phase, State};
 
 /// Serves one admin connection (HTTP/1.1). Not counted as proxy traffic and not waited for by the drain.
 pub async fn serve(stream: TcpStream, state: Arc<State>, drain: CancellationToken) {

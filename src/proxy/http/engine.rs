@@ -6,7 +6,7 @@
 //! a small response costs one read and one write on each side and no other task.
 //!
 //! Anything else leaves this path before a byte of it is forwarded: the connection goes on under hyper
-//! ([`crate::http`]) with the bytes read so far. That covers requests that are malformed (hyper answers 400 or
+//! ([`crate::proxy::http`]) with the bytes read so far. That covers requests that are malformed (hyper answers 400 or
 //! 431), chunked or large request bodies (streamed by hyper), `Expect`, `Upgrade`, `CONNECT`, absolute-form
 //! targets, HTTP/1.0 clients and fields named in `Connection`.
 //!
@@ -23,15 +23,15 @@ use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::fields::{tokens, Field};
-use crate::http::ConnEnv;
-use crate::io::ClientIo;
-use crate::metrics::ListenerMetrics;
-use crate::pool::MAX_IDLE;
+use crate::proxy::http::fields::{tokens, Field};
+use crate::proxy::http::ConnEnv;
+use crate::proxy::io::ClientIo;
+use crate::telemetry::metrics::ListenerMetrics;
+use crate::upstream::pool::MAX_IDLE;
 use crate::upstream::{Endpoint, Failure};
 
 /// Largest request or response head handled here: hyper's limit, which answers a larger request head 431.
-const MAX_HEAD: usize = crate::http::MAX_REQUEST_HEAD;
+const MAX_HEAD: usize = crate::proxy::http::MAX_REQUEST_HEAD;
 /// Largest request body read whole before it is forwarded; a larger one is streamed by hyper.
 const MAX_BUFFERED_BODY: usize = 64 * 1024;
 /// Request fields parsed here; a request with more goes to hyper (which allows 100).
@@ -121,7 +121,7 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
     'conn: loop {
         if may_migrate && env.handover.is_requested() {
             // Between two exchanges: everything not forwarded is in `cbuf`, and travels with the socket.
-            match crate::http::depart(env, client, std::mem::take(&mut cbuf)).await {
+            match crate::proxy::http::depart(env, client, std::mem::take(&mut cbuf)).await {
                 None => return,
                 Some((back, bytes)) => {
                     (client, cbuf) = (back, bytes);
@@ -135,7 +135,7 @@ async fn run(mut client: TcpStream, mut cbuf: Vec<u8>, peer: SocketAddr, env: &C
                 Parsed::Ready(r) => break r,
                 Parsed::Elsewhere => {
                     let io = ClientIo::new(Bytes::from(cbuf), client, metrics.clone());
-                    return crate::http::serve_h1(io, peer, env.clone(), may_migrate).await;
+                    return crate::proxy::http::serve_h1(io, peer, env.clone(), may_migrate).await;
                 }
                 Parsed::Partial => {}
             }

@@ -9,7 +9,7 @@ use baton_migrate::{Inherited, ListenerTag, Ready};
 use socket2::{Domain, Socket, Type};
 
 use crate::config::{Config, Protocol};
-use crate::state::ListenerInfo;
+use crate::telemetry::state::ListenerInfo;
 
 /// Accept queue length requested at listen(2); the kernel caps it at net.core.somaxconn.
 const BACKLOG: i32 = 4096;

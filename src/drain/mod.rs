@@ -1,0 +1,3 @@
+//! How an instance's connections end.
+
+pub mod latch;
