@@ -1,8 +1,9 @@
-//! A one-shot broadcast signal that is cheap to wait on from a hot loop.
+//! A one-shot latch, broadcast to every waiter, that is cheap to wait on from a hot loop.
 //!
 //! A connection task waits on "the drain deadline passed" and "a migration started" around every read. With a
 //! `CancellationToken` each poll of the wait takes two locks; here a poll is an atomic load and a waker
-//! comparison, and the lock is taken once per waiting task (to register), and once at the firing.
+//! comparison, and the lock is taken once per waiting task (to register), and once at the firing. (Not to be
+//! confused with Unix signals, which only `instance::signals` handles.)
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -13,14 +14,14 @@ use std::task::{Context, Poll, Waker};
 
 /// Fired once, seen by every waiter.
 #[derive(Debug, Default)]
-pub struct Signal {
+pub struct Latch {
     fired: AtomicBool,
     next: AtomicU64,
     waiters: Mutex<HashMap<u64, Waker>>,
 }
 
-impl Signal {
-    /// Fires: every pending and future [`Signal::wait`] resolves.
+impl Latch {
+    /// Fires: every pending and future [`Latch::wait`] resolves.
     pub fn fire(&self) {
         self.fired.store(true, Ordering::Release);
         let waiters = match self.waiters.lock() {
@@ -40,17 +41,17 @@ impl Signal {
     /// Resolves once it fired.
     pub fn wait(&self) -> Wait<'_> {
         Wait {
-            signal: self,
+            latch: self,
             key: None,
             waker: None,
         }
     }
 }
 
-/// The future of [`Signal::wait`].
+/// The future of [`Latch::wait`].
 #[derive(Debug)]
 pub struct Wait<'a> {
-    signal: &'a Signal,
+    latch: &'a Latch,
     key: Option<u64>,
     /// The waker registered last: while the task's waker is the same, polling takes no lock.
     waker: Option<Waker>,
@@ -61,22 +62,22 @@ impl Future for Wait<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = self.get_mut();
-        if this.signal.fired() {
+        if this.latch.fired() {
             return Poll::Ready(());
         }
         if this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             return Poll::Pending;
         }
-        let Ok(mut waiters) = this.signal.waiters.lock() else {
+        let Ok(mut waiters) = this.latch.waiters.lock() else {
             return Poll::Ready(()); // poisoned: only by a panic while firing; treat as fired
         };
         // Checked again under the lock: `fire` sets the flag before it takes the lock.
-        if this.signal.fired() {
+        if this.latch.fired() {
             return Poll::Ready(());
         }
         let key = *this
             .key
-            .get_or_insert_with(|| this.signal.next.fetch_add(1, Ordering::Relaxed));
+            .get_or_insert_with(|| this.latch.next.fetch_add(1, Ordering::Relaxed));
         waiters.insert(key, cx.waker().clone());
         this.waker = Some(cx.waker().clone());
         Poll::Pending
@@ -86,7 +87,7 @@ impl Future for Wait<'_> {
 impl Drop for Wait<'_> {
     fn drop(&mut self) {
         if let Some(key) = self.key {
-            if let Ok(mut waiters) = self.signal.waiters.lock() {
+            if let Ok(mut waiters) = self.latch.waiters.lock() {
                 waiters.remove(&key);
             }
         }
@@ -101,37 +102,37 @@ mod tests {
 
     #[tokio::test]
     async fn every_waiter_wakes_and_late_ones_do_not_wait() {
-        let signal = Arc::new(Signal::default());
+        let latch = Arc::new(Latch::default());
         let waiters: Vec<_> = (0..8)
             .map(|_| {
-                let s = signal.clone();
+                let s = latch.clone();
                 tokio::spawn(async move { s.wait().await })
             })
             .collect();
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert!(waiters.iter().all(|w| !w.is_finished()));
-        assert_eq!(signal.waiters.lock().expect("lock").len(), 8);
-        signal.fire();
+        assert_eq!(latch.waiters.lock().expect("lock").len(), 8);
+        latch.fire();
         for w in waiters {
             tokio::time::timeout(Duration::from_secs(5), w)
                 .await
                 .expect("woken")
                 .expect("joined");
         }
-        tokio::time::timeout(Duration::from_secs(5), signal.wait())
+        tokio::time::timeout(Duration::from_secs(5), latch.wait())
             .await
             .expect("a wait after the firing resolves at once");
     }
 
     #[tokio::test]
     async fn a_dropped_wait_unregisters() {
-        let signal = Signal::default();
+        let latch = Latch::default();
         {
-            let mut wait = std::pin::pin!(signal.wait());
+            let mut wait = std::pin::pin!(latch.wait());
             assert!(futures_poll_once(wait.as_mut()).await.is_pending());
-            assert_eq!(signal.waiters.lock().expect("lock").len(), 1);
+            assert_eq!(latch.waiters.lock().expect("lock").len(), 1);
         }
-        assert!(signal.waiters.lock().expect("lock").is_empty());
+        assert!(latch.waiters.lock().expect("lock").is_empty());
     }
 
     async fn futures_poll_once(mut f: Pin<&mut Wait<'_>>) -> Poll<()> {

@@ -128,12 +128,52 @@ pub fn bind(address: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Why a listener cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Binding a fresh socket failed.
+    #[error("listener {name} cannot bind {address}: {source}")]
+    Bind {
+        /// The listener's name.
+        name: String,
+        /// Its address.
+        address: SocketAddr,
+        /// What bind(2) or listen(2) said.
+        #[source]
+        source: io::Error,
+    },
+    /// A listener the predecessor did not hand over could not be bound (the predecessor may still hold it).
+    #[error("listener {name} ({address}) was not handed over and cannot be bound: {source}")]
+    NotHandedOver {
+        /// The listener's name.
+        name: String,
+        /// Its address.
+        address: SocketAddr,
+        /// What bind(2) or listen(2) said.
+        #[source]
+        source: io::Error,
+    },
+    /// A received socket could not be put in non-blocking mode.
+    #[error("listener {name}: cannot set O_NONBLOCK on the received socket: {source}")]
+    Nonblocking {
+        /// The listener's name.
+        name: String,
+        /// What fcntl(2) said.
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Binds every wanted listener; the first failure names the listener.
-pub fn bind_all(wanted: &[Wanted]) -> Result<Vec<Listener>, String> {
+pub fn bind_all(wanted: &[Wanted]) -> Result<Vec<Listener>, ListenerError> {
     wanted
         .iter()
         .map(|w| {
-            let socket = bind(w.address).map_err(|e| format!("listener {} cannot bind {}: {e}", w.name, w.address))?;
+            let socket = bind(w.address).map_err(|source| ListenerError::Bind {
+                name: w.name.clone(),
+                address: w.address,
+                source,
+            })?;
             Ok(Listener {
                 name: w.name.clone(),
                 kind: w.kind,
@@ -159,7 +199,7 @@ pub struct Adoption {
 /// Adopts each received socket whose actual local address is one the configuration wants (the name may have
 /// changed), binds wanted listeners nobody handed over, and keeps valid sockets nobody wants for closing after
 /// the commit. Sockets that fail validation are logged and closed at once. Never binds an address it was handed.
-pub fn adopt(wanted: &[Wanted], inherited: Vec<Inherited>) -> Result<Adoption, String> {
+pub fn adopt(wanted: &[Wanted], inherited: Vec<Inherited>) -> Result<Adoption, ListenerError> {
     let mut pool: Vec<(ListenerTag, OwnedFd, SocketAddr)> = Vec::new();
     for i in inherited {
         match i.check {
@@ -181,7 +221,10 @@ pub fn adopt(wanted: &[Wanted], inherited: Vec<Inherited>) -> Result<Adoption, S
             let socket = TcpListener::from(fd);
             socket
                 .set_nonblocking(true)
-                .map_err(|e| format!("listener {}: cannot set O_NONBLOCK on the received socket: {e}", w.name))?;
+                .map_err(|source| ListenerError::Nonblocking {
+                    name: w.name.clone(),
+                    source,
+                })?;
             ready.adopted.push(w.name.clone());
             listeners.push(Listener {
                 name: w.name.clone(),
@@ -191,11 +234,10 @@ pub fn adopt(wanted: &[Wanted], inherited: Vec<Inherited>) -> Result<Adoption, S
                 socket,
             });
         } else {
-            let socket = bind(w.address).map_err(|e| {
-                format!(
-                    "listener {} ({}) was not handed over and cannot be bound: {e}",
-                    w.name, w.address
-                )
+            let socket = bind(w.address).map_err(|source| ListenerError::NotHandedOver {
+                name: w.name.clone(),
+                address: w.address,
+                source,
             })?;
             ready.bound.push(w.name.clone());
             listeners.push(Listener {

@@ -11,15 +11,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
 
+use crate::drain::Drain;
 use crate::telemetry::state::{Phase, State};
 
 /// Serves one admin connection (HTTP/1.1). Not counted as proxy traffic and not waited for by the drain.
-pub async fn serve(stream: TcpStream, state: Arc<State>, drain: CancellationToken) {
+pub async fn serve(stream: TcpStream, state: Arc<State>, drain: Arc<Drain>) {
     let svc = service_fn(move |req| {
         let state = state.clone();
-        let draining = drain.is_cancelled();
+        let draining = drain.is_graceful();
         async move { Ok::<_, Infallible>(route(&req, &state, draining)) }
     });
     let _ = hyper::server::conn::http1::Builder::new()

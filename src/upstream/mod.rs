@@ -1,12 +1,15 @@
-//! Upstream clusters: round-robin endpoint choice, a keep-alive HTTP/1.1 connection pool per endpoint, and TCP
+//! Upstream clusters: round-robin endpoint choice, keep-alive HTTP/1.1 connection pools per endpoint, and TCP
 //! connects, each under the cluster's timeouts.
+//!
+//! Nothing here knows which client protocol a request came in: the proxy hands this layer a request (or asks for
+//! a stream) and gets an upstream answer or an error back.
 
+pub mod body;
 pub mod pool;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-use crate::telemetry::metrics::ListenerMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,8 +17,9 @@ use http::uri::Authority;
 use tokio::net::TcpStream;
 
 use crate::config::ClusterConfig;
-use crate::proxy::http::engine::RawIdle;
-use crate::upstream::pool::Idle;
+
+/// Most idle connections kept per endpoint, in each pool ([`pool::IdleClients`] and [`raw::IdleStreams`]).
+pub const MAX_IDLE: usize = 256;
 
 /// One upstream endpoint.
 pub struct Endpoint {
@@ -24,9 +28,9 @@ pub struct Endpoint {
     /// `ip:port`, ready to be a `Host` value (built once).
     pub authority: Authority,
     /// Its idle keep-alive HTTP connections of hyper's client (requests hyper serves).
-    pub idle: Arc<Idle>,
+    pub idle: Arc<pool::IdleClients>,
     /// Its idle keep-alive HTTP connections of the HTTP/1 engine.
-    pub raw: RawIdle,
+    pub raw: raw::IdleStreams,
 }
 
 /// A cluster at run time.
@@ -56,7 +60,7 @@ impl Cluster {
                         addr,
                         authority,
                         idle: Arc::default(),
-                        raw: RawIdle::default(),
+                        raw: raw::IdleStreams::default(),
                     })
                 })
                 .collect(),
@@ -77,39 +81,6 @@ impl Cluster {
     pub async fn connect(&self) -> std::io::Result<(SocketAddr, TcpStream)> {
         let addr = self.pick().addr;
         Ok((addr, connect(addr, self.connect_timeout).await?))
-    }
-}
-
-/// Why no upstream response head arrived.
-#[derive(Debug)]
-pub enum Failure {
-    /// No connection could be opened.
-    Connect(std::io::Error),
-    /// The exchange failed after the request started: reset, closed early, or a malformed response.
-    Exchange(std::borrow::Cow<'static, str>),
-    /// No response head within the cluster's `request_timeout`.
-    Timeout,
-}
-
-impl Failure {
-    /// The status and the one-line body the client gets (the same on every HTTP path); counted in the
-    /// listener's metrics and logged.
-    pub fn answer(self, cluster: &Cluster, endpoint: SocketAddr, metrics: &ListenerMetrics) -> (u16, &'static str) {
-        match self {
-            Failure::Connect(e) => {
-                metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint, error = %e, "upstream connect failed");
-                (502, "baton: upstream connect failed\n")
-            }
-            Failure::Exchange(why) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint, error = %why, "upstream request failed");
-                (502, "baton: upstream request failed\n")
-            }
-            Failure::Timeout => {
-                metrics.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
-                (504, "baton: upstream timed out\n")
-            }
-        }
     }
 }
 

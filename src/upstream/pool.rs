@@ -15,12 +15,11 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::migration::RequestBody;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
-/// Most idle connections kept per endpoint, in each pool (this one and the HTTP/1 engine's).
-pub(crate) const MAX_IDLE: usize = 256;
+use crate::upstream::body::RequestBody;
+use crate::upstream::MAX_IDLE;
 
 /// Why an exchange failed.
 #[derive(Debug)]
@@ -50,11 +49,11 @@ impl std::fmt::Display for PoolError {
 
 /// Idle connections of one endpoint.
 #[derive(Default)]
-pub struct Idle {
+pub struct IdleClients {
     senders: Mutex<Vec<SendRequest<RequestBody>>>,
 }
 
-impl Idle {
+impl IdleClients {
     fn take(&self) -> Option<SendRequest<RequestBody>> {
         let mut idle = self.senders.lock().ok()?;
         while let Some(s) = idle.pop() {
@@ -80,7 +79,7 @@ impl Idle {
 /// Sends `req` to `endpoint` on a pooled connection (or a new one) and returns the response, whose body hands the
 /// connection back to `idle` when it ends.
 pub async fn send(
-    idle: &Arc<Idle>,
+    idle: &Arc<IdleClients>,
     endpoint: std::net::SocketAddr,
     connect_timeout: Duration,
     mut req: Request<RequestBody>,
@@ -117,7 +116,7 @@ async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<Se
     Ok(sender)
 }
 
-fn wrap(resp: Response<Incoming>, sender: SendRequest<RequestBody>, idle: &Arc<Idle>) -> Response<PooledBody> {
+fn wrap(resp: Response<Incoming>, sender: SendRequest<RequestBody>, idle: &Arc<IdleClients>) -> Response<PooledBody> {
     let (parts, body) = resp.into_parts();
     let mut pooled = PooledBody {
         body,
@@ -134,7 +133,7 @@ fn wrap(resp: Response<Incoming>, sender: SendRequest<RequestBody>, idle: &Arc<I
 pub struct PooledBody {
     body: Incoming,
     sender: Option<SendRequest<RequestBody>>,
-    idle: Arc<Idle>,
+    idle: Arc<IdleClients>,
 }
 
 impl PooledBody {

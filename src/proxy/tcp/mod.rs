@@ -1,4 +1,7 @@
-//! The TCP listener: a bidirectional byte relay to the cluster (splice(2), see [`crate::proxy::tcp::splice`]).
+//! The TCP listener: a bidirectional byte relay to the cluster (splice(2), see [`splice`]).
+//!
+//! At a migration a stream leaves when neither direction has bytes inside this process; bytes read but not yet
+//! written travel with both fds.
 
 pub mod splice;
 
@@ -8,34 +11,31 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use crate::drain::latch::Signal;
-use crate::migration::{fd_stream, stream_fd, Handover, Parcel, KIND_TCP};
+use crate::drain::detached::{fd_stream, stream_fd};
+use crate::drain::{ConnKind, Detached, Drain, Latch};
 use crate::telemetry::metrics::ListenerMetrics;
 use crate::upstream::Cluster;
 use splice::RelayEnd;
 
-/// What a relay task needs besides its streams.
-#[derive(Clone)]
-pub struct RelayEnv {
-    /// Listener name (for migration).
+/// What every stream of one TCP listener shares.
+pub struct TcpProxy {
+    /// Listener name (tags a migrated stream).
     pub listener: Arc<str>,
     /// Where streams go.
     pub cluster: Arc<Cluster>,
     /// This listener's metrics.
     pub metrics: Arc<ListenerMetrics>,
-    /// Fired at the drain deadline: streams are dropped.
-    pub hard_stop: Arc<Signal>,
-    /// The connection migration of this instance.
-    pub handover: Arc<Handover>,
+    /// This instance's shutdown state.
+    pub drain: Arc<Drain>,
 }
 
-/// Relays one accepted connection until either side closes, a migration takes it, or the hard stop drops it. A
+/// Relays one accepted connection until either side closes, a migration takes it, or the drain deadline drops it. A
 /// plain drain does not interrupt a stream: it runs until it ends or the drain deadline passes.
-pub async fn serve(client: TcpStream, peer: SocketAddr, env: RelayEnv) {
+pub async fn serve(client: TcpStream, peer: SocketAddr, env: Arc<TcpProxy>) {
     let _ = client.set_nodelay(true);
     let connected = tokio::select! {
         c = env.cluster.connect() => c,
-        _ = env.hard_stop.wait() => return,
+        _ = env.drain.deadline() => return,
     };
     let upstream = match connected {
         Ok((_, upstream)) => upstream,
@@ -51,12 +51,14 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, env: RelayEnv) {
 }
 
 /// Relays a stream handed over by the predecessor, first writing the bytes it had read but not written.
-pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec<u8>, Vec<u8>), env: RelayEnv) {
+pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec<u8>, Vec<u8>), env: Arc<TcpProxy>) {
     run(client, upstream, pending, env).await
 }
 
-async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), env: RelayEnv) {
-    let mut stop = env.handover.signal();
+async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), env: Arc<TcpProxy>) {
+    // Stops the relay for a migration; once the successor refused the stream, a latch that never fires.
+    let never = Latch::default();
+    let mut stop = env.drain.migration_latch();
     loop {
         let metrics = &env.metrics;
         let up = |n| {
@@ -66,8 +68,8 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
             metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
         };
         let ended = tokio::select! {
-            r = splice::relay(&client, &upstream, up, down, pending, &stop) => r,
-            _ = env.hard_stop.wait() => return,
+            r = splice::relay(&client, &upstream, up, down, pending, stop) => r,
+            _ = env.drain.deadline() => return,
         };
         let (to_upstream, to_client) = match ended {
             Ok(RelayEnd::Done(..)) => return,
@@ -81,11 +83,13 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
             tracing::debug!("cannot detach a relayed stream for migration; closing it");
             return;
         };
-        let parcel = Parcel {
+        let conn = Detached {
+            kind: ConnKind::Tcp,
+            listener: env.listener.clone(),
             fds: vec![c, u],
             buffers: vec![to_upstream, to_client],
         };
-        let Some(back) = env.handover.depart(KIND_TCP, &env.listener, parcel).await else {
+        let Some(back) = env.drain.depart(conn).await else {
             return; // the successor relays it now
         };
         // Not taken: relay on here until the stream ends or the drain deadline.
@@ -99,6 +103,6 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
         };
         (client, upstream) = (c, u);
         pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
-        stop = Arc::default();
+        stop = &never;
     }
 }

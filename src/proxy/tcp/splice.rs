@@ -10,13 +10,18 @@ use std::io;
 use std::net::Shutdown;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::drain::latch::Signal;
+use std::time::Duration;
+
 use nix::errno::Errno;
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
-use crate::migration::RELAY_FLUSH_GRACE;
+use crate::drain::Latch;
+
+/// Longest a relay direction keeps writing bytes it already read once a migration started, before it hands
+/// them over in memory instead.
+pub const RELAY_FLUSH_GRACE: Duration = Duration::from_millis(200);
 
 /// Pipe size asked for (the kernel may cap it at /proc/sys/fs/pipe-max-size; the default then stays 64 KiB).
 const PIPE_SIZE: i32 = 1 << 20;
@@ -44,7 +49,7 @@ pub async fn relay(
     sent_up: impl Fn(u64),
     sent_down: impl Fn(u64),
     pending: (Vec<u8>, Vec<u8>),
-    stop: &Signal,
+    stop: &Latch,
 ) -> io::Result<RelayEnd> {
     let (up, down) = tokio::try_join!(
         pump(client, upstream, &sent_up, pending.0, stop),
@@ -65,7 +70,7 @@ pub async fn relay(
 
 /// [`pump`] with no stop: runs until `src` ends.
 async fn to_end(src: &TcpStream, dst: &TcpStream, moved: &impl Fn(u64), pending: Vec<u8>) -> io::Result<u64> {
-    match pump(src, dst, moved, pending, &Signal::default()).await? {
+    match pump(src, dst, moved, pending, &Latch::default()).await? {
         Pumped::Eof(n) => Ok(n),
         Pumped::Stopped(_) => Err(io::Error::other("relay stopped without a stop request")),
     }
@@ -110,7 +115,7 @@ impl Pipe {
 }
 
 /// Resolves [`RELAY_FLUSH_GRACE`] after `stop` fires.
-async fn flush_grace_over(stop: &Signal) {
+async fn flush_grace_over(stop: &Latch) {
     stop.wait().await;
     tokio::time::sleep(RELAY_FLUSH_GRACE).await;
 }
@@ -125,7 +130,7 @@ async fn pump(
     dst: &TcpStream,
     moved: &impl Fn(u64),
     pending: Vec<u8>,
-    stop: &Signal,
+    stop: &Latch,
 ) -> io::Result<Pumped> {
     let mut total = 0u64;
     let mut off = 0;

@@ -1,0 +1,189 @@
+//! Where an HTTP/1 response body ends, found while it is passed through with its own framing.
+
+use crate::proxy::http::parse::Framing;
+
+/// Read size while relaying a response body.
+pub(super) const BODY_CHUNK: usize = 64 * 1024;
+
+/// Where a response body ends, fed its bytes as they arrive.
+#[derive(Debug)]
+pub(super) enum BodyEnd {
+    Empty,
+    /// Bytes left.
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    Close,
+}
+
+impl BodyEnd {
+    pub(super) fn new(framing: Framing) -> BodyEnd {
+        match framing {
+            Framing::Empty => BodyEnd::Empty,
+            Framing::Length(n) => BodyEnd::Length(n),
+            Framing::Chunked => BodyEnd::Chunked(ChunkedDecoder::default()),
+            Framing::Close => BodyEnd::Close,
+        }
+    }
+
+    /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        match self {
+            BodyEnd::Empty => Ok((0, true)),
+            BodyEnd::Length(left) => {
+                let k = usize::try_from(*left).unwrap_or(usize::MAX).min(bytes.len());
+                *left -= k as u64;
+                Ok((k, *left == 0))
+            }
+            BodyEnd::Chunked(decoder) => decoder.feed(bytes),
+            BodyEnd::Close => Ok((bytes.len(), false)),
+        }
+    }
+
+    /// The most bytes worth reading next (never past a known length).
+    pub(super) fn want(&self) -> usize {
+        match self {
+            BodyEnd::Length(left) => usize::try_from(*left).unwrap_or(usize::MAX).min(BODY_CHUNK),
+            _ => BODY_CHUNK,
+        }
+    }
+}
+
+/// Finds the end of a chunked body passed through as it is (RFC 9112 §7.1), trailers included.
+#[derive(Debug, Default)]
+pub(super) struct ChunkedDecoder {
+    state: ChunkState,
+    /// Chunk size read so far, or bytes of chunk data left.
+    size: u64,
+    digits: u8,
+    /// Bytes of the current size-line extension or trailer line.
+    line: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Extension,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Longest chunk extension or trailer line accepted.
+const MAX_CHUNK_LINE: usize = 16 * 1024;
+
+impl ChunkedDecoder {
+    /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
+    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+        use ChunkState::*;
+        let mut i = 0;
+        while i < bytes.len() && self.state != Done {
+            if self.state == Data {
+                let k = usize::try_from(self.size).unwrap_or(usize::MAX).min(bytes.len() - i);
+                i += k;
+                self.size -= k as u64;
+                if self.size == 0 {
+                    self.state = DataCr;
+                }
+                continue;
+            }
+            let b = bytes[i];
+            i += 1;
+            self.state = match (self.state, b) {
+                (Size, b) if b.is_ascii_hexdigit() => {
+                    if self.digits == 15 {
+                        return Err("chunk size too large");
+                    }
+                    self.digits += 1;
+                    self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
+                    Size
+                }
+                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
+                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Extension, b'\r') => SizeLf,
+                (Extension, b'\n') => return Err("bare LF in a chunk extension"),
+                (Extension, _) => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err("chunk extension too long");
+                    }
+                    Extension
+                }
+                (SizeLf, b'\n') => {
+                    self.digits = 0;
+                    self.line = 0;
+                    if self.size == 0 {
+                        TrailerStart
+                    } else {
+                        Data
+                    }
+                }
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => Size,
+                (TrailerStart, b'\r') => EndLf,
+                (TrailerStart | Trailer, b'\n') => return Err("bare LF in a trailer"),
+                (Trailer, b'\r') => TrailerLf,
+                (TrailerStart | Trailer, _) => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err("trailer line too long");
+                    }
+                    Trailer
+                }
+                (TrailerLf, b'\n') => {
+                    self.line = 0;
+                    TrailerStart
+                }
+                (EndLf, b'\n') => Done,
+                _ => return Err("malformed chunked body"),
+            };
+        }
+        Ok((i, self.state == Done))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunked_bodies_end_where_they_end() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: t\r\n\r\nNEXT";
+        let end = body.len() - 4;
+        // Whole, and one byte at a time.
+        assert_eq!(ChunkedDecoder::default().feed(body), Ok((end, true)));
+        let mut d = ChunkedDecoder::default();
+        let mut fed = 0;
+        for (i, b) in body.iter().enumerate() {
+            let (k, done) = d.feed(std::slice::from_ref(b)).expect("valid");
+            fed += k;
+            if done {
+                assert_eq!(i + 1, end);
+                break;
+            }
+        }
+        assert_eq!(fed, end);
+        assert_eq!(ChunkedDecoder::default().feed(b"0\r\n\r\n"), Ok((5, true)));
+        assert_eq!(ChunkedDecoder::default().feed(b"5\r\nhel"), Ok((6, false)));
+        for bad in [
+            &b"zz\r\n"[..],
+            b"\r\n",
+            b"5\r\nhelloXX",
+            b"5\nhello",
+            b"fffffffffffffffff\r\n",
+            b"0\r\nT: 1\n",
+        ] {
+            assert!(
+                ChunkedDecoder::default().feed(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+}

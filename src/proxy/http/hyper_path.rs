@@ -1,0 +1,324 @@
+//! The general HTTP path, through hyper: h2c connections, and HTTP/1 requests the engine ([`super::engine`])
+//! leaves to it (malformed, streamed bodies, `Expect`, `Upgrade`, absolute-form targets, HTTP/1.0, ...). Each
+//! request goes to the cluster through the pooled hyper client ([`crate::upstream::pool`]), bodies streamed both
+//! ways.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::proxy::http::failure::Failure;
+use crate::proxy::http::fields::{tokens, Field};
+use crate::proxy::http::quiescence::{ConnCtl, Tracked};
+use crate::proxy::http::{depart, HttpProxy, MAX_REQUEST_HEAD};
+use crate::proxy::io::ClientIo;
+use crate::telemetry::metrics::ListenerMetrics;
+use crate::upstream::body::RequestBody;
+use crate::upstream::pool::{self, PoolError, PooledBody};
+use crate::upstream::Cluster;
+
+/// Response body: the upstream's, streamed, or a short one of ours.
+pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// When an HTTP/1 response says `Connection: close`.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// Never (HTTP/2: the drain sends GOAWAY instead).
+    Never,
+    /// Once a plain drain started.
+    WhenDraining,
+    /// Always: the successor did not take this connection, so it takes the graceful path of a plain drain.
+    Always,
+}
+
+/// Serves an h2c connection (its preface still in `io`) until it ends, or the drain ends it: GOAWAY at a plain
+/// drain and at a migration's start alike (HTTP/2 state is not migrated; hyper's graceful shutdown sends the
+/// final GOAWAY once the client acknowledged the first), and a drop at the deadline.
+pub async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, proxy: Arc<HttpProxy>) {
+    let drain = proxy.drain.clone();
+    let svc = service_fn(move |req| handle(req, peer, proxy.clone(), Closing::Never, None));
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => return,
+        _ = drain.graceful() => conn.as_mut().graceful_shutdown(),
+        _ = drain.migration() => conn.as_mut().graceful_shutdown(),
+        _ = drain.deadline() => return,
+    }
+    tokio::select! {
+        _ = conn => {},
+        _ = drain.deadline() => {},
+    }
+}
+
+/// Serves HTTP/1 requests; hands the connection over between two requests once a migration started. If the
+/// successor does not take it, serves on here in drain mode (`Connection: close` on the next response).
+pub async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, proxy: Arc<HttpProxy>, mut may_migrate: bool) {
+    loop {
+        let closing = if may_migrate {
+            Closing::WhenDraining
+        } else {
+            Closing::Always
+        };
+        let Paused { stream, buffered } = match run_h1(io, peer, &proxy, closing, may_migrate).await {
+            Some(p) => p,
+            None => return,
+        };
+        let (stream, buffered) = match depart(&proxy, stream, buffered).await {
+            None => return, // the successor serves it now
+            Some(back) => back,
+        };
+        io = ClientIo::new(Bytes::from(buffered), stream, proxy.metrics.clone());
+        may_migrate = false;
+    }
+}
+
+/// An HTTP/1 connection stopped at a response boundary, with what hyper had read past it.
+struct Paused {
+    stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+/// Runs hyper on the connection until it ends (`None`) or, if `may_migrate`, until it stops at a response
+/// boundary after a migration started.
+async fn run_h1(
+    io: ClientIo<TcpStream>,
+    peer: SocketAddr,
+    proxy: &Arc<HttpProxy>,
+    closing: Closing,
+    may_migrate: bool,
+) -> Option<Paused> {
+    let ctl = Arc::new(ConnCtl::default());
+    let (svc_proxy, svc_ctl) = (proxy.clone(), ctl.clone());
+    // Boxed: hyper hands the connection back (into_parts) only with an Unpin service future.
+    let svc = service_fn(move |req| Box::pin(handle(req, peer, svc_proxy.clone(), closing, Some(svc_ctl.clone()))));
+    let mut conn = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        // A request head larger than this is answered 431 and never forwarded.
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .serve_connection(TokioIo::new(io), svc);
+    // No graceful_shutdown() on a plain drain: closing an idle keep-alive connection races with a client that is
+    // sending its next request on it. The next response says `Connection: close` instead. A migration does call
+    // it, but only at a response boundary, and takes the connection over instead of closing it.
+    let mut pausing = false;
+    loop {
+        tokio::select! {
+            biased;
+            _ = proxy.drain.deadline() => return None,
+            ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
+                if ended.is_err() || !pausing || !ctl.migratable() {
+                    // Ended by the client, an error, or hyper's own keep-alive rules: close as hyper would.
+                    let mut io = conn.into_parts().io.into_inner();
+                    let _ = io.shutdown().await;
+                    return None;
+                }
+                let parts = conn.into_parts();
+                let (prefix, stream) = parts.io.into_inner().into_parts();
+                let mut buffered = Vec::with_capacity(parts.read_buf.len() + prefix.len());
+                buffered.extend_from_slice(&parts.read_buf);
+                buffered.extend_from_slice(&prefix);
+                return Some(Paused { stream, buffered });
+            }
+            _ = async { proxy.drain.migration().await; ctl.quiet().await }, if may_migrate && !pausing => {
+                // Between two requests: hyper stops before reading the next one (or right after the response
+                // being written), keeping whatever it read in its buffer.
+                std::pin::Pin::new(&mut conn).graceful_shutdown();
+                pausing = true;
+            }
+        }
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    proxy: Arc<HttpProxy>,
+    closing: Closing,
+    ctl: Option<Arc<ConnCtl>>,
+) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
+    let start = Instant::now();
+    let (parts, body) = req.into_parts();
+    let body = match &ctl {
+        Some(ctl) => {
+            ctl.begin(!body.is_end_stream(), wants_close(&parts));
+            ctl.request_body(body)
+        }
+        None => RequestBody::new(body, None),
+    };
+    let req = Request::from_parts(parts, body);
+    let mut resp = forward(req, peer, &proxy.cluster, &proxy.metrics).await;
+    proxy.metrics.response(resp.status().as_u16(), start.elapsed());
+    let close = match closing {
+        Closing::Never => false,
+        Closing::WhenDraining => proxy.drain.is_graceful(),
+        Closing::Always => true,
+    };
+    if close {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, Tracked::new(body, ctl)))
+}
+
+/// Whether an HTTP/1 request asks to close the connection after its response (RFC 9112 §9.3).
+fn wants_close(req: &http::request::Parts) -> bool {
+    match req.version {
+        Version::HTTP_10 => !connection_has(&req.headers, "keep-alive"),
+        _ => connection_has(&req.headers, "close"),
+    }
+}
+
+/// Whether the `Connection` field lists `token`.
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| tokens(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+async fn forward(
+    req: Request<RequestBody>,
+    peer: SocketAddr,
+    cluster: &Cluster,
+    metrics: &ListenerMetrics,
+) -> Response<ProxyBody> {
+    let endpoint = cluster.pick();
+    let (mut parts, body) = req.into_parts();
+    let client_authority = parts.uri.authority().cloned();
+    // Origin form (`/path?query`) to the upstream, whatever form the client used.
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = Uri::from(path);
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
+        let host = client_authority.unwrap_or_else(|| endpoint.authority.clone());
+        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
+    append_forwarded_for(&mut parts.headers, peer);
+    let addr = endpoint.addr;
+    let upstream = pool::send(
+        &endpoint.idle,
+        addr,
+        cluster.connect_timeout,
+        Request::from_parts(parts, body),
+    );
+    match tokio::time::timeout(cluster.request_timeout, upstream).await {
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Ok(Err(e)) if e.client_body_failed() => {
+            // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
+            // upstream's. The upstream never saw a complete request.
+            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "bad request body from the client");
+            plain(StatusCode::BAD_REQUEST, "baton: bad request body\n")
+        }
+        Ok(Err(PoolError::Connect(e))) => failed(Failure::Connect(e), cluster, addr, metrics),
+        Ok(Err(e)) => failed(Failure::Exchange(e.to_string().into()), cluster, addr, metrics),
+        Err(_) => failed(Failure::Timeout, cluster, addr, metrics),
+    }
+}
+
+/// The answer to an upstream failure ([`Failure::answer`]).
+fn failed(failure: Failure, cluster: &Cluster, addr: SocketAddr, metrics: &ListenerMetrics) -> Response<ProxyBody> {
+    let (status, body) = failure.answer(cluster, addr, metrics);
+    plain(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body)
+}
+
+/// A short plain-text response of ours.
+pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+/// Removes hop-by-hop fields (RFC 9110 §7.6.1): `Connection` and every field it names, plus the ones that are
+/// hop-by-hop by definition ([`Field::is_hop_by_hop`]). Framing (`Transfer-Encoding`) is redone by hyper on each
+/// side.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let hop = |name: &HeaderName| Field::of(name.as_str()).is_hop_by_hop();
+    // Fast path: most messages carry none of them (and a field named in `Connection` needs a `Connection`).
+    if !headers.keys().any(hop) {
+        return;
+    }
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| hop(name) || connection_has(headers, name.as_str()))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+fn append_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip();
+    let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::try_from(value) {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["content-length", "content-type"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        append_forwarded_for(&mut h, "[::1]:1".parse().expect("addr"));
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3, ::1");
+    }
+}

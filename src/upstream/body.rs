@@ -1,0 +1,58 @@
+//! The body of a request on its way upstream.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+/// A client's request body, forwarded upstream, that can tell its client connection whether it was read to its
+/// end: a connection whose last request body was left unread cannot carry another request (hyper closes it).
+pub struct RequestBody {
+    inner: Incoming,
+    /// Set by the caller while the body may be unread; cleared here once it was read to its end.
+    unread: Option<Arc<AtomicBool>>,
+    done: bool,
+}
+
+impl RequestBody {
+    /// Wraps a client's request body; `unread`, if any, is cleared once the body has been read to its end.
+    pub fn new(inner: Incoming, unread: Option<Arc<AtomicBool>>) -> RequestBody {
+        let done = inner.is_end_stream();
+        RequestBody { inner, unread, done }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done = true;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if self.done || self.inner.is_end_stream() {
+            if let Some(unread) = &self.unread {
+                unread.store(false, Ordering::Release);
+            }
+        }
+    }
+}
