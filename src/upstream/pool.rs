@@ -22,28 +22,21 @@ use crate::upstream::body::RequestBody;
 use crate::upstream::MAX_IDLE;
 
 /// Why an exchange failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// No connection could be opened (refused, unreachable, or over `connect_timeout`).
-    Connect(std::io::Error),
+    #[error("connect: {0}")]
+    Connect(#[source] std::io::Error),
     /// The exchange failed after the request started (upstream reset, malformed response, or the client's own
     /// body failed: see [`PoolError::client_body_failed`]).
-    Exchange(hyper::Error),
+    #[error("exchange: {0}")]
+    Exchange(#[source] hyper::Error),
 }
 
 impl PoolError {
     /// Whether the client's request body caused it (hyper reports that as a user error).
     pub fn client_body_failed(&self) -> bool {
         matches!(self, PoolError::Exchange(e) if e.is_user())
-    }
-}
-
-impl std::fmt::Display for PoolError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PoolError::Connect(e) => write!(f, "connect: {e}"),
-            PoolError::Exchange(e) => write!(f, "exchange: {e}"),
-        }
     }
 }
 

@@ -127,7 +127,11 @@ async fn run(
         match relay_body(answer, &mut ubuf, &mut head, &mut client, metrics).await {
             Ok(Some(up)) => endpoint.raw.put(up),
             Ok(None) => {}
-            Err(()) => return, // one side failed mid-body: nothing else can be said on this connection
+            Err(e) => {
+                // Nothing else can be said on this connection.
+                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "response body cut short");
+                return;
+            }
         }
         if close_client {
             return shutdown(client).await;
@@ -239,6 +243,19 @@ struct Answer {
     first: (usize, bool),
 }
 
+/// Why a response body could not be passed on to its end (the client connection must close).
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("writing to the client: {0}")]
+    Client(#[source] std::io::Error),
+    #[error("reading from the upstream: {0}")]
+    Upstream(#[source] std::io::Error),
+    #[error("the upstream closed before the end of the body")]
+    Truncated,
+    #[error("malformed body from the upstream: {0}")]
+    Framing(&'static str),
+}
+
 /// Writes the client head (`out`) and the response body: `Ok(Some)` gives back the upstream connection if it
 /// can carry another exchange; `Err` if either side failed part-way (the client connection must close).
 async fn relay_body(
@@ -247,7 +264,7 @@ async fn relay_body(
     out: &mut Vec<u8>,
     client: &mut TcpStream,
     metrics: &ListenerMetrics,
-) -> Result<Option<TcpStream>, ()> {
+) -> Result<Option<TcpStream>, BodyError> {
     let Answer {
         mut up,
         head,
@@ -257,21 +274,21 @@ async fn relay_body(
     let after = &ubuf[head.head_len..];
     let extra = after.len() - taken;
     out.extend_from_slice(&after[..taken]);
-    write(client, out, metrics).await.map_err(drop)?;
+    write(client, out, metrics).await.map_err(BodyError::Client)?;
     if !done {
         ubuf.clear();
         ubuf.resize(BODY_CHUNK, 0);
         while !done {
-            let n = up.read(&mut ubuf[..body.want()]).await.map_err(drop)?;
+            let n = up.read(&mut ubuf[..body.want()]).await.map_err(BodyError::Upstream)?;
             if n == 0 {
                 return if head.framing == Framing::Close {
                     Ok(None)
                 } else {
-                    Err(())
+                    Err(BodyError::Truncated)
                 };
             }
-            let (k, end) = body.feed(&ubuf[..n]).map_err(drop)?;
-            write(client, &ubuf[..k], metrics).await.map_err(drop)?;
+            let (k, end) = body.feed(&ubuf[..n]).map_err(BodyError::Framing)?;
+            write(client, &ubuf[..k], metrics).await.map_err(BodyError::Client)?;
             if k < n {
                 // Bytes after the chunked body's end: the upstream is not speaking HTTP/1.1 properly.
                 return Ok(None);
