@@ -8,6 +8,9 @@ use baton::config::{parse_duration, Config, ConfigError, DEFAULT_UDS_DIR};
 use baton::instance::{run, RunOptions};
 use baton_migrate::{watch_takeover, Role, UdsDir};
 use clap::{Parser, Subcommand};
+use tracing_subscriber::filter::{LevelFilter, ParseError, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Exit code for usage and configuration errors.
 const USAGE: u8 = 2;
@@ -250,20 +253,25 @@ fn runtime(workers: Option<u16>) -> tokio::runtime::Runtime {
     }
 }
 
-fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), String> {
-    let filter = match level {
-        Some(l) => tracing_subscriber::EnvFilter::try_new(l).map_err(|e| e.to_string())?,
-        None => tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+/// The log filter: `--log-level` (or `BATON_LOG_LEVEL`), else `RUST_LOG` if it parses, else `info`. The syntax is a
+/// level, `target=level` pairs, or both, comma-separated (e.g. `debug`, `info,baton_migrate=debug`).
+fn init_logging(format: LogFormat, level: Option<&str>) -> Result<(), ParseError> {
+    let filter: Targets = match level {
+        Some(l) => l.parse()?,
+        None => std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| Targets::new().with_default(LevelFilter::INFO)),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        LogFormat::Text => registry
+            .with(layer.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => registry
+            .with(layer.json().flatten_event(true).with_current_span(false))
+            .init(),
     }
     Ok(())
 }
