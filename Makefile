@@ -24,11 +24,14 @@ demo: build
 ## test: everything — lint, unit and integration tests, the real-container pod test, the bench harness smoke
 test: lint unit test-pod bench-smoke
 
-## lint: rustfmt and clippy (warnings are errors) on both workspaces
+## lint: rustfmt, clippy and rustdoc (warnings are errors) on every crate; no import cycle between modules
 lint:
+	python3 scripts/check-layout.py src
+	python3 scripts/check-layout.py migrate/src
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path images/empty/Cargo.toml -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps -p baton -p baton-migrate
 	$(CARGO) clippy --locked --manifest-path images/empty/Cargo.toml -- -D warnings
 	$(CARGO) fmt --manifest-path bench/tools/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path bench/chart/Cargo.toml -- --check

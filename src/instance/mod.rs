@@ -1,5 +1,5 @@
-//! `baton run`: the life of an instance — start in the role the Kruise env gives ([`start`]: bind fresh or take
-//! over), serve, hand over to a successor or stop on a signal, drain, exit ([`serve`]). Stop signals are caught
+//! `baton run`: the life of an instance — start in the role the Kruise env gives (`start`: bind fresh or take
+//! over), serve, hand over to a successor or stop on a signal, drain, exit (`serve`). Stop signals are caught
 //! from the first instant ([`signals`]).
 
 mod error;

@@ -9,7 +9,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 
 /// Catches SIGTERM and SIGINT from the first instant of `baton run`, before config loading and runtime start:
 /// without it, an early SIGTERM would kill the process (or, as PID 1, be dropped and cost the whole grace
-/// period). [`StopSignals`] honours the flag as soon as it exists.
+/// period). The instance's stop-signal stream honours the flag as soon as it exists.
 pub fn catch_early_signals() -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     for sig in [SIGTERM, SIGINT] {

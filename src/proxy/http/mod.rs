@@ -1,6 +1,6 @@
 //! The HTTP listener: HTTP/1.1 and h2c (prior knowledge) on one port, each request proxied to the cluster.
 //!
-//! A connection's first bytes say which protocol it speaks ([`sniff`]). HTTP/1 goes to the HTTP/1 engine
+//! A connection's first bytes say which protocol it speaks ([`mod@sniff`]). HTTP/1 goes to the HTTP/1 engine
 //! ([`engine`], with its parsers in [`parse`] and body framing in [`framing`]), which serves the common request
 //! itself and hands anything else to hyper ([`hyper_path`]) with the bytes read so far; h2c goes to hyper at once.
 //! Both paths share the hop-by-hop field rules ([`fields`]) and the answers to upstream failures ([`failure`]).
