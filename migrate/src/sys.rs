@@ -3,13 +3,16 @@
 //! value; callers never see a `RawFd`.
 #![allow(unsafe_code)]
 
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sys::inotify::Inotify;
-use nix::sys::socket::{
-    getsockname, getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags, SockType, SockaddrStorage,
+use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, SockaddrStorage};
+use rustix::net::{
+    recvmsg, sendmsg, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
 };
 
 use tokio::io::unix::AsyncFd;
@@ -17,71 +20,56 @@ use tokio::io::unix::AsyncFd;
 /// Sends `data` with `fds` attached as SCM_RIGHTS. Returns the number of bytes written, which may be short;
 /// the fds travel with the first byte, so the caller writes the rest without them.
 pub(crate) fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    let cmsgs = if raw.is_empty() {
-        Vec::new()
-    } else {
-        vec![ControlMessage::ScmRights(&raw)]
-    };
     let iov = [IoSlice::new(data)];
-    sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None).map_err(io::Error::from)
+    let rights = SendAncillaryMessage::ScmRights(fds);
+    let mut space = vec![MaybeUninit::<u8>::uninit(); if fds.is_empty() { 0 } else { rights.size() }];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(rights) {
+        return Err(io::Error::other("no room for the SCM_RIGHTS control message"));
+    }
+    Ok(sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL)?)
 }
 
 /// Most fds the kernel passes in one message (SCM_MAX_FD). Room is made for all of them, so a peer that sends
-/// more than the protocol allows cannot make the control message truncate (nix then hides the fds that did
-/// arrive, and they would leak); the caller rejects the surplus and closes it.
+/// more than the protocol allows cannot make the control message truncate; the caller rejects the surplus and
+/// closes it.
 const SCM_MAX_FD: usize = 253;
 
 /// Reads into `buf`, collecting any fds that arrive (close-on-exec set atomically by MSG_CMSG_CLOEXEC).
 ///
-/// The control buffer is walked by hand rather than through nix, because nix hides every fd once the kernel
-/// flags the message as truncated (MSG_CTRUNC): the fds it did install would leak. A truncated message (more fds
-/// than we make room for, or our fd table full) is an error, and every fd that arrived is closed.
+/// A truncated message (MSG_CTRUNC: more fds than we make room for, or our fd table full) is an error, and every
+/// fd that arrived is closed: the kernel installs the fds that fit before it flags the truncation (see
+/// `scm_detach_fds` in net/core/scm.c), so they must be drained and dropped, not ignored.
 pub(crate) fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
-    use nix::libc;
-    // u64 elements keep the buffer aligned for cmsghdr.
-    let space = unsafe { libc::CMSG_SPACE((SCM_MAX_FD * std::mem::size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the recvmsg call.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = control.len() * 8;
-    // SAFETY: `msg` describes buffers we own and that live across the call.
-    let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    recv_with_room(sock, buf, SCM_MAX_FD)
+}
+
+/// [`recv_with_fds`] with room for `room` fds: the tests use a small room to make the kernel truncate.
+fn recv_with_room(sock: BorrowedFd<'_>, buf: &mut [u8], room: usize) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let mut space = vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(room))];
+    // Dropping the buffer closes any fd left in it; every fd is drained below anyway.
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg(
+        sock,
+        &mut iov,
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )?;
     let mut fds = Vec::new();
-    // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR walk the control data the kernel wrote into `control`, bounded by
-    // msg_controllen; each SCM_RIGHTS payload holds (cmsg_len - CMSG_LEN(0)) / sizeof(int) fds that the kernel
-    // just installed for us, which nobody else owns.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                let len = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                for i in 0..len / std::mem::size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(std::ptr::read_unaligned(data.add(i))));
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = message {
+            fds.extend(rights);
         }
     }
-    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+    if msg.flags.contains(ReturnFlags::CTRUNC) {
         drop(fds);
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "control message truncated (more fds than the protocol allows, or no room in our fd table); the fds that arrived were closed",
         ));
     }
-    Ok((n as usize, fds))
+    Ok((msg.bytes, fds))
 }
 
 /// The uid of the process at the other end of a connected Unix socket, as the kernel recorded it at connect time.
@@ -130,4 +118,65 @@ pub(crate) fn register_inotify(ino: Inotify) -> io::Result<AsyncFd<InotifyFd>> {
     // SAFETY: the fd is owned by the `Inotify` inside the `AsyncFd`, so it stays open exactly as long as it is
     // registered and is closed only after deregistration, when the `AsyncFd` drops.
     unsafe { AsyncFd::register(InotifyFd(ino)) }.map_err(io::Error::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixStream;
+    use std::time::Duration;
+
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+
+    use super::*;
+
+    /// A connected pair whose first end reads end-of-file only once every copy of the second end is closed: a
+    /// leak detector for the copies sent as SCM_RIGHTS.
+    fn probe() -> (UnixStream, UnixStream) {
+        let (probe, peer) = UnixStream::pair().expect("socketpair");
+        probe
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .expect("read timeout");
+        (probe, peer)
+    }
+
+    fn assert_all_copies_closed(mut probe: UnixStream) {
+        let mut byte = [0u8; 1];
+        let n = probe
+            .read(&mut byte)
+            .expect("a copy of the probed socket is still open");
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn fds_arrive_owned_and_close_on_exec() {
+        let (tx, rx) = UnixStream::pair().expect("socketpair");
+        let (probe, peer) = probe();
+        assert_eq!(send_with_fds(tx.as_fd(), b"xy", &[peer.as_fd(); 3]).expect("send"), 2);
+        let mut buf = [0u8; 8];
+        let (n, fds) = recv_with_fds(rx.as_fd(), &mut buf).expect("recv");
+        assert_eq!((&buf[..n], fds.len()), (&b"xy"[..], 3));
+        for fd in &fds {
+            let flags = FdFlag::from_bits_retain(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).expect("F_GETFD"));
+            assert!(flags.contains(FdFlag::FD_CLOEXEC));
+        }
+        drop((peer, fds));
+        assert_all_copies_closed(probe);
+    }
+
+    #[test]
+    fn a_truncated_control_message_is_an_error_and_closes_what_arrived() {
+        let (tx, rx) = UnixStream::pair().expect("socketpair");
+        let (probe, peer) = probe();
+        // Room for one fd is rounded up to the control message's alignment: 16 fds overflow it whatever the
+        // padding.
+        send_with_fds(tx.as_fd(), b"x", &[peer.as_fd(); 16]).expect("send");
+        let mut buf = [0u8; 8];
+        let err = recv_with_room(rx.as_fd(), &mut buf, 1).expect_err("16 fds in the room of one");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("control message truncated"), "{err}");
+        drop(peer);
+        assert_all_copies_closed(probe);
+    }
 }
