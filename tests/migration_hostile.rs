@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use baton_migrate::{hand_over_live, Departing, Identity, ListenerTag, Offer, Offered, SuccessorWatch, UdsDir};
+use baton_migrate::{hand_over_live, Identity, ListenerTag, Offer, Offered, OutgoingConn, SuccessorWatch, UdsDir};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +129,8 @@ fn departing<'a>(
     listener: &str,
     fds: Vec<std::os::fd::BorrowedFd<'a>>,
     buffers: Vec<Vec<u8>>,
-) -> Departing<'a> {
-    Departing {
+) -> OutgoingConn<'a> {
+    OutgoingConn {
         kind: kind.into(),
         listener: listener.into(),
         fds,

@@ -18,13 +18,17 @@
 //!                                          ◀───────  DONE
 //!   stops accepting (keeps the queue: no shutdown()),
 //!   releases serving.lock                            handoff complete: tells `migrate`, closes unclaimed fds
-//!   ---- protocol 2 only: live connections ([`hand_over_live`], [`Session::commit_live`]) ----
+//!   ---- protocol 2 only: migration of live connections, ConnSender ───▶ ConnReceiver ----
 //!   CONNS {id, kind, listener, buffers} + fds ────▶  (each connection at a quiescent point of the caller's)
 //!                                          ◀───────  CONNS_ACK {accepted, refused}
 //!   ... as connections become quiescent ...
 //!   CONNS_END {state}                      ───────▶
 //!   closes what was accepted, resumes what was refused, drains the rest, exits 0
 //! ```
+//!
+//! Two words, two things: the *handoff* moves the listening sockets (HELLO to DONE); the *migration* that may
+//! follow moves live client connections, from the old side's [`ConnSender`] (returned by [`hand_over_live`]) to
+//! the new side's [`ConnReceiver`] (returned by [`Session::commit_live`]).
 //!
 //! In protocol 2 the old instance also sends `STATE` (opaque application state: baton's configuration and
 //! counters) right after HELLO; it reaches the new side as [`Session::peer_state`]. A connection is the new
@@ -45,6 +49,8 @@
 //! |------|-------|------|
 //! | new | [`Takeover::start`], [`Takeover::receive`] | adopt [`Session::listeners`], accept on them, [`Session::commit`], hold a [`crate::ServingLock`], [`Takeover::finish`] |
 //! | old | [`crate::SuccessorWatch::next`], [`hand_over`] | on `Ok`: stop accepting (no `shutdown()`), drop the [`crate::ServingLock`], drain, exit |
+//! | old, protocol 2 | [`hand_over_live`]; on `Ok` as after [`hand_over`], and [`ConnSender::send`] each connection once quiescent | close what was taken, resume the rest; [`ConnSender::end`], drain, exit |
+//! | new, protocol 2 | [`Session::commit_live`], then [`ConnReceiver::next`] | adopt each [`ReceivedConn`], [`ConnReceiver::ack`], serve |
 //! | postStart hook | [`watch_takeover`] | exit 0 if the final report is `ok`, else 1 |
 
 use std::net::SocketAddr;
@@ -212,7 +218,7 @@ pub struct Offer<'a, 'b> {
     /// Application state for the successor ([`Session::peer_state`]), sent only to a successor that speaks
     /// protocol 2; `Null` for none.
     pub state: serde_json::Value,
-    /// Bounds the whole exchange, HELLO to DONE, and later each [`Migration::send`].
+    /// Bounds the whole exchange, HELLO to DONE, and later each [`ConnSender::send`].
     pub timeout: Duration,
     /// Test hook, as in [`hand_over_with`].
     pub crash_at: Option<&'a str>,
@@ -220,14 +226,14 @@ pub struct Offer<'a, 'b> {
 
 /// Old side: [`hand_over`], then keeps the session open to hand over live connections.
 ///
-/// Returns, with the commit, a [`Migration`] when the successor speaks protocol 2: send it the connections at
-/// points where they are idle ([`Migration::send`]), then [`Migration::end`]. `None` means a successor of an older
+/// Returns, with the commit, a [`ConnSender`] when the successor speaks protocol 2: send it the connections at
+/// points where they are idle ([`ConnSender::send`]), then [`ConnSender::end`]. `None` means a successor of an older
 /// protocol: drain as after [`hand_over`].
 pub async fn hand_over_live(
     stream: UnixStream,
     me: &Identity,
     offer: Offer<'_, '_>,
-) -> Result<(Committed, Option<Migration>), StepError> {
+) -> Result<(Committed, Option<ConnSender>), StepError> {
     let Offer {
         listeners,
         state,
@@ -308,7 +314,7 @@ pub async fn hand_over_live(
         other => return Err(unexpected(&other, "DONE").at("commit")),
     }
     step_event("old", "commit", me.generation, &peer.version, t0);
-    let migration = (protocol >= PROTOCOL_CONNS).then_some(Migration {
+    let sender = (protocol >= PROTOCOL_CONNS).then_some(ConnSender {
         conn,
         timeout,
         next_id: 1,
@@ -318,13 +324,13 @@ pub async fn hand_over_live(
         generation: peer.generation,
         version: peer.version,
     };
-    Ok((committed, migration))
+    Ok((committed, sender))
 }
 
-/// A live client connection for [`Migration::send`]: borrowed fds (the old instance keeps its copies until the
+/// A live client connection for [`ConnSender::send`]: borrowed fds (the old instance keeps its copies until the
 /// successor has acknowledged), and what the successor needs to resume it.
 #[derive(Debug)]
-pub struct Departing<'a> {
+pub struct OutgoingConn<'a> {
     /// Application-defined kind ([`ConnTag::kind`]).
     pub kind: String,
     /// Listener that accepted it.
@@ -335,32 +341,33 @@ pub struct Departing<'a> {
     pub buffers: Vec<Vec<u8>>,
 }
 
-/// Old side, after a committed [`hand_over_live`]: hands live connections to the successor.
+/// Old side of the migration, after a committed [`hand_over_live`]: sends live client connections to the
+/// successor.
 ///
 /// Each batch is acknowledged connection by connection. A connection is the successor's only once acknowledged
 /// as accepted: until then, and for every connection it refused, the old instance still owns it and must resume
 /// serving it. Any error (the successor died, hung, or broke the protocol) leaves every connection of the failed
 /// batch with the old instance; the session is then over, and the old instance should drain the rest.
-pub struct Migration {
+pub struct ConnSender {
     conn: Conn,
     timeout: Duration,
     next_id: u64,
 }
 
-impl std::fmt::Debug for Migration {
+impl std::fmt::Debug for ConnSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Migration").field("next_id", &self.next_id).finish()
+        f.debug_struct("ConnSender").field("next_id", &self.next_id).finish()
     }
 }
 
-impl Migration {
+impl ConnSender {
     /// Sends `batch` and waits for the successor's acknowledgement. Returns, per connection and in order,
     /// whether the successor now serves it (`true`: close your copies without touching the socket again) or not
     /// (`false`: resume it; it was refused, or is too large for one frame).
     ///
     /// On `Err` the successor is gone or misbehaving: resume every connection of `batch`, and do not call
     /// `send` again.
-    pub async fn send(&mut self, batch: &[Departing<'_>]) -> Result<Vec<bool>, HandoffError> {
+    pub async fn send(&mut self, batch: &[OutgoingConn<'_>]) -> Result<Vec<bool>, HandoffError> {
         let mut taken = vec![false; batch.len()];
         // What the protocol can carry: 1..=MAX_FDS_PER_CONN fds, buffers within one frame. The rest stays with
         // the caller (taken = false).
@@ -393,7 +400,7 @@ impl Migration {
     /// Sends one CONNS frame of `batch[i]` for each `(i, _)` of `frame`, and records the acknowledgement.
     async fn send_frame(
         &mut self,
-        batch: &[Departing<'_>],
+        batch: &[OutgoingConn<'_>],
         frame: &[(usize, usize)],
         taken: &mut [bool],
     ) -> Result<(), HandoffError> {
@@ -434,7 +441,7 @@ impl Migration {
     }
 
     /// Tells the successor that no more connections follow, with the application's final state
-    /// ([`Arrival::End`]).
+    /// ([`Received::End`]).
     pub async fn end(mut self, state: serde_json::Value) -> Result<(), HandoffError> {
         let deadline = Instant::now() + self.timeout;
         self.conn.send(&Message::ConnsEnd(state), &[], deadline).await
@@ -442,31 +449,32 @@ impl Migration {
 }
 
 /// Bytes a connection takes in a CONNS frame, over-estimated: its buffers in base64 plus room for its tag.
-fn payload_size(c: &Departing<'_>) -> usize {
+fn payload_size(c: &OutgoingConn<'_>) -> usize {
     c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256
 }
 
 /// Largest payload budget of one CONNS frame (the frame limit is [`crate::wire::MAX_FRAME`]).
 const MAX_CONN_FRAME_BYTES: usize = 768 * 1024;
 
-/// New side, after [`Session::commit_live`]: the predecessor's live connections as they arrive.
-pub struct Arrivals {
+/// New side of the migration, after [`Session::commit_live`]: receives the predecessor's live client connections
+/// as they arrive.
+pub struct ConnReceiver {
     conn: Conn,
     crash_at: Option<String>,
 }
 
-/// What [`Arrivals::next`] received.
+/// What [`ConnReceiver::next`] received.
 #[derive(Debug)]
-pub enum Arrival {
-    /// Connections to adopt; answer with [`Arrivals::ack`] before anything else.
-    Conns(Vec<ArrivedConn>),
+pub enum Received {
+    /// Connections to adopt; answer with [`ConnReceiver::ack`] before anything else.
+    Conns(Vec<ReceivedConn>),
     /// The predecessor sent everything; its final application state.
     End(serde_json::Value),
 }
 
 /// A live client connection received from the predecessor.
 #[derive(Debug)]
-pub struct ArrivedConn {
+pub struct ReceivedConn {
     /// What the predecessor said it is, with its unprocessed bytes.
     pub tag: ConnTag,
     /// Its sockets, in the order the predecessor gave them (close-on-exec; mode as the predecessor had it: set
@@ -474,12 +482,12 @@ pub struct ArrivedConn {
     pub fds: Vec<OwnedFd>,
 }
 
-impl Arrivals {
+impl ConnReceiver {
     /// Waits for the next batch of connections or the end, until `deadline`.
     ///
-    /// A connection is not yours until you [`Arrivals::ack`] it: do not read from or write to it before. Adopt
+    /// A connection is not yours until you [`ConnReceiver::ack`] it: do not read from or write to it before. Adopt
     /// (register with the runtime), acknowledge, then serve.
-    pub async fn next(&mut self, deadline: Instant) -> Result<Arrival, HandoffError> {
+    pub async fn next(&mut self, deadline: Instant) -> Result<Received, HandoffError> {
         match self.conn.recv(deadline).await? {
             (Message::Conns(tags), fds) => {
                 if self.crash_at.as_deref() == Some("conns-before-ack") {
@@ -490,12 +498,12 @@ impl Arrivals {
                     .into_iter()
                     .map(|tag| {
                         let mine = fds.by_ref().take(usize::from(tag.fds)).collect();
-                        ArrivedConn { tag, fds: mine }
+                        ReceivedConn { tag, fds: mine }
                     })
                     .collect();
-                Ok(Arrival::Conns(conns))
+                Ok(Received::Conns(conns))
             }
-            (Message::ConnsEnd(state), _) => Ok(Arrival::End(state)),
+            (Message::ConnsEnd(state), _) => Ok(Received::End(state)),
             (other, _) => Err(unexpected(&other, "CONNS or CONNS_END")),
         }
     }
@@ -884,8 +892,8 @@ impl Session {
     }
 
     /// [`Session::commit`], then keeps the session open to receive the predecessor's live connections
-    /// ([`Arrivals`]); `None` when the predecessor speaks an older protocol that hands over none.
-    pub async fn commit_live(mut self, ready: Ready) -> Result<Option<Arrivals>, StepError> {
+    /// ([`ConnReceiver`]); `None` when the predecessor speaks an older protocol that hands over none.
+    pub async fn commit_live(mut self, ready: Ready) -> Result<Option<ConnReceiver>, StepError> {
         failpoint(&self.crash_at, "before-ready")?;
         self.conn
             .send(&Message::Ready(ready), &[], self.deadline)
@@ -904,7 +912,7 @@ impl Session {
             .await
             .map_err(|e| e.at("commit"))?;
         step_event("new", "commit", self.generation, &self.peer.version, self.started);
-        Ok((self.protocol >= PROTOCOL_CONNS).then_some(Arrivals {
+        Ok((self.protocol >= PROTOCOL_CONNS).then_some(ConnReceiver {
             conn: self.conn,
             crash_at: self.crash_at,
         }))

@@ -236,7 +236,7 @@ async fn protocol_version_skew_is_refused_cleanly() {
 /// their buffers, each accepted or refused by id; CONNS_END carries the final state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_connections_move_after_the_commit() {
-    use baton_migrate::{hand_over_live, Arrival, Departing, Offer};
+    use baton_migrate::{hand_over_live, Offer, OutgoingConn, Received};
 
     let (_tmp, dir, serving, l, mut conns) = old_with_connections(2);
     let (mut client_b, served_b) = conns.pop().expect("b");
@@ -258,25 +258,25 @@ async fn live_connections_move_after_the_commit() {
             timeout: Duration::from_secs(5),
             crash_at: None,
         };
-        let (committed, migration) = hand_over_live(stream, &me(7, "v1"), offer).await.expect("commit");
+        let (committed, sender) = hand_over_live(stream, &me(7, "v1"), offer).await.expect("commit");
         drop(serving);
-        let mut migration = migration.expect("both speak protocol 2");
+        let mut sender = sender.expect("both speak protocol 2");
         let batch = [
-            Departing {
+            OutgoingConn {
                 kind: "http1".into(),
                 listener: "a".into(),
                 fds: vec![served_a.as_fd()],
                 buffers: vec![b"GET / HTTP/1.1\r\n".to_vec()],
             },
-            Departing {
+            OutgoingConn {
                 kind: "unknown".into(),
                 listener: "a".into(),
                 fds: vec![served_b.as_fd()],
                 buffers: vec![],
             },
         ];
-        let taken = migration.send(&batch).await.expect("acknowledged");
-        migration.end(serde_json::json!({"counters": 42})).await.expect("end");
+        let taken = sender.send(&batch).await.expect("acknowledged");
+        sender.end(serde_json::json!({"counters": 42})).await.expect("end");
         (committed.generation, taken, served_a, served_b)
     });
 
@@ -289,9 +289,9 @@ async fn live_connections_move_after_the_commit() {
         adopted: vec![inherited.tag.name.clone()],
         ..Ready::default()
     };
-    let mut arrivals = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    let mut receiver = session.commit_live(ready).await.expect("commit").expect("protocol 2");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let Arrival::Conns(conns) = arrivals.next(deadline).await.expect("conns") else {
+    let Received::Conns(conns) = receiver.next(deadline).await.expect("conns") else {
         panic!("expected connections first");
     };
     assert_eq!(conns.len(), 2);
@@ -304,9 +304,9 @@ async fn live_connections_move_after_the_commit() {
     let (id_a, id_b) = (a.tag.id, b.tag.id);
     let mut adopted = TcpStream::from(a.fds.into_iter().next().expect("fd"));
     drop(b); // refused: our copy closed, the old keeps it
-    arrivals.ack(vec![id_a], vec![id_b], deadline).await.expect("ack");
-    match arrivals.next(deadline).await.expect("end") {
-        Arrival::End(state) => assert_eq!(state, serde_json::json!({"counters": 42})),
+    receiver.ack(vec![id_a], vec![id_b], deadline).await.expect("ack");
+    match receiver.next(deadline).await.expect("end") {
+        Received::End(state) => assert_eq!(state, serde_json::json!({"counters": 42})),
         other => panic!("expected the end, got {other:?}"),
     }
     let (generation, taken, served_a, mut served_b) = old.await.expect("old side");
@@ -332,7 +332,7 @@ async fn live_connections_move_after_the_commit() {
 /// A successor that dies before acknowledging: the old side gets an error and still owns every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_connections_stay_with_the_old_instance() {
-    use baton_migrate::{hand_over_live, Arrival, Departing, HandoffError, Offer};
+    use baton_migrate::{hand_over_live, HandoffError, Offer, OutgoingConn, Received};
 
     let (_tmp, dir, serving, l, mut conns) = old_with_connections(1);
     let (mut client, served) = conns.pop().expect("connection");
@@ -353,23 +353,23 @@ async fn unacknowledged_connections_stay_with_the_old_instance() {
             timeout: Duration::from_secs(5),
             crash_at: None,
         };
-        let (_, migration) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
+        let (_, sender) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
         drop(serving);
-        let mut migration = migration.expect("protocol 2");
-        let batch = [Departing {
+        let mut sender = sender.expect("protocol 2");
+        let batch = [OutgoingConn {
             kind: "tcp".into(),
             listener: "a".into(),
             fds: vec![served.as_fd()],
             buffers: vec![],
         }];
-        let sent = migration.send(&batch).await;
+        let sent = sender.send(&batch).await;
         (sent.map_err(|e| e.to_string()), served)
     });
     let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
         panic!("peer expected");
     };
     let inherited = session.listeners.pop().expect("listener");
-    let mut arrivals = session
+    let mut receiver = session
         .commit_live(Ready {
             adopted: vec![inherited.tag.name.clone()],
             ..Ready::default()
@@ -378,12 +378,12 @@ async fn unacknowledged_connections_stay_with_the_old_instance() {
         .expect("commit")
         .expect("protocol 2");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    match arrivals.next(deadline).await {
+    match receiver.next(deadline).await {
         Err(HandoffError::Failpoint("conns-before-ack")) => {}
-        Ok(Arrival::Conns(_)) => panic!("the failpoint should have fired"),
+        Ok(Received::Conns(_)) => panic!("the failpoint should have fired"),
         other => panic!("unexpected {other:?}"),
     }
-    drop(arrivals); // "crashes": the session closes without an acknowledgement
+    drop(receiver); // "crashes": the session closes without an acknowledgement
     drop(takeover);
     let (sent, mut served) = old.await.expect("old side");
     assert!(sent.is_err(), "an unacknowledged batch must be an error: {sent:?}");

@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_migrate::{hand_over_live, Identity, Migration, Offer, SuccessorWatch, UdsDir};
+use baton_migrate::{hand_over_live, ConnSender, Identity, Offer, SuccessorWatch, UdsDir};
 use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
@@ -92,7 +92,7 @@ async fn hand_off(
     state: &Arc<State>,
     config: &Config,
     failpoint: Option<&str>,
-) -> Option<Option<Migration>> {
+) -> Option<Option<ConnSender>> {
     state.set_phase(Phase::HandingOff);
     let t0 = Instant::now();
     let me = Identity {

@@ -174,10 +174,10 @@ impl Start<'_> {
         adopted: Adopted,
     ) -> Result<(Adopted, Option<String>), (Adopted, StepError)> {
         match session.commit_live(adopted.ready.clone()).await {
-            Ok(arrivals) => {
-                if let Some(arrivals) = arrivals {
+            Ok(receiver) => {
+                if let Some(receiver) = receiver {
                     migration::receive::spawn(
-                        arrivals,
+                        receiver,
                         adopted.server.adopter(),
                         self.state.clone(),
                         crash_if_failpoint,

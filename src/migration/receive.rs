@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_migrate::{Arrival, Arrivals, HandoffError};
+use baton_migrate::{ConnReceiver, HandoffError, Received};
 use tokio::task::JoinHandle;
 
 use crate::server::adopt::Adopter;
@@ -12,7 +12,7 @@ use crate::telemetry::state::State;
 /// Receives the predecessor's live connections until it says it is done, serving each one here; then takes its
 /// final counters. `on_error` sees every protocol error first (the failpoint hook of the instance).
 pub fn spawn(
-    mut arrivals: Arrivals,
+    mut receiver: ConnReceiver,
     adopter: Adopter,
     state: Arc<State>,
     on_error: fn(&HandoffError),
@@ -22,8 +22,8 @@ pub fn spawn(
         loop {
             // The predecessor sends as its connections reach a quiescent point, for up to its drain timeout.
             let patience = Instant::now() + Duration::from_secs(24 * 3600);
-            match arrivals.next(patience.into()).await {
-                Ok(Arrival::Conns(batch)) => {
+            match receiver.next(patience.into()).await {
+                Ok(Received::Conns(batch)) => {
                     let (mut accepted, mut refusing) = (Vec::new(), Vec::new());
                     for conn in batch {
                         let id = conn.tag.id;
@@ -36,12 +36,12 @@ pub fn spawn(
                     adopted += accepted.len();
                     refused += refusing.len();
                     let deadline = Instant::now() + Duration::from_secs(10);
-                    if let Err(e) = arrivals.ack(accepted, refusing, deadline.into()).await {
+                    if let Err(e) = receiver.ack(accepted, refusing, deadline.into()).await {
                         tracing::warn!(error = %e, "cannot acknowledge handed-over connections; serving them anyway");
                         break;
                     }
                 }
-                Ok(Arrival::End(last)) => {
+                Ok(Received::End(last)) => {
                     if let Some(counters) = last.get("counters") {
                         state.inherit_counters(counters);
                     }

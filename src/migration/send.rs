@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use baton_migrate::{Departing, Migration};
+use baton_migrate::{ConnSender, OutgoingConn};
 use tokio::task::JoinHandle;
 
 use crate::drain::{Departure, Departures, Drain};
@@ -15,13 +15,13 @@ const BATCH: usize = 256;
 /// Starts the migration on `drain`: every connection task heads for its quiescent point and departs, and a hub
 /// task sends them over `session`. The hub ends, sending this instance's final counters, once every connection
 /// task has ended. `None` if a migration had already started.
-pub fn start(session: Migration, drain: &Arc<Drain>, state: Arc<State>) -> Option<JoinHandle<()>> {
+pub fn start(session: ConnSender, drain: &Arc<Drain>, state: Arc<State>) -> Option<JoinHandle<()>> {
     let departures = drain.begin_migration()?;
     Some(tokio::spawn(run_hub(session, departures, drain.clone(), state)))
 }
 
 /// Sends departures in batches as they come; answers each one.
-async fn run_hub(mut session: Migration, mut departures: Departures, drain: Arc<Drain>, state: Arc<State>) {
+async fn run_hub(mut session: ConnSender, mut departures: Departures, drain: Arc<Drain>, state: Arc<State>) {
     let mut broken = false;
     let (mut sent, mut taken) = (0usize, 0usize);
     loop {
@@ -76,12 +76,12 @@ async fn run_hub(mut session: Migration, mut departures: Departures, drain: Arc<
 }
 
 /// Offers one batch: which connections the successor took.
-async fn send_batch(session: &mut Migration, batch: &[Departure]) -> Result<Vec<bool>, baton_migrate::HandoffError> {
-    let departing: Vec<Departing<'_>> = batch
+async fn send_batch(session: &mut ConnSender, batch: &[Departure]) -> Result<Vec<bool>, baton_migrate::HandoffError> {
+    let outgoing: Vec<OutgoingConn<'_>> = batch
         .iter()
         .map(|d| {
             let c = d.conn();
-            Departing {
+            OutgoingConn {
                 kind: c.kind.as_str().to_string(),
                 listener: c.listener.to_string(),
                 fds: c.fds.iter().map(|f| f.as_fd()).collect(),
@@ -89,5 +89,5 @@ async fn send_batch(session: &mut Migration, batch: &[Departure]) -> Result<Vec<
             }
         })
         .collect();
-    session.send(&departing).await
+    session.send(&outgoing).await
 }

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use baton_migrate::ArrivedConn;
+use baton_migrate::ReceivedConn;
 
 use crate::drain::detached::is_connected_tcp;
 use crate::drain::ConnKind;
@@ -22,8 +22,8 @@ impl Adopter {
     /// Serves a connection the predecessor handed over. False (the fds closed) when this instance cannot: no
     /// proxy listener of that name and protocol here, or a malformed connection; the predecessor then serves it
     /// on.
-    pub fn adopt(&self, conn: ArrivedConn) -> bool {
-        let ArrivedConn { tag, fds } = conn;
+    pub fn adopt(&self, conn: ReceivedConn) -> bool {
+        let ReceivedConn { tag, fds } = conn;
         let Some(proxy) = self.proxies.get(&tag.listener) else {
             tracing::debug!(listener = %tag.listener, "handed-over connection for a listener this config lacks; refused");
             return false;
