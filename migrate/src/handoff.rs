@@ -246,7 +246,50 @@ pub async fn hand_over_live(
     let mut conn = Conn::new(stream).map_err(|e| e.at("connect"))?;
     step_event("old", "connect", me.generation, "", t0);
 
-    // 1. HELLO: negotiate the protocol version.
+    // 1. HELLO: negotiate the protocol version; then, in protocol 2, STATE.
+    let peer = offer_hello(&mut conn, me, deadline).await?;
+    step_event("old", "hello", me.generation, &peer.version, t0);
+    failpoint(&crash_at, "after-hello")?;
+    let protocol = peer.max_protocol;
+    if protocol >= PROTOCOL_CONNS {
+        conn.send(&Message::State(state), &[], deadline)
+            .await
+            .map_err(|e| e.at("hello"))?;
+    }
+
+    // 2. LISTENERS: every listening socket, in batches, each fd tagged with its name and address.
+    send_listeners(&mut conn, listeners, deadline).await?;
+    step_event("old", "listeners", me.generation, &peer.version, t0);
+    failpoint(&crash_at, "after-fds")?;
+    if crash_at.as_deref() == Some("hang-after-fds") {
+        tracing::warn!("failpoint hang-after-fds: this handoff session stops responding");
+        std::future::pending::<()>().await;
+    }
+
+    // 3. READY: the successor accepts on everything.
+    let ready = await_ready(&mut conn, deadline).await?;
+    step_event("old", "ready", me.generation, &peer.version, t0);
+    failpoint(&crash_at, "after-ready")?;
+
+    // 4. COMMIT / DONE: only an acknowledged commit lets the caller stop accepting.
+    send_commit(&mut conn, deadline).await?;
+    step_event("old", "commit", me.generation, &peer.version, t0);
+    let sender = (protocol >= PROTOCOL_CONNS).then_some(ConnSender {
+        conn,
+        timeout,
+        next_id: 1,
+    });
+    let committed = Committed {
+        ready,
+        generation: peer.generation,
+        version: peer.version,
+    };
+    Ok((committed, sender))
+}
+
+/// Old side, step 1: says HELLO with the range of protocol versions we speak, and returns the successor's answer,
+/// which must name one of them.
+async fn offer_hello(conn: &mut Conn, me: &Identity, deadline: Instant) -> Result<Hello, StepError> {
     let hello = Hello {
         role: PeerRole::Sender,
         min_protocol: PROTOCOL_MIN,
@@ -264,19 +307,15 @@ pub async fn hand_over_live(
     };
     if peer.min_protocol != peer.max_protocol || !(PROTOCOL_MIN..=PROTOCOL_MAX).contains(&peer.max_protocol) {
         let reason = format!("successor chose protocol {}..={}", peer.min_protocol, peer.max_protocol);
-        refuse(&mut conn, &reason, deadline).await;
+        refuse(conn, &reason, deadline).await;
         return Err(HandoffError::Protocol(reason).at("hello"));
     }
-    step_event("old", "hello", me.generation, &peer.version, t0);
-    failpoint(&crash_at, "after-hello")?;
-    let protocol = peer.max_protocol;
-    if protocol >= PROTOCOL_CONNS {
-        conn.send(&Message::State(state), &[], deadline)
-            .await
-            .map_err(|e| e.at("hello"))?;
-    }
+    Ok(peer)
+}
 
-    // 2. LISTENERS: every listening socket, in batches, each fd tagged with its name and address.
+/// Old side, step 2: every listener in batches of at most [`MAX_FDS_PER_FRAME`], then LISTENERS_END with the
+/// total so the successor can tell a complete set from a truncated one.
+async fn send_listeners(conn: &mut Conn, listeners: &[Offered<'_>], deadline: Instant) -> Result<(), StepError> {
     for batch in listeners.chunks(MAX_FDS_PER_FRAME) {
         let tags = batch.iter().map(|l| l.tag.clone()).collect();
         let fds: Vec<BorrowedFd<'_>> = batch.iter().map(|l| l.fd).collect();
@@ -287,44 +326,28 @@ pub async fn hand_over_live(
     let total = listeners.len() as u32;
     conn.send(&Message::ListenersEnd { total }, &[], deadline)
         .await
-        .map_err(|e| e.at("listeners"))?;
-    step_event("old", "listeners", me.generation, &peer.version, t0);
-    failpoint(&crash_at, "after-fds")?;
-    if crash_at.as_deref() == Some("hang-after-fds") {
-        tracing::warn!("failpoint hang-after-fds: this handoff session stops responding");
-        std::future::pending::<()>().await;
+        .map_err(|e| e.at("listeners"))
+}
+
+/// Old side, step 3: waits for READY, the successor's word that it accepts on every listener.
+async fn await_ready(conn: &mut Conn, deadline: Instant) -> Result<Ready, StepError> {
+    match conn.recv(deadline).await.map_err(|e| e.at("ready"))?.0 {
+        Message::Ready(r) => Ok(r),
+        Message::Refuse { reason } => Err(HandoffError::Refused(reason).at("ready")),
+        other => Err(unexpected(&other, "READY").at("ready")),
     }
+}
 
-    // 3. READY: the successor accepts on everything.
-    let ready = match conn.recv(deadline).await.map_err(|e| e.at("ready"))?.0 {
-        Message::Ready(r) => r,
-        Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("ready")),
-        other => return Err(unexpected(&other, "READY").at("ready")),
-    };
-    step_event("old", "ready", me.generation, &peer.version, t0);
-    failpoint(&crash_at, "after-ready")?;
-
-    // 4. COMMIT / DONE: only an acknowledged commit lets the caller stop accepting.
+/// Old side, step 4: sends COMMIT and waits for DONE.
+async fn send_commit(conn: &mut Conn, deadline: Instant) -> Result<(), StepError> {
     conn.send(&Message::Commit, &[], deadline)
         .await
         .map_err(|e| e.at("commit"))?;
     match conn.recv(deadline).await.map_err(|e| e.at("commit"))?.0 {
-        Message::Done => {}
-        Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("commit")),
-        other => return Err(unexpected(&other, "DONE").at("commit")),
+        Message::Done => Ok(()),
+        Message::Refuse { reason } => Err(HandoffError::Refused(reason).at("commit")),
+        other => Err(unexpected(&other, "DONE").at("commit")),
     }
-    step_event("old", "commit", me.generation, &peer.version, t0);
-    let sender = (protocol >= PROTOCOL_CONNS).then_some(ConnSender {
-        conn,
-        timeout,
-        next_id: 1,
-    });
-    let committed = Committed {
-        ready,
-        generation: peer.generation,
-        version: peer.version,
-    };
-    Ok((committed, sender))
 }
 
 /// A live client connection for [`ConnSender::send`]: borrowed fds (the old instance keeps its copies until the
