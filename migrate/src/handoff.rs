@@ -717,12 +717,49 @@ impl Takeover {
         if !self.dir.peer_serving().map_err(|e| e.at("discover"))? {
             return Ok(Inheritance::NoPeer);
         }
+        let Some((mut conn, peer)) = self.accept_predecessor().await? else {
+            return Ok(Inheritance::NoPeer);
+        };
+        let deadline = self.deadline;
+        let t0 = Instant::now();
+        let generation = peer.generation.saturating_add(1);
+        step_event("new", "connect", generation, &peer.version, t0);
+
+        // 1. HELLO: pick the newest protocol both speak, or refuse.
+        let protocol = self.answer_hello(&mut conn, &peer).await?;
+        step_event("new", "hello", generation, &peer.version, t0);
+        failpoint(&self.opts.crash_at, "after-hello")?;
+        self.report("receiving", "");
+
+        // 2. STATE (protocol 2), then LISTENERS until LISTENERS_END.
+        let (peer_state, listeners) = self.receive_listeners(&mut conn, protocol).await?;
+        step_event("new", "listeners", generation, &peer.version, t0);
+        failpoint(&self.opts.crash_at, "after-fds")?;
+        self.report("adopting", "");
+        Ok(Inheritance::Peer(Box::new(Session {
+            conn,
+            deadline,
+            progress: self.progress.clone(),
+            crash_at: self.opts.crash_at.clone(),
+            started: t0,
+            generation,
+            protocol,
+            peer,
+            peer_state,
+            listeners,
+        })))
+    }
+
+    /// Waits for the predecessor to connect and say HELLO as a sender (the accept loop checked that much), or
+    /// returns `None` if it died first.
+    ///
+    /// The wait re-checks that the predecessor is still alive: one that dies before connecting releases
+    /// serving.lock, and then there is nothing to wait for.
+    async fn accept_predecessor(&mut self) -> Result<Option<(Conn, Hello)>, StepError> {
         let mut senders = self
             .senders
             .take()
             .ok_or_else(|| HandoffError::Protocol("receive called twice".into()).at("discover"))?;
-        // Wait for the predecessor to connect, re-checking that it is still alive: one that dies before
-        // connecting releases serving.lock, and then there is nothing to wait for.
         let found = loop {
             let tick = Instant::now() + Duration::from_millis(250);
             match tokio::time::timeout_at(tick.min(self.deadline), senders.recv()).await {
@@ -737,22 +774,18 @@ impl Takeover {
                 }
                 Err(_) => {
                     if !self.dir.peer_serving().map_err(|e| e.at("discover"))? {
-                        return Ok(Inheritance::NoPeer);
+                        return Ok(None);
                     }
                 }
             }
         };
-        let (mut conn, peer) = match found {
-            Some(found) => found,
-            None => return Err(HandoffError::PeerClosed.at("discover")),
-        };
         drop(senders); // any later sender is refused by the accept loop
-        let deadline = self.deadline;
-        let t0 = Instant::now();
-        let generation = peer.generation.saturating_add(1);
-        step_event("new", "connect", generation, &peer.version, t0);
+        found.map(Some).ok_or_else(|| HandoffError::PeerClosed.at("discover"))
+    }
 
-        // 1. HELLO: pick the newest protocol both speak, or refuse.
+    /// New side, step 1: answers the predecessor's HELLO with the newest protocol version both speak, and returns
+    /// it; refuses the predecessor if there is none.
+    async fn answer_hello(&self, conn: &mut Conn, peer: &Hello) -> Result<u16, StepError> {
         let chosen = PROTOCOL_MAX.min(peer.max_protocol);
         if chosen < PROTOCOL_MIN.max(peer.min_protocol) {
             let err = HandoffError::Version {
@@ -761,7 +794,7 @@ impl Takeover {
                 peer_min: peer.min_protocol,
                 peer_max: peer.max_protocol,
             };
-            refuse(&mut conn, &err.to_string(), deadline).await;
+            refuse(conn, &err.to_string(), self.deadline).await;
             return Err(err.at("hello"));
         }
         let hello = Hello {
@@ -771,27 +804,34 @@ impl Takeover {
             generation: peer.generation.saturating_add(1),
             version: self.me.version.clone(),
         };
-        conn.send(&Message::Hello(hello), &[], deadline)
+        conn.send(&Message::Hello(hello), &[], self.deadline)
             .await
             .map_err(|e| e.at("hello"))?;
-        step_event("new", "hello", generation, &peer.version, t0);
-        failpoint(&self.opts.crash_at, "after-hello")?;
-        self.report("receiving", "");
+        Ok(chosen)
+    }
 
-        // 2. LISTENERS until LISTENERS_END.
+    /// New side, step 2: receives the predecessor's application state (protocol 2 only, first if at all), then
+    /// its listeners in batches until LISTENERS_END, each fd checked on arrival. Anything else, or a count that
+    /// does not add up, is refused.
+    async fn receive_listeners(
+        &self,
+        conn: &mut Conn,
+        protocol: u16,
+    ) -> Result<(Option<serde_json::Value>, Vec<Inherited>), StepError> {
+        let deadline = self.deadline;
         let mut listeners = Vec::new();
         let mut peer_state = None;
         loop {
             match conn.recv(deadline).await.map_err(|e| e.at("listeners"))? {
                 (Message::State(state), _)
-                    if chosen >= PROTOCOL_CONNS && peer_state.is_none() && listeners.is_empty() =>
+                    if protocol >= PROTOCOL_CONNS && peer_state.is_none() && listeners.is_empty() =>
                 {
                     peer_state = Some(state);
                 }
                 (Message::Listeners(tags), _) if listeners.len() + tags.len() > MAX_LISTENERS => {
                     // The batch's fds are closed as they drop here.
                     let reason = format!("more than {MAX_LISTENERS} listeners offered");
-                    refuse(&mut conn, &reason, deadline).await;
+                    refuse(conn, &reason, deadline).await;
                     return Err(HandoffError::Protocol(reason).at("listeners"));
                 }
                 (Message::Listeners(tags), fds) => {
@@ -803,31 +843,17 @@ impl Takeover {
                 (Message::ListenersEnd { total }, _) if total as usize == listeners.len() => break,
                 (Message::ListenersEnd { total }, _) => {
                     let reason = format!("LISTENERS_END says {total} listeners, {} arrived", listeners.len());
-                    refuse(&mut conn, &reason, deadline).await;
+                    refuse(conn, &reason, deadline).await;
                     return Err(HandoffError::Protocol(reason).at("listeners"));
                 }
                 (other, _) => {
                     let err = unexpected(&other, "LISTENERS");
-                    refuse(&mut conn, &err.to_string(), deadline).await;
+                    refuse(conn, &err.to_string(), deadline).await;
                     return Err(err.at("listeners"));
                 }
             }
         }
-        step_event("new", "listeners", generation, &peer.version, t0);
-        failpoint(&self.opts.crash_at, "after-fds")?;
-        self.report("adopting", "");
-        Ok(Inheritance::Peer(Box::new(Session {
-            conn,
-            deadline,
-            progress: self.progress.clone(),
-            crash_at: self.opts.crash_at.clone(),
-            started: t0,
-            generation,
-            protocol: chosen,
-            peer,
-            peer_state,
-            listeners,
-        })))
+        Ok((peer_state, listeners))
     }
 
     /// Ends the takeover: publishes the final report to `migrate` watchers, waits until one has read it (or the
