@@ -9,6 +9,9 @@
 //! The fake peers are written by hand on blocking std sockets (in `spawn_blocking`), so they can send what the real
 //! implementation never would: torn frames, fds on the wrong message, more fds than the limit.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::future::Future;

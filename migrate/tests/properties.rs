@@ -1,6 +1,9 @@
 //! Property tests of the frame codec (`wire`): round trips of arbitrary messages, arbitrary bytes, and arbitrary
 //! chunkings of a valid frame stream. Default case counts (256 per property), a few seconds in all.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use baton_migrate::wire::{
     decode, Hello, ListenerTag, Message, PeerRole, Progress, Ready, WireError, FRAME_VERSION, HEADER_LEN,
     MAX_FDS_PER_FRAME, MAX_FRAME,

@@ -1,6 +1,9 @@
 //! Both sides of the handoff in one process, over a real reconfig socket in a temp dir, with real TCP
 //! listeners on loopback.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
