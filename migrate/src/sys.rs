@@ -1,7 +1,6 @@
 //! The only module that touches raw file descriptors: SCM_RIGHTS send/receive, SO_PEERCRED, and the checks a
 //! received fd must pass before anyone treats it as a listener. Everything it returns is an `OwnedFd` or a plain
-//! value; callers never see a `RawFd`.
-#![allow(unsafe_code)]
+//! value; callers never see a `RawFd`. Its one `unsafe` is the registration of the inotify fd with tokio.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -114,9 +113,11 @@ impl AsRawFd for InotifyFd {
 }
 
 /// Registers an inotify instance with the reactor.
+#[allow(unsafe_code)]
 pub(crate) fn register_inotify(ino: Inotify) -> io::Result<AsyncFd<InotifyFd>> {
     // SAFETY: the fd is owned by the `Inotify` inside the `AsyncFd`, so it stays open exactly as long as it is
-    // registered and is closed only after deregistration, when the `AsyncFd` drops.
+    // registered and is closed only after deregistration, when the `AsyncFd` drops; `InotifyFd::as_raw_fd`
+    // returns that same fd throughout, since nothing replaces the `Inotify` (the watch only uses `get_ref`).
     unsafe { AsyncFd::register(InotifyFd(ino)) }.map_err(io::Error::from)
 }
 
