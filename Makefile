@@ -28,6 +28,7 @@ test: lint unit test-pod bench-smoke
 lint:
 	python3 scripts/check-layout.py src
 	python3 scripts/check-layout.py migrate/src
+	python3 scripts/check-msrv.py
 	$(CARGO) fmt --all -- --check
 	$(CARGO) fmt --manifest-path images/empty/Cargo.toml -- --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings

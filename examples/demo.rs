@@ -30,6 +30,8 @@
 //! ```text
 //! make demo        # or: cargo build --release --bins --examples && target/release/examples/demo
 //! ```
+// Until the demo uses nix for kill(2) and PR_SET_PDEATHSIG, it declares them by hand.
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

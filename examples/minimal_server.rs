@@ -102,11 +102,11 @@ async fn serve(listen: SocketAddr, dir: &UdsDir) -> Result<()> {
     let why = loop {
         tokio::select! {
             sig = stopped(&mut signals) => break sig,
-            _ = async { finishing.as_mut().unwrap().await }, if finishing.is_some() => {
+            Some(_) = async { Some(finishing.as_mut()?.await) }, if finishing.is_some() => {
                 finishing = None;
                 successors = Some(SuccessorWatch::new(dir));
             }
-            stream = async { successors.as_mut().unwrap().next().await }, if successors.is_some() => {
+            Some(stream) = async { Some(successors.as_mut()?.next().await) }, if successors.is_some() => {
                 step!("successor found: handing over");
                 let tag = ListenerTag { name: NAME.into(), address: listen.to_string(), kind: NAME.into() };
                 let offered = [Offered { tag, fd: server.listener.as_fd() }];

@@ -1,5 +1,8 @@
 //! The `baton` command line: `check`, config errors, usage errors, `--version`.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,9 @@
 //! restart with no live peer, two new instances racing for one uds dir, an unusable uds dir, and too few fds.
 //! In every case the instance that serves keeps serving, and what happened is said clearly.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,9 @@
 //! the new slot is started with VERSION > ALT and its postStart hook runs `baton migrate`; later kubelet SIGTERMs the
 //! old slot.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -7,6 +7,9 @@
 //! the test chooses (in as many writes as it likes) and records every request it framed, with the upstream
 //! connection it came on.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -4,6 +4,9 @@
 //!
 //! After each attack the same process (same `/status` pid) still proxies a normal request.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;

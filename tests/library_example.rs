@@ -7,6 +7,9 @@
 //! one `cargo build --example minimal_server` per test process: that builds it if missing, rebuilds it if stale,
 //! and is a no-op otherwise.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -12,6 +12,9 @@
 //!
 //! Everything runs in temp dirs and binds nothing.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;

@@ -12,6 +12,9 @@
 //! closed while it was idle (seen by a non-blocking peek before the next request is written) is reopened and
 //! counted as a reconnect, not as a failure.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::fmt;

@@ -3,6 +3,9 @@
 //! kinds are refused (the old side keeps them), a real connection with unparsed bytes is served, and the new
 //! instance keeps serving throughout.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::{Read, Write};

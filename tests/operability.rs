@@ -1,5 +1,8 @@
 //! What operators see: `/metrics` (checked by promtool), structured JSON logs of a handoff, `baton status`.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::io::Write;

@@ -1,5 +1,8 @@
 //! The role a `baton` process takes at start from SIDECARSET_VERSION / SIDECARSET_VERSION_ALT.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

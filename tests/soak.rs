@@ -1,6 +1,9 @@
 //! 100 consecutive upgrades under load: no failed request, and the serving process's open fds and RSS do not
 //! grow from one generation to the next.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! An upstream that is down, slow, or resets: clear 502/504 answers, the right counters, and the proxy keeps
 //! serving.
 
+// Helpers outside #[test] functions unwrap too: a panic is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::net::SocketAddr;

@@ -11,6 +11,8 @@
 
 // Helpers outside #[test] functions unwrap too: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A hostile peer is built by hand: raw SCM_RIGHTS messages, a forked child under another uid (libc, unsafe).
+#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fs::File;

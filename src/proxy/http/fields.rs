@@ -4,16 +4,24 @@
 /// Request and response fields with a meaning for the proxy.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Field {
+    /// `Host`.
     Host,
+    /// `Content-Length`.
     ContentLength,
+    /// `Transfer-Encoding`.
     TransferEncoding,
+    /// `Connection`.
     Connection,
+    /// `Upgrade`.
     Upgrade,
+    /// `Expect`.
     Expect,
+    /// `X-Forwarded-For`.
     ForwardedFor,
     /// Hop-by-hop by definition, dropped: `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
     /// `Proxy-Authenticate`, `Proxy-Authorization`.
     HopByHop,
+    /// Any other field: passed on as it is.
     Other,
 }
 
