@@ -7,6 +7,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -554,22 +555,29 @@ pub struct Snapshot<'a> {
     /// Upgrade generation.
     pub generation: u64,
     /// Per-listener traffic.
-    pub listeners: &'a [std::sync::Arc<ListenerMetrics>],
+    pub listeners: &'a [Arc<ListenerMetrics>],
     /// Handoffs.
     pub handoff: &'a HandoffMetrics,
 }
 
-/// Reads one per-listener value (i128: an i64 gauge or a u64 counter, never wrapped).
-type Reader = fn(&ListenerMetrics) -> i128;
-
 /// Renders the Prometheus text exposition format (version 0.0.4).
 pub fn render(s: &Snapshot<'_>) -> String {
     let mut out = String::with_capacity(4096 + s.listeners.len() * 2048);
-    let o = &mut out;
-    let header = |o: &mut String, name: &str, kind: &str, help: &str| {
-        let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    };
+    instance(&mut out, s);
+    requests(&mut out, s.listeners);
+    traffic(&mut out, s.listeners);
+    handoffs(&mut out, s.handoff);
+    drain(&mut out, s);
+    out
+}
 
+/// The `# HELP` and `# TYPE` lines of a metric.
+fn header(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Gauges of the instance: build and role, generation, phase.
+fn instance(o: &mut String, s: &Snapshot<'_>) {
     header(o, "baton_info", "gauge", "Build and role of this instance (always 1).");
     let _ = writeln!(
         o,
@@ -593,14 +601,17 @@ pub fn render(s: &Snapshot<'_>) -> String {
     for p in s.phases {
         let _ = writeln!(o, "baton_phase{{phase=\"{p}\"}} {}", u8::from(*p == s.phase));
     }
+}
 
+/// Per listener: requests by status class, and the HTTP request duration histogram.
+fn requests(o: &mut String, listeners: &[Arc<ListenerMetrics>]) {
     header(
         o,
         "baton_requests_total",
         "counter",
         "Proxied HTTP requests by status class; TCP streams count as 2xx.",
     );
-    for l in s.listeners {
+    for l in listeners {
         for (i, c) in l.requests.iter().enumerate() {
             let _ = writeln!(
                 o,
@@ -618,13 +629,20 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "histogram",
         "HTTP request duration, request head to response head.",
     );
-    for l in s.listeners.iter().filter(|l| l.protocol == "http") {
+    for l in listeners.iter().filter(|l| l.protocol == "http") {
         l.duration.render(
             o,
             "baton_request_duration_seconds",
             &format!("listener=\"{}\"", escape(&l.name)),
         );
     }
+}
+
+/// Reads one per-listener value (i128: an i64 gauge or a u64 counter, never wrapped).
+type Reader = fn(&ListenerMetrics) -> i128;
+
+/// Per listener: connections, bytes and upstream failures, one labelled value each.
+fn traffic(o: &mut String, listeners: &[Arc<ListenerMetrics>]) {
     let per_listener: [(&str, &str, &str, Reader); 6] = [
         (
             "baton_connections_active",
@@ -662,12 +680,14 @@ pub fn render(s: &Snapshot<'_>) -> String {
     ];
     for (name, kind, help, get) in per_listener {
         header(o, name, kind, help);
-        for l in s.listeners {
+        for l in listeners {
             let _ = writeln!(o, "{name}{{listener=\"{}\"}} {}", escape(&l.name), get(l));
         }
     }
+}
 
-    let h = s.handoff;
+/// Handoffs by side and outcome, and the handoff duration histogram.
+fn handoffs(o: &mut String, h: &HandoffMetrics) {
     header(
         o,
         "baton_handoffs_total",
@@ -694,6 +714,10 @@ pub fn render(s: &Snapshot<'_>) -> String {
         "Handoff duration, first contact to DONE.",
     );
     h.duration.render(o, "baton_handoff_duration_seconds", "");
+}
+
+/// While draining, the client connections still open; 0 in any other phase.
+fn drain(o: &mut String, s: &Snapshot<'_>) {
     header(
         o,
         "baton_drain_connections_remaining",
@@ -708,7 +732,6 @@ pub fn render(s: &Snapshot<'_>) -> String {
         0
     };
     let _ = writeln!(o, "baton_drain_connections_remaining {remaining}");
-    out
 }
 
 #[cfg(test)]
