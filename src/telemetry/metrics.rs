@@ -233,8 +233,8 @@ impl Problems {
     }
 }
 
-/// Reads a counter: a JSON unsigned integer that fits in 64 bits. Anything else counts as 0 and is reported; a
-/// missing field is 0 without complaint only when `optional`.
+/// Reads a counter: a JSON unsigned integer that fits in 64 bits. Anything else, or no such field, counts as 0 and
+/// is reported.
 fn read_u64(obj: &Map<String, Value>, key: &str, at: &str, problems: &mut Problems) -> u64 {
     match obj.get(key) {
         Some(v) => v.as_u64().unwrap_or_else(|| {
@@ -287,6 +287,17 @@ fn read_array<const N: usize>(
         });
     }
     Some(out)
+}
+
+/// Reads the `duration` histogram of a listener's or the handoff's counters.
+fn read_duration(obj: &Map<String, Value>, at: &str, problems: &mut Problems) -> HistogramCounts {
+    match obj.get("duration") {
+        Some(d) => HistogramCounts::from_json(d, &format!("{at}.duration"), problems),
+        None => {
+            problems.push(|| format!("{at}.duration: missing"));
+            HistogramCounts::default()
+        }
+    }
 }
 
 /// The values of a [`Histogram`].
@@ -451,13 +462,7 @@ impl ListenerCounters {
             connections_total: read_u64(obj, "connections_total", at, problems),
             upstream_connect_errors: read_u64(obj, "upstream_connect_errors", at, problems),
             upstream_timeouts: read_u64(obj, "upstream_timeouts", at, problems),
-            duration: match obj.get("duration") {
-                Some(d) => HistogramCounts::from_json(d, &format!("{at}.duration"), problems),
-                None => {
-                    problems.push(|| format!("{at}.duration: missing"));
-                    HistogramCounts::default()
-                }
-            },
+            duration: read_duration(obj, at, problems),
         };
         Some((counters, protocol))
     }
@@ -527,13 +532,7 @@ impl HandoffCounters {
             received_committed: read_u64(obj, "received_committed", at, problems),
             received_fresh: read_u64(obj, "received_fresh", at, problems),
             received_failed: read_u64(obj, "received_failed", at, problems),
-            duration: match obj.get("duration") {
-                Some(d) => HistogramCounts::from_json(d, &format!("{at}.duration"), problems),
-                None => {
-                    problems.push(|| format!("{at}.duration: missing"));
-                    HistogramCounts::default()
-                }
-            },
+            duration: read_duration(obj, at, problems),
         }
     }
 }
