@@ -55,7 +55,7 @@ fn example_path(name: &str) -> PathBuf {
 /// Parses a YAML file that must hold exactly one document.
 fn load_yaml(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+    let docs: Vec<Value> = yaml_serde::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap_or_else(|e| panic!("parse {}: {e}", path.display())))
         .collect();
     assert_eq!(docs.len(), 1, "{} must hold exactly one YAML document", path.display());

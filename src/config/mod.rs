@@ -200,7 +200,7 @@ struct RawHandoff {
     timeout: Option<String>,
     drain_timeout: Option<String>,
     /// Checked in [`RawConfig::validate`], so that a non-bool is reported with the other problems.
-    inherit_config: Option<serde_yaml::Value>,
+    inherit_config: Option<yaml_serde::Value>,
 }
 
 impl Config {
@@ -222,7 +222,7 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError {
+            yaml_serde::from_str(text).map_err(|e| ConfigError {
                 source: None,
                 inherited: false,
                 problems: vec![yaml_problem(&e)],
@@ -261,8 +261,8 @@ impl Config {
     }
 }
 
-/// serde_yaml says `listeners[0]: unknown field ...` with the path first; keep it, and the line when known.
-fn yaml_problem(e: &serde_yaml::Error) -> String {
+/// yaml_serde says `listeners[0]: unknown field ...` with the path first; keep it, and the line when known.
+fn yaml_problem(e: &yaml_serde::Error) -> String {
     let msg = e.to_string();
     match e.location() {
         Some(loc) if !msg.contains("line ") => format!("{msg} (line {})", loc.line()),
@@ -358,7 +358,7 @@ impl RawConfig {
             ),
             inherit_config: match &h.inherit_config {
                 None => defaults.inherit_config,
-                Some(serde_yaml::Value::Bool(b)) => *b,
+                Some(yaml_serde::Value::Bool(b)) => *b,
                 Some(other) => {
                     problems.push(format!(
                         "handoff.inherit_config: {} is not a boolean (true or false)",
@@ -394,10 +394,10 @@ impl RawConfig {
 }
 
 /// A YAML value as it would be written in the file, on one line and cut short, for error messages.
-fn yaml_value(v: &serde_yaml::Value) -> String {
+fn yaml_value(v: &yaml_serde::Value) -> String {
     let text = match v {
-        serde_yaml::Value::String(s) => format!("{s:?}"),
-        other => serde_yaml::to_string(other)
+        yaml_serde::Value::String(s) => format!("{s:?}"),
+        other => yaml_serde::to_string(other)
             .unwrap_or_default()
             .trim()
             .replace('\n', " "),
