@@ -1,17 +1,16 @@
 //! The configuration file: YAML (JSON syntax parses too), checked all at once so that every error is reported
 //! with the path of the field it concerns.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
-
 mod duration;
+mod validate;
 
 pub use duration::{format_duration, parse_duration};
+use validate::RawConfig;
 
 /// Default uds dir: where both sidecar slots mount their shared volume.
 pub const DEFAULT_UDS_DIR: &str = "/var/run/baton";
@@ -156,57 +155,6 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    #[serde(default)]
-    listeners: Vec<RawListener>,
-    #[serde(default)]
-    clusters: Vec<RawCluster>,
-    admin: Option<RawAdmin>,
-    #[serde(default)]
-    handoff: RawHandoff,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawListener {
-    name: String,
-    address: String,
-    #[serde(default = "default_protocol")]
-    protocol: String,
-    cluster: String,
-}
-
-fn default_protocol() -> String {
-    "http".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    name: String,
-    endpoints: Vec<String>,
-    connect_timeout: Option<String>,
-    request_timeout: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAdmin {
-    address: String,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RawHandoff {
-    uds_dir: Option<PathBuf>,
-    timeout: Option<String>,
-    drain_timeout: Option<String>,
-    /// Checked in [`RawConfig::validate`], so that a non-bool is reported with the other problems.
-    inherit_config: Option<yaml_serde::Value>,
-}
-
 impl Config {
     /// Reads and validates a file. [`Config::source`] is then the file's contents.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -223,16 +171,7 @@ impl Config {
 
     /// Parses and validates YAML or JSON text. [`Config::source`] is then `text`.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = if text.trim().is_empty() {
-            RawConfig::default()
-        } else {
-            yaml_serde::from_str(text).map_err(|e| ConfigError {
-                source: None,
-                inherited: false,
-                problems: vec![yaml_problem(&e)],
-            })?
-        };
-        raw.validate(text)
+        RawConfig::from_yaml(text)?.validate(text)
     }
 
     /// The text this config was parsed from: the file's contents for [`Config::load`], the text for
@@ -263,197 +202,7 @@ impl Config {
             source: old.source,
         })
     }
-}
 
-/// yaml_serde says `listeners[0]: unknown field ...` with the path first; keep it, and the line when known.
-fn yaml_problem(e: &yaml_serde::Error) -> String {
-    let msg = e.to_string();
-    match e.location() {
-        Some(loc) if !msg.contains("line ") => format!("{msg} (line {})", loc.line()),
-        _ => msg,
-    }
-}
-
-impl RawConfig {
-    fn validate(self, source: &str) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let mut clusters = Vec::new();
-        let mut cluster_names = HashSet::new();
-        for (i, c) in self.clusters.iter().enumerate() {
-            let at = format!("clusters[{i}]");
-            check_name(&mut problems, &at, &c.name, &mut cluster_names, "cluster");
-            if c.endpoints.is_empty() {
-                problems.push(format!("{at}.endpoints: at least one endpoint is required"));
-            }
-            let endpoints = c
-                .endpoints
-                .iter()
-                .enumerate()
-                .filter_map(|(j, e)| address(&mut problems, &format!("{at}.endpoints[{j}]"), e))
-                .collect();
-            let connect_timeout = duration_or(
-                &mut problems,
-                &format!("{at}.connect_timeout"),
-                &c.connect_timeout,
-                Duration::from_secs(1),
-            );
-            let request_timeout = duration_or(
-                &mut problems,
-                &format!("{at}.request_timeout"),
-                &c.request_timeout,
-                Duration::from_secs(30),
-            );
-            clusters.push(ClusterConfig {
-                name: c.name.clone(),
-                endpoints,
-                connect_timeout,
-                request_timeout,
-            });
-        }
-
-        let mut listeners = Vec::new();
-        let mut listener_names = HashSet::new();
-        let mut addresses: Vec<(SocketAddr, String)> = Vec::new();
-        for (i, l) in self.listeners.iter().enumerate() {
-            let at = format!("listeners[{i}]");
-            check_name(&mut problems, &at, &l.name, &mut listener_names, "listener");
-            let addr = address(&mut problems, &format!("{at}.address"), &l.address);
-            if let Some(a) = addr {
-                unique_address(&mut problems, &mut addresses, a, &format!("{at}.address"));
-            }
-            let protocol = match l.protocol.as_str() {
-                "http" => Some(Protocol::Http),
-                "tcp" => Some(Protocol::Tcp),
-                other => {
-                    problems.push(format!("{at}.protocol: {other:?} is not one of \"http\", \"tcp\""));
-                    None
-                }
-            };
-            let cluster = clusters.iter().position(|c| c.name == l.cluster);
-            if cluster.is_none() {
-                problems.push(format!("{at}.cluster: no cluster named {:?}", l.cluster));
-            }
-            if let (Some(address), Some(protocol), Some(cluster)) = (addr, protocol, cluster) {
-                listeners.push(ListenerConfig {
-                    name: l.name.clone(),
-                    address,
-                    protocol,
-                    cluster,
-                });
-            }
-        }
-
-        let admin = self.admin.as_ref().and_then(|a| {
-            let addr = address(&mut problems, "admin.address", &a.address)?;
-            unique_address(&mut problems, &mut addresses, addr, "admin.address");
-            Some(AdminConfig { address: addr })
-        });
-
-        let defaults = HandoffConfig::default();
-        let h = &self.handoff;
-        let handoff = HandoffConfig {
-            uds_dir: h.uds_dir.clone().unwrap_or(defaults.uds_dir),
-            timeout: duration_or(&mut problems, "handoff.timeout", &h.timeout, defaults.timeout),
-            drain_timeout: duration_or(
-                &mut problems,
-                "handoff.drain_timeout",
-                &h.drain_timeout,
-                defaults.drain_timeout,
-            ),
-            inherit_config: match &h.inherit_config {
-                None => defaults.inherit_config,
-                Some(yaml_serde::Value::Bool(b)) => *b,
-                Some(other) => {
-                    problems.push(format!(
-                        "handoff.inherit_config: {} is not a boolean (true or false)",
-                        yaml_value(other)
-                    ));
-                    defaults.inherit_config
-                }
-            },
-        };
-        if handoff.uds_dir.as_os_str().is_empty() {
-            problems.push("handoff.uds_dir: must not be empty".into());
-        }
-        if handoff.timeout.is_zero() {
-            problems.push("handoff.timeout: must be greater than 0".into());
-        }
-
-        if problems.is_empty() {
-            Ok(Config {
-                listeners,
-                clusters,
-                admin,
-                handoff,
-                source: source.to_string(),
-            })
-        } else {
-            Err(ConfigError {
-                source: None,
-                inherited: false,
-                problems,
-            })
-        }
-    }
-}
-
-/// A YAML value as it would be written in the file, on one line and cut short, for error messages.
-fn yaml_value(v: &yaml_serde::Value) -> String {
-    let text = match v {
-        yaml_serde::Value::String(s) => format!("{s:?}"),
-        other => yaml_serde::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .replace('\n', " "),
-    };
-    match text.char_indices().nth(60) {
-        Some((i, _)) => format!("{}...", &text[..i]),
-        None => text,
-    }
-}
-
-fn check_name(problems: &mut Vec<String>, at: &str, name: &str, seen: &mut HashSet<String>, what: &str) {
-    if name.trim().is_empty() {
-        problems.push(format!("{at}.name: must not be empty"));
-    } else if !seen.insert(name.to_string()) {
-        problems.push(format!("{at}.name: duplicate {what} name {name:?}"));
-    }
-}
-
-fn address(problems: &mut Vec<String>, at: &str, value: &str) -> Option<SocketAddr> {
-    match value.trim().parse::<SocketAddr>() {
-        Ok(a) => Some(a),
-        Err(_) => {
-            problems.push(format!(
-                "{at}: {value:?} is not an address of the form ip:port (e.g. 127.0.0.1:8080, [::1]:8080)"
-            ));
-            None
-        }
-    }
-}
-
-fn unique_address(problems: &mut Vec<String>, seen: &mut Vec<(SocketAddr, String)>, addr: SocketAddr, at: &str) {
-    if let Some((_, other)) = seen.iter().find(|(a, _)| *a == addr) {
-        problems.push(format!("{at}: {addr} is already used by {other}"));
-    } else {
-        seen.push((addr, at.to_string()));
-    }
-}
-
-fn duration_or(problems: &mut Vec<String>, at: &str, value: &Option<String>, default: Duration) -> Duration {
-    match value {
-        None => default,
-        Some(v) => match parse_duration(v) {
-            Ok(d) => d,
-            Err(e) => {
-                problems.push(format!("{at}: {e}"));
-                default
-            }
-        },
-    }
-}
-
-impl Config {
     /// A one-screen summary, for `baton check`.
     pub fn summary(&self) -> String {
         let mut out = String::new();
