@@ -95,9 +95,7 @@ impl ConnectionGuard {
             metrics: metrics.clone(),
         }
     }
-}
 
-impl ConnectionGuard {
     /// Counts a connection handed over by the predecessor: open here now, but accepted (and counted in
     /// `connections_total`, which carries over) by the predecessor.
     pub fn adopted(metrics: &Arc<ListenerMetrics>) -> ConnectionGuard {
