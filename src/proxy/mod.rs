@@ -1,7 +1,8 @@
 //! The proxy listeners' connections: HTTP (HTTP/1.1 and h2c, [`http`]) and TCP relay ([`tcp`]).
 //!
 //! The server hands each accepted connection, and each connection the predecessor handed over, to the
-//! [`ListenerProxy`] of its listener; everything protocol-specific happens below that.
+//! [`ListenerProxy`] of its listener; everything protocol-specific happens below that, with the listener's
+//! [`ListenerCtx`].
 
 pub mod http;
 pub mod io;
@@ -20,13 +21,23 @@ use crate::telemetry::metrics::ListenerMetrics;
 use crate::telemetry::state::ConnectionGuard;
 use crate::upstream::Cluster;
 
-/// What the connections of one proxy listener share, by protocol.
+/// What every connection of one proxy listener shares.
+pub struct ListenerCtx {
+    /// Listener name (tags a migrated connection).
+    pub listener: Arc<str>,
+    /// Where its connections go.
+    pub cluster: Arc<Cluster>,
+    /// This listener's metrics.
+    pub metrics: Arc<ListenerMetrics>,
+    /// This instance's shutdown state.
+    pub drain: Arc<Drain>,
+}
+
+/// A proxy listener: what it speaks, and what its connections share.
 #[derive(Clone)]
-pub enum ListenerProxy {
-    /// An `http` listener.
-    Http(Arc<http::HttpProxy>),
-    /// A `tcp` listener.
-    Tcp(Arc<tcp::TcpProxy>),
+pub struct ListenerProxy {
+    protocol: Protocol,
+    ctx: Arc<ListenerCtx>,
 }
 
 impl ListenerProxy {
@@ -38,56 +49,33 @@ impl ListenerProxy {
         metrics: Arc<ListenerMetrics>,
         drain: Arc<Drain>,
     ) -> ListenerProxy {
-        let listener: Arc<str> = Arc::from(name);
-        match protocol {
-            Protocol::Http => ListenerProxy::Http(Arc::new(http::HttpProxy {
-                listener,
-                cluster,
-                metrics,
-                drain,
-            })),
-            Protocol::Tcp => ListenerProxy::Tcp(Arc::new(tcp::TcpProxy {
-                listener,
-                cluster,
-                metrics,
-                drain,
-            })),
-        }
+        let ctx = Arc::new(ListenerCtx {
+            listener: Arc::from(name),
+            cluster,
+            metrics,
+            drain,
+        });
+        ListenerProxy { protocol, ctx }
     }
 
     /// This listener's metrics.
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
-        match self {
-            ListenerProxy::Http(p) => &p.metrics,
-            ListenerProxy::Tcp(p) => &p.metrics,
-        }
-    }
-
-    fn drain(&self) -> &Arc<Drain> {
-        match self {
-            ListenerProxy::Http(p) => &p.drain,
-            ListenerProxy::Tcp(p) => &p.drain,
-        }
+        &self.ctx.metrics
     }
 
     /// Serves a connection this instance accepted, as a task the drain waits for.
     pub fn serve(&self, stream: TcpStream, peer: SocketAddr) {
-        let guard = ConnectionGuard::new(self.metrics());
-        match self {
-            ListenerProxy::Http(p) => {
-                let p = p.clone();
-                self.drain().spawn(async move {
-                    http::serve(stream, peer, p).await;
-                    drop(guard);
-                });
-            }
-            ListenerProxy::Tcp(p) => {
-                let p = p.clone();
-                self.drain().spawn(async move {
-                    tcp::serve(stream, peer, p).await;
-                    drop(guard);
-                });
-            }
+        let guard = ConnectionGuard::new(&self.ctx.metrics);
+        let ctx = self.ctx.clone();
+        match self.protocol {
+            Protocol::Http => self.ctx.drain.spawn(async move {
+                http::serve(stream, peer, ctx).await;
+                drop(guard);
+            }),
+            Protocol::Tcp => self.ctx.drain.spawn(async move {
+                tcp::serve(stream, peer, ctx).await;
+                drop(guard);
+            }),
         }
     }
 
@@ -97,21 +85,21 @@ impl ListenerProxy {
     pub fn adopt(&self, kind: ConnKind, fds: Vec<OwnedFd>, buffers: Vec<Vec<u8>>) -> Result<(), &'static str> {
         let mut fds = fds.into_iter();
         let mut buffers = buffers.into_iter();
-        match (self, kind) {
-            (ListenerProxy::Http(p), ConnKind::Http1) if fds.len() == 1 => {
+        let ctx = self.ctx.clone();
+        match (self.protocol, kind) {
+            (Protocol::Http, ConnKind::Http1) if fds.len() == 1 => {
                 let Some(Ok(stream)) = fds.next().map(fd_stream) else {
                     return Err("unusable socket");
                 };
                 let buffered = buffers.next().unwrap_or_default();
-                let guard = ConnectionGuard::adopted(&p.metrics);
-                let p = p.clone();
-                self.drain().spawn(async move {
-                    http::serve_adopted(stream, buffered, p).await;
+                let guard = ConnectionGuard::adopted(&ctx.metrics);
+                self.ctx.drain.spawn(async move {
+                    http::serve_adopted(stream, buffered, ctx).await;
                     drop(guard);
                 });
                 Ok(())
             }
-            (ListenerProxy::Tcp(p), ConnKind::Tcp) if fds.len() == 2 => {
+            (Protocol::Tcp, ConnKind::Tcp) if fds.len() == 2 => {
                 let (Some(c), Some(u)) = (fds.next(), fds.next()) else {
                     return Err("unusable sockets");
                 };
@@ -119,10 +107,9 @@ impl ListenerProxy {
                     return Err("unusable sockets");
                 };
                 let pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
-                let guard = ConnectionGuard::adopted(&p.metrics);
-                let p = p.clone();
-                self.drain().spawn(async move {
-                    tcp::serve_adopted(client, upstream, pending, p).await;
+                let guard = ConnectionGuard::adopted(&ctx.metrics);
+                self.ctx.drain.spawn(async move {
+                    tcp::serve_adopted(client, upstream, pending, ctx).await;
                     drop(guard);
                 });
                 Ok(())

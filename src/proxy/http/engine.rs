@@ -27,8 +27,9 @@ use crate::proxy::http::framing::{BodyEnd, BODY_CHUNK};
 use crate::proxy::http::parse::{
     canonical_reason, parse_request, parse_response, Framing, Parsed, Request, ResponseHead,
 };
-use crate::proxy::http::{depart, hyper_path, HttpProxy};
+use crate::proxy::http::{depart, hyper_path};
 use crate::proxy::io::ClientIo;
+use crate::proxy::ListenerCtx;
 use crate::telemetry::metrics::ListenerMetrics;
 use crate::upstream::Endpoint;
 
@@ -37,11 +38,11 @@ const READ_ROOM: usize = 8 * 1024;
 
 /// Serves HTTP/1 on an accepted connection whose first bytes (`read`) are not an HTTP/2 preface.
 /// `may_migrate: false` means the successor refused it once already: serve on, closing after the next response.
-pub async fn serve(client: TcpStream, read: Vec<u8>, peer: SocketAddr, proxy: Arc<HttpProxy>, may_migrate: bool) {
+pub async fn serve(client: TcpStream, read: Vec<u8>, peer: SocketAddr, ctx: Arc<ListenerCtx>, may_migrate: bool) {
     tokio::select! {
         biased;
-        _ = run(client, read, peer, &proxy, may_migrate) => {}
-        _ = proxy.drain.deadline() => {}
+        _ = run(client, read, peer, &ctx, may_migrate) => {}
+        _ = ctx.drain.deadline() => {}
     }
 }
 
@@ -49,23 +50,23 @@ async fn run(
     mut client: TcpStream,
     mut cbuf: Vec<u8>,
     peer: SocketAddr,
-    proxy: &Arc<HttpProxy>,
+    ctx: &Arc<ListenerCtx>,
     mut may_migrate: bool,
 ) {
-    let metrics = &proxy.metrics;
-    let cluster = &proxy.cluster;
+    let metrics = &ctx.metrics;
+    let cluster = &ctx.cluster;
     let forwarded_for = peer.ip().to_string();
     let mut out = Vec::with_capacity(1024);
     let mut ubuf = Vec::new();
     let mut head = Vec::with_capacity(1024);
-    let migration = proxy.drain.migration();
+    let migration = ctx.drain.migration();
     tokio::pin!(migration);
     let timer = tokio::time::sleep(cluster.request_timeout);
     tokio::pin!(timer);
     'conn: loop {
-        if may_migrate && proxy.drain.is_migrating() {
+        if may_migrate && ctx.drain.is_migrating() {
             // Between two exchanges: everything not forwarded is in `cbuf`, and travels with the socket.
-            match depart(proxy, client, std::mem::take(&mut cbuf)).await {
+            match depart(ctx, client, std::mem::take(&mut cbuf)).await {
                 None => return,
                 Some((back, bytes)) => {
                     (client, cbuf) = (back, bytes);
@@ -79,7 +80,7 @@ async fn run(
                 Parsed::Ready(r) => break r,
                 Parsed::Elsewhere => {
                     let io = ClientIo::new(Bytes::from(cbuf), client, metrics.clone());
-                    return hyper_path::serve_h1(io, peer, proxy.clone(), may_migrate).await;
+                    return hyper_path::serve_h1(io, peer, ctx.clone(), may_migrate).await;
                 }
                 Parsed::Partial => {}
             }
@@ -99,7 +100,7 @@ async fn run(
         out.extend_from_slice(&cbuf[req.head_len..req.len]);
         cbuf.drain(..req.len);
         let start = Instant::now();
-        let closing = req.close || !may_migrate || proxy.drain.is_graceful();
+        let closing = req.close || !may_migrate || ctx.drain.is_graceful();
         let endpoint = cluster.pick();
         timer
             .as_mut()

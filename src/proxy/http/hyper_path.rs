@@ -22,8 +22,9 @@ use tokio::net::TcpStream;
 use crate::proxy::http::failure::Failure;
 use crate::proxy::http::fields::{tokens, Field};
 use crate::proxy::http::quiescence::{ConnCtl, Tracked};
-use crate::proxy::http::{depart, HttpProxy, MAX_REQUEST_HEAD};
+use crate::proxy::http::{depart, MAX_REQUEST_HEAD};
 use crate::proxy::io::ClientIo;
+use crate::proxy::ListenerCtx;
 use crate::telemetry::metrics::ListenerMetrics;
 use crate::upstream::body::RequestBody;
 use crate::upstream::pool::{self, PoolError, PooledBody};
@@ -48,9 +49,9 @@ enum Closing {
 /// Serves an h2c connection (its preface still in `io`) until it ends, or the drain ends it: GOAWAY at a plain
 /// drain and at a migration's start alike (HTTP/2 state is not migrated; hyper's graceful shutdown sends the
 /// final GOAWAY once the client acknowledged the first), and a drop at the deadline.
-pub async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, proxy: Arc<HttpProxy>) {
-    let drain = proxy.drain.clone();
-    let svc = service_fn(move |req| handle(req, peer, proxy.clone(), Closing::Never, None));
+pub async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
+    let drain = ctx.drain.clone();
+    let svc = service_fn(move |req| handle(req, peer, ctx.clone(), Closing::Never, None));
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     tokio::select! {
@@ -67,22 +68,22 @@ pub async fn serve_h2(io: ClientIo<TcpStream>, peer: SocketAddr, proxy: Arc<Http
 
 /// Serves HTTP/1 requests; hands the connection over between two requests once a migration started. If the
 /// successor does not take it, serves on here in drain mode (`Connection: close` on the next response).
-pub async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, proxy: Arc<HttpProxy>, mut may_migrate: bool) {
+pub async fn serve_h1(mut io: ClientIo<TcpStream>, peer: SocketAddr, ctx: Arc<ListenerCtx>, mut may_migrate: bool) {
     loop {
         let closing = if may_migrate {
             Closing::WhenDraining
         } else {
             Closing::Always
         };
-        let Paused { stream, buffered } = match run_h1(io, peer, &proxy, closing, may_migrate).await {
+        let Paused { stream, buffered } = match run_h1(io, peer, &ctx, closing, may_migrate).await {
             Some(p) => p,
             None => return,
         };
-        let (stream, buffered) = match depart(&proxy, stream, buffered).await {
+        let (stream, buffered) = match depart(&ctx, stream, buffered).await {
             None => return, // the successor serves it now
             Some(back) => back,
         };
-        io = ClientIo::new(Bytes::from(buffered), stream, proxy.metrics.clone());
+        io = ClientIo::new(Bytes::from(buffered), stream, ctx.metrics.clone());
         may_migrate = false;
     }
 }
@@ -98,14 +99,14 @@ struct Paused {
 async fn run_h1(
     io: ClientIo<TcpStream>,
     peer: SocketAddr,
-    proxy: &Arc<HttpProxy>,
+    ctx: &Arc<ListenerCtx>,
     closing: Closing,
     may_migrate: bool,
 ) -> Option<Paused> {
     let ctl = Arc::new(ConnCtl::default());
-    let (svc_proxy, svc_ctl) = (proxy.clone(), ctl.clone());
+    let (svc_ctx, svc_ctl) = (ctx.clone(), ctl.clone());
     // Boxed: hyper hands the connection back (into_parts) only with an Unpin service future.
-    let svc = service_fn(move |req| Box::pin(handle(req, peer, svc_proxy.clone(), closing, Some(svc_ctl.clone()))));
+    let svc = service_fn(move |req| Box::pin(handle(req, peer, svc_ctx.clone(), closing, Some(svc_ctl.clone()))));
     let mut conn = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         // A request head larger than this is answered 431 and never forwarded.
@@ -118,7 +119,7 @@ async fn run_h1(
     loop {
         tokio::select! {
             biased;
-            _ = proxy.drain.deadline() => return None,
+            _ = ctx.drain.deadline() => return None,
             ended = std::future::poll_fn(|cx| conn.poll_without_shutdown(cx)) => {
                 if ended.is_err() || !pausing || !ctl.migratable() {
                     // Ended by the client, an error, or hyper's own keep-alive rules: close as hyper would.
@@ -133,7 +134,7 @@ async fn run_h1(
                 buffered.extend_from_slice(&prefix);
                 return Some(Paused { stream, buffered });
             }
-            _ = async { proxy.drain.migration().await; ctl.quiet().await }, if may_migrate && !pausing => {
+            _ = async { ctx.drain.migration().await; ctl.quiet().await }, if may_migrate && !pausing => {
                 // Between two requests: hyper stops before reading the next one (or right after the response
                 // being written), keeping whatever it read in its buffer.
                 std::pin::Pin::new(&mut conn).graceful_shutdown();
@@ -146,7 +147,7 @@ async fn run_h1(
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
-    proxy: Arc<HttpProxy>,
+    ctx: Arc<ListenerCtx>,
     closing: Closing,
     ctl: Option<Arc<ConnCtl>>,
 ) -> Result<Response<Tracked<ProxyBody>>, Infallible> {
@@ -160,11 +161,11 @@ async fn handle(
         None => RequestBody::new(body, None),
     };
     let req = Request::from_parts(parts, body);
-    let mut resp = forward(req, peer, &proxy.cluster, &proxy.metrics).await;
-    proxy.metrics.response(resp.status().as_u16(), start.elapsed());
+    let mut resp = forward(req, peer, &ctx.cluster, &ctx.metrics).await;
+    ctx.metrics.response(resp.status().as_u16(), start.elapsed());
     let close = match closing {
         Closing::Never => false,
-        Closing::WhenDraining => proxy.drain.is_graceful(),
+        Closing::WhenDraining => ctx.drain.is_graceful(),
         Closing::Always => true,
     };
     if close {
@@ -302,7 +303,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("ctx-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));

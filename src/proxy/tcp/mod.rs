@@ -12,55 +12,42 @@ use std::sync::Arc;
 use tokio::net::TcpStream;
 
 use crate::drain::detached::{fd_stream, stream_fd};
-use crate::drain::{ConnKind, Detached, Drain, Latch};
-use crate::telemetry::metrics::ListenerMetrics;
-use crate::upstream::Cluster;
+use crate::drain::{ConnKind, Detached, Latch};
+use crate::proxy::ListenerCtx;
 use splice::RelayEnd;
-
-/// What every stream of one TCP listener shares.
-pub struct TcpProxy {
-    /// Listener name (tags a migrated stream).
-    pub listener: Arc<str>,
-    /// Where streams go.
-    pub cluster: Arc<Cluster>,
-    /// This listener's metrics.
-    pub metrics: Arc<ListenerMetrics>,
-    /// This instance's shutdown state.
-    pub drain: Arc<Drain>,
-}
 
 /// Relays one accepted connection until either side closes, a migration takes it, or the drain deadline drops it. A
 /// plain drain does not interrupt a stream: it runs until it ends or the drain deadline passes.
-pub async fn serve(client: TcpStream, peer: SocketAddr, env: Arc<TcpProxy>) {
+pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
     let _ = client.set_nodelay(true);
     let connected = tokio::select! {
-        c = env.cluster.connect() => c,
-        _ = env.drain.deadline() => return,
+        c = ctx.cluster.connect() => c,
+        _ = ctx.drain.deadline() => return,
     };
     let upstream = match connected {
         Ok((_, upstream)) => upstream,
         Err(e) => {
-            env.metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(cluster = %env.cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
+            ctx.metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(cluster = %ctx.cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
             return;
         }
     };
     // A relayed stream counts as one "2xx request".
-    env.metrics.requests[1].fetch_add(1, Ordering::Relaxed);
-    run(client, upstream, (Vec::new(), Vec::new()), env).await
+    ctx.metrics.requests[1].fetch_add(1, Ordering::Relaxed);
+    run(client, upstream, (Vec::new(), Vec::new()), ctx).await
 }
 
 /// Relays a stream handed over by the predecessor, first writing the bytes it had read but not written.
-pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec<u8>, Vec<u8>), env: Arc<TcpProxy>) {
-    run(client, upstream, pending, env).await
+pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec<u8>, Vec<u8>), ctx: Arc<ListenerCtx>) {
+    run(client, upstream, pending, ctx).await
 }
 
-async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), env: Arc<TcpProxy>) {
+async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), ctx: Arc<ListenerCtx>) {
     // Stops the relay for a migration; once the successor refused the stream, a latch that never fires.
     let never = Latch::default();
-    let mut stop = env.drain.migration_latch();
+    let mut stop = ctx.drain.migration_latch();
     loop {
-        let metrics = &env.metrics;
+        let metrics = &ctx.metrics;
         let up = |n| {
             metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
         };
@@ -69,13 +56,13 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
         };
         let ended = tokio::select! {
             r = splice::relay(&client, &upstream, up, down, pending, stop) => r,
-            _ = env.drain.deadline() => return,
+            _ = ctx.drain.deadline() => return,
         };
         let (to_upstream, to_client) = match ended {
             Ok(RelayEnd::Done(..)) => return,
             Ok(RelayEnd::Paused { to_upstream, to_client }) => (to_upstream, to_client),
             Err(e) => {
-                tracing::debug!(cluster = %env.cluster.name, error = %e, "tcp relay ended with an error");
+                tracing::debug!(cluster = %ctx.cluster.name, error = %e, "tcp relay ended with an error");
                 return;
             }
         };
@@ -85,11 +72,11 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
         };
         let conn = Detached {
             kind: ConnKind::Tcp,
-            listener: env.listener.clone(),
+            listener: ctx.listener.clone(),
             fds: vec![c, u],
             buffers: vec![to_upstream, to_client],
         };
-        let Some(back) = env.drain.depart(conn).await else {
+        let Some(back) = ctx.drain.depart(conn).await else {
             return; // the successor relays it now
         };
         // Not taken: relay on here until the stream ends or the drain deadline.
