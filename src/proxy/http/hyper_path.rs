@@ -303,7 +303,7 @@ mod tests {
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("ctx-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
