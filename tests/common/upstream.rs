@@ -1,0 +1,103 @@
+//! In-process upstreams on 127.0.0.1:0 for baton to proxy to: [`HttpUpstream`] (HTTP/1.1 and h2c, 200 `ok`)
+//! and [`EchoUpstream`] (TCP echo). Each runs as a tokio task of the test and stops when dropped.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// An in-process upstream HTTP server on 127.0.0.1:0 (HTTP/1.1 and h2c): every request gets 200 `ok`.
+pub struct HttpUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl HttpUpstream {
+    pub async fn start() -> HttpUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().unwrap();
+        let requests = Arc::new(AtomicU64::new(0));
+        let counter = requests.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        upstream_reply(req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HttpUpstream { addr, requests, task }
+    }
+}
+
+impl Drop for HttpUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// 200 `ok`, after `sleep_ms` milliseconds if the query says `sleep_ms=N` (for in-flight requests).
+async fn upstream_reply(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let sleep_ms = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("sleep_ms="))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = sleep_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+}
+
+/// An in-process TCP echo server on 127.0.0.1:0: writes back whatever it reads; half-closes on EOF.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl EchoUpstream {
+    pub async fn start() -> EchoUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let (mut r, mut w) = stream.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                    let _ = w.shutdown().await;
+                });
+            }
+        });
+        EchoUpstream { addr, task }
+    }
+}
+
+impl Drop for EchoUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
