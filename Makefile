@@ -5,7 +5,7 @@ RELEASE_DIR ?= target/release
 VERSION ?= dev
 export CONTAINERS_CONF ?= $(CURDIR)/images/containers.conf
 
-.PHONY: all help build demo test lint unit test-pod image bench bench-smoke fuzz clean
+.PHONY: all help build demo deps test lint unit test-pod image bench bench-smoke fuzz clean
 
 all: build
 
@@ -21,8 +21,12 @@ build:
 demo: build
 	$(RELEASE_DIR)/examples/demo
 
+## deps: install the Debian packages `make test` needs, the missing ones only (as root; otherwise it names them)
+deps:
+	bash scripts/deps.sh test
+
 ## test: everything — lint, unit and integration tests, the real-container pod test, the bench harness smoke
-test: lint unit test-pod bench-smoke
+test: deps lint unit test-pod bench-smoke
 
 ## lint: rustfmt, clippy and rustdoc (warnings are errors) on every crate; no import cycle between modules
 lint:
@@ -40,12 +44,14 @@ lint:
 	$(CARGO) clippy --locked --manifest-path bench/tools/Cargo.toml --target-dir target/bench -- -D warnings
 	$(CARGO) clippy --locked --manifest-path bench/chart/Cargo.toml --target-dir target/bench -- -D warnings
 
-## unit: unit, protocol and process-level integration tests (cargo test)
+## unit: unit, protocol and process-level integration tests (cargo test; needs promtool, kill: scripts/deps.sh)
 unit:
+	bash scripts/deps.sh unit
 	$(CARGO) test --locked --workspace
 
-## test-pod: the Kruise HotUpgrade sequence in a real podman pod (needs podman, runc, catatonit: see .ci/run)
+## test-pod: the Kruise HotUpgrade sequence in a real podman pod (as root; needs podman, runc, catatonit, curl)
 test-pod:
+	bash scripts/deps.sh test-pod
 	bash scripts/pod-test.sh
 
 ## image: container images baton:$(VERSION) and baton-empty:$(VERSION) (make image VERSION=v2)

@@ -5,8 +5,8 @@
 #   scripts/bench.sh --smoke    ~1 s per scenario, minimal counts, proves the harness end to end (< 90 s with
 #                               warm builds); results in target/bench/smoke/
 #
-# Run from anywhere as root (it installs missing Debian packages: nginx, libnginx-mod-stream, haproxy, wrk,
-# nghttp2-client, curl, jq, fonts-dejavu-core), no stdin needed. Every proxy gets ONE worker/thread in front of
+# Run from anywhere as root (scripts/deps.sh installs missing Debian packages: nginx, libnginx-mod-stream, haproxy,
+# wrk, nghttp2-client, curl, jq, fonts-dejavu-core), no stdin needed. Every proxy gets ONE worker/thread in front of
 # one nginx upstream (worker_processes 1, `return 200 "ok\n"`); every load generator runs one thread; nothing is
 # pinned. Scenarios:
 #   1 HTTP/1.1 keep-alive   wrk -t1 -c32, throughput and p50/p99/p99.9: direct, baton, nginx, HAProxy
@@ -157,26 +157,11 @@ child_of() {
 # ---------------------------------------------------------------------------------------------------------
 # Tools
 
-need_install=()
-for pair in nginx:nginx haproxy:haproxy wrk:wrk h2load:nghttp2-client curl:curl jq:jq; do
-  command -v "${pair%%:*}" >/dev/null 2>&1 || need_install+=("${pair#*:}")
-done
+# The Debian packages (nginx, libnginx-mod-stream, haproxy, wrk, nghttp2-client, curl, jq, fonts-dejavu-core):
+# scripts/deps.sh installs the missing ones as root, or says what to install, and checks them afterwards.
+bash "$ROOT/scripts/deps.sh" bench || die "the Debian packages the bench needs are missing (see above)"
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
-[[ -f $STREAM_MODULE ]] || need_install+=(libnginx-mod-stream)
-[[ -f $FONT ]] || need_install+=(fonts-dejavu-core)
-if ((${#need_install[@]})); then
-  log "installing ${need_install[*]}"
-  [[ $(id -u) == 0 ]] || die "missing ${need_install[*]} and not root"
-  apt-get update -qq >"$TMP/apt.log" 2>&1 || { cat "$TMP/apt.log" >&2; die "apt-get update failed"; }
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_install[@]}" \
-    >>"$TMP/apt.log" 2>&1 || { tail -20 "$TMP/apt.log" >&2; die "apt-get install ${need_install[*]} failed"; }
-fi
-for tool in nginx haproxy wrk h2load curl jq; do
-  command -v "$tool" >/dev/null 2>&1 || die "$tool is still missing after the install"
-done
-[[ -f $STREAM_MODULE ]] || die "$STREAM_MODULE is still missing after the install"
-[[ -f $FONT ]] || die "$FONT is still missing after the install"
 
 log "building (release)"
 mkdir -p "$TMP/logs" "$OUT_DIR"
