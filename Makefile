@@ -49,7 +49,7 @@ unit:
 	bash scripts/deps.sh unit
 	$(CARGO) test --locked --workspace
 
-## test-pod: the Kruise HotUpgrade sequence in a real podman pod (as root; needs podman, runc, catatonit, curl)
+## test-pod: the Kruise HotUpgrade sequence in a real podman pod (as root; needs podman, runc, catatonit, curl, jq)
 test-pod:
 	bash scripts/deps.sh test-pod
 	bash scripts/pod-test.sh

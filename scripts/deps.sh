@@ -22,6 +22,7 @@ test_pod_needs=(          # scripts/pod-test.sh
   "runc runc"             # images/containers.conf: runtime = "runc"
   "catatonit -"           # podman's init for the pod's infra container
   "curl curl"             # requests inside the pod's network namespace
+  "jq jq"                 # loadgen reports and /status
   "util-linux nsenter"
 )
 bench_needs=(             # scripts/bench.sh

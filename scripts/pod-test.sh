@@ -21,6 +21,7 @@
 # printed at the end; the exit code is non-zero on any failed assertion, with a line saying which.
 #
 # Usage (as root, from the repo root):   bash scripts/pod-test.sh
+#   needs podman, runc, catatonit, curl and jq: `bash scripts/deps.sh test-pod` installs them (make test-pod does)
 #   POD_TEST_SKIP_BUILD=1   reuse baton:v1..v3, baton-empty:v1..v3 and baton-testkit:dev when they exist
 #   POD_TEST_DRAIN_LIMIT=N  seconds an old slot may take to exit (default 5; drain_timeout is 10)
 #   POD_TEST_KEEP=1         keep the pod, its containers and the temp dir (for debugging); prints how to remove
@@ -67,9 +68,9 @@ elapsed_s() {
   if [ "$T_START_MS" -eq 0 ]; then echo 0; else awk -v a="$(now_ms)" -v b="$T_START_MS" 'BEGIN{printf "%.1f", (a-b)/1000}'; fi
 }
 ms_fmt() { awk -v ms="$1" 'BEGIN{printf "%.3f s", ms/1000}'; }
-# JSON fields of flat one-line objects (loadgen reports, baton /status); no jq needed.
-jstr() { sed -n "s/.*\"$2\":\"\([^\"]*\)\".*/\1/p" <<<"$1"; }
-jnum() { sed -n "s/.*\"$2\":\([0-9][0-9.]*\).*/\1/p" <<<"$1"; }
+# One field of a JSON object (a loadgen report, baton's /status) as text; empty when the field is absent or null,
+# or when the text is not a JSON object.
+jfield() { jq -r --arg k "$2" '.[$k] // empty' <<<"$1" 2>/dev/null || true; }
 
 state() { podman inspect --format "{{.State.$2}}" "$1" 2>/dev/null || echo "?"; }
 
@@ -111,18 +112,19 @@ pod_curl() {
   nsenter -t "$INFRA_PID" -n curl -sf -m 2 "http://$1$2"
 }
 
-# /status is pretty-printed JSON: squeeze it onto one line (no value contains a blank).
+# /status is pretty-printed JSON: compacted onto one line (as it came, on one line, if it is not JSON: the
+# checks of its fields then fail and print it).
 status() {
   local body
   body=$(pod_curl 127.0.0.1:15000 /status) || return 1
-  tr -d ' \n' <<<"$body"
+  jq -c . <<<"$body" 2>/dev/null || tr -d '\n' <<<"$body"
 }
 
 # Waits until /status answers with phase serving (after a container start). Prints the status JSON.
 wait_serving() {
   local deadline=$(($(now_ms) + 15000)) s=""
   while [ "$(now_ms)" -lt "$deadline" ]; do
-    if s=$(status 2>/dev/null) && [ "$(jstr "$s" phase)" = serving ]; then
+    if s=$(status 2>/dev/null) && [ "$(jfield "$s" phase)" = serving ]; then
       echo "$s"
       return 0
     fi
@@ -136,10 +138,10 @@ check_status() {
   local step=$1 want_version=$2 want_generation=$3 want_role=$4 s
   s=$(status) || fail "$step: GET /status on 127.0.0.1:15000 inside the pod failed"
   local v g r p
-  v=$(jstr "$s" version)
-  g=$(jnum "$s" generation)
-  r=$(jstr "$s" role)
-  p=$(jstr "$s" phase)
+  v=$(jfield "$s" version)
+  g=$(jfield "$s" generation)
+  r=$(jfield "$s" role)
+  p=$(jfield "$s" phase)
   log "$step: /status version=$v generation=$g role=$r phase=$p"
   [ "$v" = "$want_version" ] || fail "$step: /status version is '$v', expected '$want_version' (status: $s)"
   [ "$g" = "$want_generation" ] || fail "$step: /status generation is '$g', expected $want_generation (status: $s)"
@@ -193,7 +195,9 @@ stop_slot() {
   save_log "$name" "$tag"
   STOP_EXIT_MS=$STOP_MS
   if [ "$STOP_SELF" = yes ]; then
-    [[ "$fin_ns" =~ ^[0-9]+$ ]] && [ -n "$ref_ms" ] || fail "$name ($what) exited before the SIGTERM, and its exit time is unknown ('$fin_ns')"
+    if ! [[ "$fin_ns" =~ ^[0-9]+$ ]] || [ -z "$ref_ms" ]; then
+      fail "$name ($what) exited before the SIGTERM, and its exit time is unknown ('$fin_ns')"
+    fi
     STOP_EXIT_MS=$((fin_ns / 1000000 - ref_ms))
     log "stopped ${name%-"$SUFFIX"} ($what): it had exited on its own $(ms_fmt "$STOP_EXIT_MS") after its successor's container started; podman stop took $(ms_fmt "$STOP_MS"); exit code $code"
   else
@@ -216,29 +220,36 @@ rss_kb() {
   fi
 }
 
+# The lines of the client's output that are JSON objects with the field KEY, as printed (see examples/loadgen.rs:
+# "t" marks a progress line, "summary" the final one).
+client_lines() {
+  podman logs "$CLIENT" 2>/dev/null |
+    jq -Rr --arg k "$1" '. as $line | fromjson? | select(type == "object" and has($k)) | $line' 2>/dev/null || true
+}
+
 # Last progress line of the client: "requests failed".
 client_counts() {
   local line
-  line=$(podman logs "$CLIENT" 2>/dev/null | grep '^{"t"' | tail -n 1 || true)
+  line=$(client_lines t | tail -n 1)
   [ -n "$line" ] || { echo "0 0"; return; }
-  echo "$(jnum "$line" requests) $(jnum "$line" failed)"
+  echo "$(jfield "$line" requests) $(jfield "$line" failed)"
 }
 
 # Last progress line of the client: "reopened opened" for its keep-alive connections.
 client_reopened() {
   local line
-  line=$(podman logs "$CLIENT" 2>/dev/null | grep '^{"t"' | tail -n 1 || true)
+  line=$(client_lines t | tail -n 1)
   [ -n "$line" ] || { echo "? ?"; return; }
-  echo "$(jnum "$line" keepalive_reopened) $(jnum "$line" keepalive_opened)"
+  echo "$(jfield "$line" keepalive_reopened) $(jfield "$line" keepalive_opened)"
 }
 
 # Waits for the client's next progress line, so counts read afterwards cover everything up to now.
 client_sync() {
   local n0 deadline
-  n0=$(podman logs "$CLIENT" 2>/dev/null | grep -c '^{"t"' || true)
+  n0=$(client_lines t | wc -l)
   deadline=$(($(now_ms) + 3000))
   while [ "$(now_ms)" -lt "$deadline" ]; do
-    [ "$(podman logs "$CLIENT" 2>/dev/null | grep -c '^{"t"' || true)" -gt "$n0" ] && return 0
+    [ "$(client_lines t | wc -l)" -gt "$n0" ] && return 0
     sleep 0.2
   done
   fail "the client printed no progress line for 3 s (status $(state "$CLIENT" Status))"
@@ -271,12 +282,12 @@ record_counts() {
 # ---------------------------------------------------------------------------------------------------------
 # 0. Preconditions and images
 command -v podman >/dev/null 2>&1 ||
-  fail "podman is not installed; install it with: apt-get install -y podman runc catatonit"
+  fail "podman is not installed; install it with: bash scripts/deps.sh test-pod"
 podman info >/dev/null 2>&1 ||
-  fail "'podman info' fails (CONTAINERS_CONF=$CONTAINERS_CONF); install podman with: apt-get install -y podman runc catatonit  ($(podman info 2>&1 | tail -n 1))"
+  fail "'podman info' fails (CONTAINERS_CONF=$CONTAINERS_CONF); install podman with: bash scripts/deps.sh test-pod  ($(podman info 2>&1 | tail -n 1))"
 [ "$(id -u)" -eq 0 ] || fail "run as root: the test enters the pod's network namespace with nsenter"
-for tool in nsenter curl timeout awk od; do
-  command -v "$tool" >/dev/null 2>&1 || fail "'$tool' is required and not installed (Debian: apt-get install -y curl util-linux coreutils)"
+for tool in nsenter curl jq timeout awk od; do
+  command -v "$tool" >/dev/null 2>&1 || fail "'$tool' is required and not installed (Debian: bash scripts/deps.sh test-pod)"
 done
 
 image_exists() { podman image exists "$1" 2>/dev/null; }
@@ -398,7 +409,8 @@ upgrade() {
   drain=${drain_ms:+$drain_ms ms}
   [ -z "$closed" ] || [ "$closed" = 0 ] ||
     fail "$tr: the old instance in $n_old closed $closed connection(s) at the drain deadline"
-  local old_exit="$(ms_fmt "$STOP_EXIT_MS") $([ "$STOP_SELF" = yes ] && echo self || echo TERM)"
+  local old_exit
+  old_exit="$(ms_fmt "$STOP_EXIT_MS") $([ "$STOP_SELF" = yes ] && echo self || echo TERM)"
   start_slot "$old" "$empty_image" 0 "$new_version"
   log "$label done; the empty slot had stopped in $(ms_fmt "$idle_stop")"
   STEP_ROWS+=("$(printf '%-22s %9s %10s %9s %14s %10s %9s' "$label" "$(ms_fmt $(($(now_ms) - t0)))" "$(ms_fmt "$migrate_ms")" "${handoff:-?}" "$old_exit" "${drain:-?}" "$(ms_fmt "$idle_stop")")")
@@ -426,11 +438,11 @@ record_counts "step 3 (v2->v3)"
 read -r req_before_crash failed_before_crash < <(client_counts)
 [ "$req_before_crash" -gt 0 ] || fail "the client completed no request in steps 1-3"
 [ "$failed_before_crash" -eq 0 ] ||
-  fail "$failed_before_crash of $req_before_crash requests failed during steps 1-3 (upgrades v1->v2->v3); client log: $(podman logs "$CLIENT" 2>&1 | grep '^{"t"' | tail -n 3 | tr '\n' ' ')"
+  fail "$failed_before_crash of $req_before_crash requests failed during steps 1-3 (upgrades v1->v2->v3); client log: $(client_lines t | tail -n 3 | tr '\n' ' ')"
 # Live connection migration: no keep-alive connection was closed under its client by the two upgrades.
 read -r reopened_before_crash opened_before_crash < <(client_reopened)
 [ "$reopened_before_crash" = "0" ] ||
-  fail "$reopened_before_crash keep-alive connections were reopened during steps 1-3 (they should move to the new instance); client log: $(podman logs "$CLIENT" 2>&1 | grep '^{"t"' | tail -n 1)"
+  fail "$reopened_before_crash keep-alive connections were reopened during steps 1-3 (they should move to the new instance); client log: $(client_lines t | tail -n 1)"
 log "steps 1-3: $req_before_crash requests, 0 failed; keep-alive connections: $opened_before_crash opened, 0 reopened"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -441,7 +453,7 @@ podman kill -s KILL "$P1" >/dev/null || fail "podman kill -s KILL $P1 failed"
 podman wait "$P1" >/dev/null 2>&1 || true
 save_log "$P1" "proxy-1-baton-v3-killed"
 podman rm -f "$P1" >/dev/null || fail "podman rm $P1 failed"
-lines_at_restart=$(podman logs "$CLIENT" 2>/dev/null | grep -c '^{"t"' || true)
+lines_at_restart=$(client_lines t | wc -l)
 t_restart=$(now_ms)
 start_slot "$P1" baton:v3 "$R3" 0
 crash_migrate=$MIGRATE_MS
@@ -451,14 +463,14 @@ check_status "step 4" v3 1 fresh
 resume_ms=""
 deadline=$((t_restart + RESUME_LIMIT * 1000))
 while [ "$(now_ms)" -lt "$deadline" ]; do
-  if podman logs "$CLIENT" 2>/dev/null | grep '^{"t"' | tail -n +"$((lines_at_restart + 1))" |
-    awk -F'[:,]' '{ r=$4; f=$6; if (NR > 1 && r > pr && f == pf) { found=1 } pr=r; pf=f } END { exit !found }'; then
+  if client_lines t | tail -n +"$((lines_at_restart + 1))" | jq -r '"\(.requests) \(.failed)"' |
+    awk '{ r=$1; f=$2; if (NR > 1 && r > pr && f == pf) { found=1 } pr=r; pf=f } END { exit !found }'; then
     resume_ms=$(($(now_ms) - t_restart))
     break
   fi
   sleep 0.2
 done
-[ -n "$resume_ms" ] || fail "step 4: traffic did not resume within ${RESUME_LIMIT}s of restarting $P1 (no 1 s interval with completed requests and no failures); last client lines: $(podman logs "$CLIENT" 2>&1 | grep '^{"t"' | tail -n 3 | tr '\n' ' ')"
+[ -n "$resume_ms" ] || fail "step 4: traffic did not resume within ${RESUME_LIMIT}s of restarting $P1 (no 1 s interval with completed requests and no failures); last client lines: $(client_lines t | tail -n 3 | tr '\n' ' ')"
 pod_curl 127.0.0.1:15006 / >/dev/null || fail "step 4: a request through the restarted baton failed"
 log "step 4: traffic resumed (a clean 1 s interval) within $(ms_fmt "$resume_ms") of the restart"
 require_running "$APP" "$P1" "$P2" "$CLIENT"
@@ -469,12 +481,12 @@ STEP_ROWS+=("$(printf '%-22s %9s %10s %9s %14s %10s %9s' "4 crash + restart" "$(
 # ---------------------------------------------------------------------------------------------------------
 # The client's final summary (counts include the failures of the deliberate crash in step 4).
 podman stop -t 10 "$CLIENT" >/dev/null || fail "podman stop of the client failed"
-summary=$(podman logs "$CLIENT" 2>/dev/null | grep '^{"summary"' | tail -n 1 || true)
+summary=$(client_lines summary | tail -n 1)
 [ -n "$summary" ] || fail "the client printed no summary line on SIGTERM"
-total_req=$(jnum "$summary" requests)
-total_failed=$(jnum "$summary" failed)
+total_req=$(jfield "$summary" requests)
+total_failed=$(jfield "$summary" failed)
 crash_failed=$((total_failed - failed_before_crash))
-errors=$(sed -n 's/.*"errors":\({[^}]*}\).*/\1/p' <<<"$summary")
+errors=$(jq -c '.errors // empty' <<<"$summary" 2>/dev/null || true)
 total_ms=$(($(now_ms) - T_START_MS))
 
 echo
