@@ -30,8 +30,6 @@
 //! ```text
 //! make demo        # or: cargo build --release --bins --examples && target/release/examples/demo
 //! ```
-// Until the demo uses nix for kill(2) and PR_SET_PDEATHSIG, it declares them by hand.
-#![allow(unsafe_code)]
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,6 +46,8 @@ use clap::Parser;
 use http::{header, Request};
 use http_body_util::{BodyExt as _, Empty};
 use hyper_util::rt::TokioIo;
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
@@ -156,69 +156,56 @@ fn ms(d: Duration) -> String {
 // ---------------------------------------------------------------------------------------------------------
 // Child processes
 
-/// Minimal process control without an extra dependency: `kill(2)` and `prctl(2)` from the C library std
-/// already links.
+/// Process control: `kill(2)` through nix, and the death signal that ties every child's life to the demo's.
 mod sys {
-    extern "C" {
-        fn kill(pid: i32, sig: i32) -> i32;
-    }
+    use std::ffi::OsStr;
+    use std::sync::OnceLock;
 
-    pub const SIGINT: i32 = 2;
-    pub const SIGKILL: i32 = 9;
-    pub const SIGTERM: i32 = 15;
-    /// "No such process" (same value on Linux and macOS).
-    pub const ESRCH: i32 = 3;
+    use nix::errno::Errno;
+    use nix::sys::signal::Signal;
+    use nix::unistd::Pid;
 
     /// Sends `sig` to the single process `pid` (never to a group: `pid` must be positive).
-    pub fn send_signal(pid: i32, sig: i32) -> std::io::Result<()> {
+    pub fn send_signal(pid: i32, sig: Signal) -> nix::Result<()> {
         if pid <= 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "refusing to signal pid <= 0",
-            ));
+            return Err(Errno::EINVAL);
         }
-        // SAFETY: kill(2) takes two integers and touches no memory of ours.
-        if unsafe { kill(pid, sig) } == 0 {
-            Ok(())
+        nix::sys::signal::kill(Pid::from_raw(pid), sig)
+    }
+
+    /// The launcher that makes a child get SIGKILL when the demo dies, however it dies (even SIGKILL or an abort,
+    /// which skip every drop guard): `PR_SET_PDEATHSIG` (prctl(2)). Setting it on a child takes code between fork
+    /// and exec (`pre_exec`, which is unsafe); util-linux `setpriv --pdeathsig KILL -- PROGRAM` sets it on itself
+    /// and then execs PROGRAM, which keeps it and keeps the pid, so signals sent to the child reach PROGRAM.
+    /// Not covered: the demo dying between a fork and setpriv's prctl. The death signal follows the *thread*
+    /// that spawned the child, hence the single-threaded runtime in `main`.
+    const LAUNCHER: [&str; 4] = ["setpriv", "--pdeathsig", "KILL", "--"];
+
+    static LAUNCHER_WORKS: OnceLock<bool> = OnceLock::new();
+
+    /// Whether setpriv is there and can set the death signal (a util-linux with `--pdeathsig`, Linux only).
+    /// Checked once, by running `setpriv --pdeathsig KILL -- true`; without it the drop guards are all there is.
+    pub fn launcher_works() -> bool {
+        *LAUNCHER_WORKS.get_or_init(|| {
+            std::process::Command::new(LAUNCHER[0])
+                .args(&LAUNCHER[1..])
+                .arg("true")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|status| status.success())
+        })
+    }
+
+    /// A command that runs `program`, through the launcher when it works.
+    pub fn dying_with_parent(program: impl AsRef<OsStr>) -> tokio::process::Command {
+        if launcher_works() {
+            let mut cmd = tokio::process::Command::new(LAUNCHER[0]);
+            cmd.args(&LAUNCHER[1..]).arg(program);
+            cmd
         } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
-
-    /// Makes the child get SIGKILL when the demo dies, however it dies (even SIGKILL or an abort, which skip
-    /// every drop guard). Linux only; elsewhere the drop guards are all there is.
-    #[cfg(target_os = "linux")]
-    pub fn die_with_parent(cmd: &mut tokio::process::Command) {
-        extern "C" {
-            fn prctl(option: i32, ...) -> i32;
-        }
-        const PR_SET_PDEATHSIG: i32 = 1;
-        let parent = std::process::id();
-        // SAFETY: the closure runs in the child between fork and exec; it only makes the async-signal-safe
-        // system calls prctl(2) and getppid(2) and does not allocate.
-        unsafe {
-            cmd.pre_exec(move || {
-                if prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died before prctl took effect.
-                if std::os::unix::process::parent_id() != parent {
-                    return Err(std::io::Error::from_raw_os_error(ESRCH));
-                }
-                Ok(())
-            });
-        }
-    }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn die_with_parent(_cmd: &mut tokio::process::Command) {}
-
-    pub fn name(sig: i32) -> &'static str {
-        match sig {
-            SIGINT => "SIGINT",
-            SIGKILL => "SIGKILL",
-            SIGTERM => "SIGTERM",
-            _ => "signal",
+            tokio::process::Command::new(program)
         }
     }
 }
@@ -260,12 +247,11 @@ impl Exit {
 
 /// A `Command` for `program` without the caller's baton/Kruise env, and without colours in log files.
 fn command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
+    let mut cmd = sys::dying_with_parent(program);
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
     cmd.env("NO_COLOR", "1");
-    sys::die_with_parent(&mut cmd);
     cmd
 }
 
@@ -312,14 +298,14 @@ impl Proc {
     }
 
     /// Signals the process unless it has already exited.
-    fn signal(&self, sig: i32) -> Result<()> {
+    fn signal(&self, sig: Signal) -> Result<()> {
         if self.exited().is_some() {
             return Ok(());
         }
         match sys::send_signal(self.pid, sig) {
             // Exited (and was reaped by the waiter) since the check above.
-            Err(err) if err.raw_os_error() == Some(sys::ESRCH) => Ok(()),
-            other => other.with_context(|| format!("sending {} to {}", sys::name(sig), self.name)),
+            Err(Errno::ESRCH) => Ok(()),
+            other => other.with_context(|| format!("sending {} to {}", sig.as_str(), self.name)),
         }
     }
 
@@ -337,7 +323,7 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         if self.exited().is_none() {
-            let _ = sys::send_signal(self.pid, sys::SIGKILL);
+            let _ = sys::send_signal(self.pid, Signal::SIGKILL);
         }
         self.waiter.abort();
     }
@@ -807,7 +793,7 @@ impl Demo {
         lock(&self.board).slots[slot - 1].stopping = true;
         let name = proc.name.clone();
         let sent = Instant::now();
-        if let Err(err) = proc.signal(sys::SIGTERM) {
+        if let Err(err) = proc.signal(Signal::SIGTERM) {
             self.problem(format!("{err:#}"));
         }
         log(format!("kubelet: {why}: SIGTERM proxy-{slot} (pid {})", proc.pid));
@@ -826,7 +812,7 @@ impl Demo {
                 }
             }
             None => {
-                let _ = proc.signal(sys::SIGKILL);
+                let _ = proc.signal(Signal::SIGKILL);
                 self.problem(format!(
                     "{name} did not exit within {} of SIGTERM; killed",
                     ms(deadline)
@@ -1113,6 +1099,14 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     std::fs::create_dir_all(dir.join("logs")).context("creating the logs directory")?;
     log(format!("work dir {}", dir.display()));
     log(format!("baton {}", paths.baton.display()));
+    if sys::launcher_works() {
+        log("children start through `setpriv --pdeathsig KILL`: they die with the demo, however it ends");
+    } else {
+        log(
+            "WARNING: `setpriv --pdeathsig KILL -- true` failed (util-linux setpriv missing or too old): children \
+             are stopped by the demo's own guards only and would outlive a SIGKILL of the demo",
+        );
+    }
 
     // Upstream: HTTP plus TCP echo, on ephemeral ports it reports on stdout.
     let upstream_log = std::fs::File::create(dir.join("logs").join("upstream.log")).context("creating upstream.log")?;
@@ -1226,7 +1220,7 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     let _ = stop_tcp.send(true);
     let _ = tcp_task.await;
     let _ = stream_task.await;
-    loadgen.signal(sys::SIGINT)?;
+    loadgen.signal(Signal::SIGINT)?;
     let loadgen_exit = loadgen.wait(Duration::from_secs(10)).await;
     drop(printer);
     let load = match tokio::time::timeout(Duration::from_secs(5), reader).await {
@@ -1304,7 +1298,7 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     log("=== pod deleted");
     demo.stop_slot(slot1, DRAIN_DEADLINE, "pod deletion").await;
     demo.stop_slot(slot2, IDLE_STOP_DEADLINE, "pod deletion").await;
-    upstream.signal(sys::SIGTERM)?;
+    upstream.signal(Signal::SIGTERM)?;
     let upstream_exit = upstream.wait(Duration::from_secs(5)).await;
     demo.exits.push(ExitRecord {
         what: "upstream".into(),
