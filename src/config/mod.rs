@@ -91,6 +91,34 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// HTTP only: time allowed for the upstream's response headers (then 504).
     pub request_timeout: Duration,
+    /// HTTP only: what the endpoints speak. TCP listeners relay bytes whatever it says.
+    pub protocol: UpstreamProtocol,
+}
+
+/// What a cluster's endpoints speak to an `http` listener's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1, one exchange at a time per pooled connection.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (cleartext), requests multiplexed on a few connections per endpoint: gRPC.
+    H2c,
+}
+
+impl UpstreamProtocol {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::H2c => "h2c",
+        }
+    }
+}
+
+impl fmt::Display for UpstreamProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The admin listener.
@@ -218,9 +246,10 @@ impl Config {
         for c in &self.clusters {
             let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
             out.push_str(&format!(
-                "  {:<16} [{}] connect_timeout={} request_timeout={}\n",
+                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={}\n",
                 c.name,
                 eps.join(", "),
+                c.protocol,
                 format_duration(c.connect_timeout),
                 format_duration(c.request_timeout)
             ));
@@ -465,6 +494,32 @@ handoff:
         assert!(e.problems.iter().any(|p| p.starts_with("listeners[0].cluster")), "{e}");
         // A direct parse error is not marked inherited.
         assert!(!Config::parse(":::\n- [").expect_err("bad").inherited);
+    }
+
+    #[test]
+    fn cluster_protocol_is_http1_or_h2c() {
+        let c = Config::parse(GOOD).expect("valid");
+        assert_eq!(c.clusters[0].protocol, UpstreamProtocol::Http1, "the default");
+        assert!(c.summary().contains("protocol=http1"), "{}", c.summary());
+        let yaml = "clusters:\n  - {name: grpc, endpoints: [\"127.0.0.1:9\"], protocol: h2c}\n";
+        let c = Config::parse(yaml).expect("valid");
+        assert_eq!(c.clusters[0].protocol, UpstreamProtocol::H2c);
+        assert!(c.summary().contains("protocol=h2c"), "{}", c.summary());
+        let json = r#"{"clusters": [{"name": "a", "endpoints": ["127.0.0.1:9"], "protocol": "http1"}]}"#;
+        assert_eq!(
+            Config::parse(json).expect("json").clusters[0].protocol,
+            UpstreamProtocol::Http1
+        );
+        for bad in ["h2", "HTTP1", "grpc", "\"\""] {
+            let p = problems(&format!(
+                "clusters:\n  - {{name: a, endpoints: [\"127.0.0.1:9\"], protocol: {bad}}}\n"
+            ));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(
+                p[0].starts_with("clusters[0].protocol: ") && p[0].contains(r#"is not one of "http1", "h2c""#),
+                "{bad}: {p:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_duration, AdminConfig, ClusterConfig, Config, ConfigError, HandoffConfig, ListenerConfig, Protocol};
+use super::{
+    parse_duration, AdminConfig, ClusterConfig, Config, ConfigError, HandoffConfig, ListenerConfig, Protocol,
+    UpstreamProtocol,
+};
 
 /// The file as written. Serde's messages name these types (`expected struct RawConfig`), so renaming one changes
 /// what `baton check` prints.
@@ -49,6 +52,7 @@ struct RawCluster {
     endpoints: Vec<String>,
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
+    protocol: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -148,11 +152,20 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             &c.request_timeout,
             Duration::from_secs(30),
         );
+        let protocol = match c.protocol.as_deref() {
+            None | Some("http1") => UpstreamProtocol::Http1,
+            Some("h2c") => UpstreamProtocol::H2c,
+            Some(other) => {
+                problems.push(format!("{at}.protocol: {other:?} is not one of \"http1\", \"h2c\""));
+                UpstreamProtocol::Http1
+            }
+        };
         clusters.push(ClusterConfig {
             name: c.name.clone(),
             endpoints,
             connect_timeout,
             request_timeout,
+            protocol,
         });
     }
     clusters

@@ -11,6 +11,9 @@ pub enum ConnKind {
     Http1,
     /// A TCP relay: fds client then upstream; buffers to-upstream then to-client.
     Tcp,
+    /// An HTTP connection upgraded by a `101` (WebSocket, ...): a byte relay like [`ConnKind::Tcp`], adopted by an
+    /// HTTP listener.
+    Tunnel,
 }
 
 impl ConnKind {
@@ -19,6 +22,7 @@ impl ConnKind {
         match self {
             ConnKind::Http1 => "http1",
             ConnKind::Tcp => "tcp",
+            ConnKind::Tunnel => "tunnel",
         }
     }
 
@@ -27,6 +31,7 @@ impl ConnKind {
         match tag {
             "http1" => Some(ConnKind::Http1),
             "tcp" => Some(ConnKind::Tcp),
+            "tunnel" => Some(ConnKind::Tunnel),
             _ => None,
         }
     }
@@ -93,7 +98,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_their_wire_tags() {
-        for k in [ConnKind::Http1, ConnKind::Tcp] {
+        for k in [ConnKind::Http1, ConnKind::Tcp, ConnKind::Tunnel] {
             assert_eq!(ConnKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(ConnKind::parse("h2"), None);

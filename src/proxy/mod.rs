@@ -7,6 +7,7 @@
 pub mod http;
 pub mod io;
 pub mod tcp;
+pub mod warn;
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -31,6 +32,8 @@ pub struct ListenerCtx {
     pub metrics: Arc<ListenerMetrics>,
     /// This instance's shutdown state.
     pub drain: Arc<Drain>,
+    /// Rate limits of this listener's warnings about its upstream.
+    pub warnings: warn::Warnings,
 }
 
 /// A proxy listener: what it speaks, and what its connections share.
@@ -54,6 +57,7 @@ impl ListenerProxy {
             cluster,
             metrics,
             drain,
+            warnings: warn::Warnings::default(),
         });
         ListenerProxy { protocol, ctx }
     }
@@ -99,7 +103,7 @@ impl ListenerProxy {
                 });
                 Ok(())
             }
-            (Protocol::Tcp, ConnKind::Tcp) if fds.len() == 2 => {
+            (Protocol::Tcp, ConnKind::Tcp) | (Protocol::Http, ConnKind::Tunnel) if fds.len() == 2 => {
                 let (Some(c), Some(u)) = (fds.next(), fds.next()) else {
                     return Err("unusable sockets");
                 };
@@ -109,7 +113,7 @@ impl ListenerProxy {
                 let pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
                 let guard = ConnectionGuard::adopted(&ctx.metrics);
                 self.ctx.drain.spawn(async move {
-                    tcp::serve_adopted(client, upstream, pending, ctx).await;
+                    tcp::serve_adopted(client, upstream, pending, ctx, kind).await;
                     drop(guard);
                 });
                 Ok(())

@@ -1,4 +1,4 @@
-//! The body of a request on its way upstream.
+//! The body of a client's request on its way upstream.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -29,6 +29,7 @@ use crate::proxy::http::parse::{
 };
 use crate::proxy::http::{depart, hyper_path};
 use crate::proxy::io::ClientIo;
+use crate::proxy::tcp;
 use crate::proxy::ListenerCtx;
 use crate::telemetry::metrics::ListenerMetrics;
 use crate::upstream::Endpoint;
@@ -113,10 +114,10 @@ async fn run(
         let answer = match exchanged {
             Ok(ok) => ok,
             Err(failure) => {
-                let (status, body) = failure.answer(cluster, endpoint.addr, metrics);
-                metrics.response(status, start.elapsed());
+                let answer = failure.answer(ctx, endpoint.addr);
+                metrics.response(answer.status, start.elapsed());
                 out.clear();
-                our_response(&mut out, status, body, closing);
+                our_response(&mut out, answer.status, answer.message, closing);
                 if write(&mut client, &out, metrics).await.is_err() || closing {
                     return shutdown(client).await;
                 }
@@ -124,6 +125,9 @@ async fn run(
             }
         };
         metrics.response(answer.head.status, start.elapsed());
+        if answer.head.framing == Framing::Tunnel {
+            return tunnel(client, answer, &ubuf, &head, cbuf, ctx, may_migrate).await;
+        }
         let close_client = answer.head.close;
         match relay_body(answer, &mut ubuf, &mut head, &mut client, metrics).await {
             Ok(Some(up)) => endpoint.raw.put(up),
@@ -150,13 +154,13 @@ async fn write(client: &mut TcpStream, bytes: &[u8], metrics: &ListenerMetrics) 
     Ok(())
 }
 
-/// A short plain-text response of ours.
-fn our_response(out: &mut Vec<u8>, status: u16, body: &str, close: bool) {
+/// A short plain-text response of ours: one line, `message`.
+fn our_response(out: &mut Vec<u8>, status: u16, message: &str, close: bool) {
     let reason = canonical_reason(status);
     out.extend_from_slice(
         format!(
-            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{body}",
-            body.len(),
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n{}\r\n{message}\n",
+            message.len() + 1,
             if close { "connection: close\r\n" } else { "" },
         )
         .as_bytes(),
@@ -213,7 +217,7 @@ async fn exchange(
             }
             answered = true;
             head.clear();
-            match parse_response(ubuf, req.is_head, closing, head) {
+            match parse_response(ubuf, req.is_head, req.upgrade, closing, head) {
                 Ok(Some(parsed)) => {
                     // Framing errors in what came with the head are still the upstream's to answer for:
                     // nothing was sent to the client yet.
@@ -242,6 +246,31 @@ struct Answer {
     body: BodyEnd,
     /// Of the bytes read past the head: how many are body, and whether the body ends there.
     first: (usize, bool),
+}
+
+/// After a `101` to an upgrade request: writes the head (`out`) to the client and relays bytes both ways, like a
+/// TCP listener's stream (and migrated like one), first passing on what each side sent past the heads.
+async fn tunnel(
+    mut client: TcpStream,
+    answer: Answer,
+    ubuf: &[u8],
+    out: &[u8],
+    from_client: Vec<u8>,
+    ctx: &Arc<ListenerCtx>,
+    may_migrate: bool,
+) {
+    if write(&mut client, out, &ctx.metrics).await.is_err() {
+        return;
+    }
+    let from_upstream = ubuf[answer.head.head_len..].to_vec();
+    tcp::serve_tunnel(
+        client,
+        answer.up,
+        (from_client, from_upstream),
+        ctx.clone(),
+        may_migrate,
+    )
+    .await
 }
 
 /// Why a response body could not be passed on to its end (the client connection must close).

@@ -1,11 +1,14 @@
 //! What the client gets when no upstream response head arrives: the same status and one-line body on every
-//! HTTP path, counted and logged in one place.
+//! HTTP path, or a gRPC status for a gRPC request; counted and logged in one place.
+//!
+//! A failing upstream is logged at `warn` once per cause and listener every few seconds ([`crate::proxy::warn`]),
+//! with the cause and how many more failed since, never once per request.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
-use crate::telemetry::metrics::ListenerMetrics;
-use crate::upstream::Cluster;
+use crate::proxy::warn::Cause;
+use crate::proxy::ListenerCtx;
 
 /// Why no upstream response head arrived.
 #[derive(Debug)]
@@ -18,24 +21,131 @@ pub enum Failure {
     Timeout,
 }
 
+/// What baton answers instead of the upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Answer {
+    /// The HTTP status (502 or 504); a gRPC client gets HTTP 200 and [`Answer::grpc_status`] instead, but the
+    /// listener's metrics count this one.
+    pub status: u16,
+    /// The one-line body of the HTTP answer, also the `grpc-message` of the gRPC one.
+    pub message: &'static str,
+    /// The gRPC status code: 14 (UNAVAILABLE) or 4 (DEADLINE_EXCEEDED).
+    pub grpc_status: u8,
+}
+
 impl Failure {
-    /// The status and the one-line body the client gets (the same on every HTTP path); counted in the
-    /// listener's metrics and logged.
-    pub fn answer(self, cluster: &Cluster, endpoint: SocketAddr, metrics: &ListenerMetrics) -> (u16, &'static str) {
+    /// The answer the client gets (the same on every HTTP path); counted in the listener's metrics and logged.
+    pub fn answer(self, ctx: &ListenerCtx, endpoint: SocketAddr) -> Answer {
+        let cluster = &ctx.cluster.name;
+        let metrics = &ctx.metrics;
         match self {
             Failure::Connect(e) => {
                 metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint, error = %e, "upstream connect failed");
-                (502, "baton: upstream connect failed\n")
+                if let Some(more) = ctx.warnings.due(Cause::Connect) {
+                    tracing::warn!(listener = %ctx.listener, cluster, %endpoint, error = %e, failed_since = more, "upstream connect failed: answering 502");
+                } else {
+                    tracing::debug!(cluster, %endpoint, error = %e, "upstream connect failed");
+                }
+                Answer {
+                    status: 502,
+                    message: "baton: upstream connect failed",
+                    grpc_status: 14,
+                }
             }
             Failure::Exchange(why) => {
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint, error = %why, "upstream request failed");
-                (502, "baton: upstream request failed\n")
+                if let Some(more) = ctx.warnings.due(Cause::Exchange) {
+                    let hint = speaks_http2(&why).then_some(
+                        "the upstream answers in HTTP/2: set `protocol: h2c` on this cluster if it speaks only HTTP/2",
+                    );
+                    tracing::warn!(listener = %ctx.listener, cluster, %endpoint, error = %why, hint, failed_since = more, "upstream request failed: answering 502");
+                } else {
+                    tracing::debug!(cluster, %endpoint, error = %why, "upstream request failed");
+                }
+                Answer {
+                    status: 502,
+                    message: "baton: upstream request failed",
+                    grpc_status: 14,
+                }
             }
             Failure::Timeout => {
                 metrics.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
-                (504, "baton: upstream timed out\n")
+                if let Some(more) = ctx.warnings.due(Cause::Timeout) {
+                    let timeout = crate::config::format_duration(ctx.cluster.request_timeout);
+                    tracing::warn!(listener = %ctx.listener, cluster, %endpoint, request_timeout = %timeout, failed_since = more, "no upstream response head within request_timeout: answering 504");
+                }
+                Answer {
+                    status: 504,
+                    message: "baton: upstream timed out",
+                    grpc_status: 4,
+                }
             }
         }
+    }
+}
+
+/// What an HTTP/1 client says when the upstream answered in HTTP/2 (hyper's parser, or the engine's).
+fn speaks_http2(why: &str) -> bool {
+    why.contains("invalid HTTP version") || why.contains(HTTP2_FRAMES)
+}
+
+/// The engine's reason for a response that starts with HTTP/2 frames.
+pub const HTTP2_FRAMES: &str = "the upstream sent HTTP/2 frames";
+
+/// Whether a request is gRPC (`application/grpc`, `application/grpc+proto`, ...; not gRPC-Web).
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .map(|v| v.as_bytes())
+        .is_some_and(|ct| {
+            ct.strip_prefix(b"application/grpc")
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(b"+") || rest.starts_with(b";"))
+        })
+}
+
+/// A `grpc-message` value: bytes outside printable ASCII, and `%`, percent-encoded (gRPC over HTTP/2 spec).
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_are_told_by_their_content_type() {
+        let mut h = http::HeaderMap::new();
+        assert!(!is_grpc(&h));
+        for (ct, grpc) in [
+            ("application/grpc", true),
+            ("application/grpc+proto", true),
+            ("application/grpc;charset=utf-8", true),
+            ("application/grpc-web", false),
+            ("application/grpc-web+proto", false),
+            ("application/json", false),
+        ] {
+            h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+            assert_eq!(is_grpc(&h), grpc, "{ct}");
+        }
+    }
+
+    #[test]
+    fn grpc_messages_are_percent_encoded() {
+        assert_eq!(grpc_message("baton: upstream timed out"), "baton: upstream timed out");
+        assert_eq!(grpc_message("100% \n é"), "100%25 %0A %C3%A9");
+    }
+
+    #[test]
+    fn an_http2_answer_to_http1_is_recognised() {
+        assert!(speaks_http2("exchange: invalid HTTP version parsed"));
+        assert!(speaks_http2(HTTP2_FRAMES));
+        assert!(!speaks_http2("connection reset by peer"));
     }
 }

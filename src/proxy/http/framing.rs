@@ -18,7 +18,8 @@ pub(super) enum BodyEnd {
 impl BodyEnd {
     pub(super) fn new(framing: Framing) -> BodyEnd {
         match framing {
-            Framing::Empty => BodyEnd::Empty,
+            // A tunnel has no body: what follows its head belongs to the upgraded protocol.
+            Framing::Empty | Framing::Tunnel => BodyEnd::Empty,
             Framing::Length(n) => BodyEnd::Length(n),
             Framing::Chunked => BodyEnd::Chunked(ChunkedDecoder::default()),
             Framing::Close => BodyEnd::Close,

@@ -1,6 +1,6 @@
 //! The general HTTP path, through hyper: h2c connections, and HTTP/1 requests the engine ([`super::engine`])
 //! leaves to it (malformed, streamed bodies, `Expect`, `Upgrade`, absolute-form targets, HTTP/1.0, ...). Each
-//! request goes to the cluster through the pooled hyper client ([`crate::upstream::pool`]), bodies streamed both
+//! request goes to the cluster through the pooled hyper client ([`crate::upstream::h1`], [`crate::upstream::h2`]), bodies streamed both
 //! ways.
 
 use std::convert::Infallible;
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::Authority;
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::{Either, Full};
@@ -19,21 +20,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::proxy::http::failure::Failure;
+use crate::config::UpstreamProtocol;
+use crate::proxy::http::failure::{grpc_message, is_grpc, Answer, Failure};
 use crate::proxy::http::fields::{tokens, Field};
 use crate::proxy::http::quiescence::{ConnCtl, Tracked};
 use crate::proxy::http::{depart, MAX_REQUEST_HEAD};
 use crate::proxy::io::ClientIo;
 use crate::proxy::ListenerCtx;
-use crate::telemetry::metrics::ListenerMetrics;
 use crate::upstream::body::RequestBody;
-use crate::upstream::pool::{self, PoolError, PooledBody};
-use crate::upstream::Cluster;
+use crate::upstream::{PoolError, ResponseBody};
 
 /// Response body: the upstream's, streamed, or a short one of ours.
-pub type ProxyBody = Either<PooledBody, Full<Bytes>>;
+pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
 /// When an HTTP/1 response says `Connection: close`.
 #[derive(Debug, Clone, Copy)]
@@ -161,8 +163,8 @@ async fn handle(
         None => RequestBody::new(body, None),
     };
     let req = Request::from_parts(parts, body);
-    let mut resp = forward(req, peer, &ctx.cluster, &ctx.metrics).await;
-    ctx.metrics.response(resp.status().as_u16(), start.elapsed());
+    let (mut resp, status) = forward(req, peer, &ctx).await;
+    ctx.metrics.response(status, start.elapsed());
     let close = match closing {
         Closing::Never => false,
         Closing::WhenDraining => ctx.drain.is_graceful(),
@@ -193,66 +195,111 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
 }
 
-async fn forward(
-    req: Request<RequestBody>,
-    peer: SocketAddr,
-    cluster: &Cluster,
-    metrics: &ListenerMetrics,
-) -> Response<ProxyBody> {
+/// Forwards a request to the cluster: the response, and the status the listener's metrics count for it (the
+/// upstream's, or that of baton's own answer to a failure, which a gRPC client gets as a gRPC status).
+async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx) -> (Response<ProxyBody>, u16) {
+    let cluster = &ctx.cluster;
     let endpoint = cluster.pick();
+    let grpc = is_grpc(req.headers());
     let (mut parts, body) = req.into_parts();
-    let client_authority = parts.uri.authority().cloned();
-    // Origin form (`/path?query`) to the upstream, whatever form the client used.
+    shape(&mut parts, cluster.protocol, &endpoint.authority, peer);
+    let upstream = cluster.send(endpoint, Request::from_parts(parts, body));
+    let failure = match tokio::time::timeout(cluster.request_timeout, upstream).await {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            return (Response::from_parts(parts, Either::Left(body)), status);
+        }
+        Ok(Err(e)) if e.client_body_failed() => {
+            // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
+            // upstream's. The upstream never saw a complete request.
+            tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "bad request body from the client");
+            return (plain(StatusCode::BAD_REQUEST, "baton: bad request body"), 400);
+        }
+        Ok(Err(PoolError::Connect(e))) => Failure::Connect(e),
+        Ok(Err(e)) => Failure::Exchange(e.to_string().into()),
+        Err(_) => Failure::Timeout,
+    };
+    let answer = failure.answer(ctx, endpoint.addr);
+    let resp = if grpc {
+        grpc_failure(&answer)
+    } else {
+        plain(
+            StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            answer.message,
+        )
+    };
+    (resp, answer.status)
+}
+
+/// Rewrites a client's request for the upstream: hop-by-hop fields removed, `X-Forwarded-For` extended, and the
+/// target in the form the upstream's protocol wants: origin form and a `Host` for HTTP/1.1; for HTTP/2 the
+/// absolute form (`:scheme` and `:authority`) instead of `Host`, and `te: trailers` kept (gRPC needs it).
+fn shape(parts: &mut http::request::Parts, protocol: UpstreamProtocol, endpoint: &Authority, peer: SocketAddr) {
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     let path = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    parts.uri = Uri::from(path);
-    parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-        let host = client_authority.unwrap_or_else(|| endpoint.authority.clone());
-        if let Ok(v) = HeaderValue::from_str(host.as_str()) {
-            parts.headers.insert(header::HOST, v);
-        }
-    }
     append_forwarded_for(&mut parts.headers, peer);
-    let addr = endpoint.addr;
-    let upstream = pool::send(
-        &endpoint.idle,
-        addr,
-        cluster.connect_timeout,
-        Request::from_parts(parts, body),
-    );
-    match tokio::time::timeout(cluster.request_timeout, upstream).await {
-        Ok(Ok(resp)) => {
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Either::Left(body))
+    match protocol {
+        UpstreamProtocol::Http1 => {
+            if !parts.headers.contains_key(header::HOST) {
+                // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
+                let host = parts.uri.authority().unwrap_or(endpoint);
+                if let Ok(v) = HeaderValue::from_str(host.as_str()) {
+                    parts.headers.insert(header::HOST, v);
+                }
+            }
+            parts.uri = Uri::from(path);
+            parts.version = Version::HTTP_11;
         }
-        Ok(Err(e)) if e.client_body_failed() => {
-            // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
-            // upstream's. The upstream never saw a complete request.
-            tracing::debug!(cluster = %cluster.name, endpoint = %addr, error = %e, "bad request body from the client");
-            plain(StatusCode::BAD_REQUEST, "baton: bad request body\n")
+        UpstreamProtocol::H2c => {
+            let host = parts.headers.remove(header::HOST);
+            let authority = parts
+                .uri
+                .authority()
+                .cloned()
+                .or_else(|| host.and_then(|h| Authority::try_from(h.as_bytes()).ok()))
+                .unwrap_or_else(|| endpoint.clone());
+            let mut target = http::uri::Parts::default();
+            target.scheme = Some(http::uri::Scheme::HTTP);
+            target.authority = Some(authority);
+            target.path_and_query = Some(path);
+            if let Ok(uri) = Uri::from_parts(target) {
+                parts.uri = uri;
+            }
+            parts.version = Version::HTTP_2;
+            if te_trailers {
+                parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+            }
         }
-        Ok(Err(PoolError::Connect(e))) => failed(Failure::Connect(e), cluster, addr, metrics),
-        Ok(Err(e)) => failed(Failure::Exchange(e.to_string().into()), cluster, addr, metrics),
-        Err(_) => failed(Failure::Timeout, cluster, addr, metrics),
     }
 }
 
-/// The answer to an upstream failure ([`Failure::answer`]).
-fn failed(failure: Failure, cluster: &Cluster, addr: SocketAddr, metrics: &ListenerMetrics) -> Response<ProxyBody> {
-    let (status, body) = failure.answer(cluster, addr, metrics);
-    plain(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY), body)
+/// Baton's answer to a gRPC request it could not forward: HTTP 200, trailers-only, with the gRPC status and a
+/// `grpc-message` saying why (as Envoy answers).
+fn grpc_failure(answer: &Answer) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(answer.grpc_status)));
+    if let Ok(v) = HeaderValue::try_from(grpc_message(answer.message)) {
+        h.insert(GRPC_MESSAGE, v);
+    }
+    resp
 }
 
-/// A short plain-text response of ours.
-pub fn plain(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from_static(body.as_bytes()))));
+/// A short plain-text response of ours: one line, `message`.
+pub fn plain(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(format!("{message}\n")))));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -20,9 +20,12 @@ pub mod sniff;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::TcpStream;
 
+use crate::config::UpstreamProtocol;
 use crate::drain::{detached, ConnKind, Detached};
+use crate::proxy::io::ClientIo;
 use crate::proxy::ListenerCtx;
 use sniff::{sniff, Sniffed};
 
@@ -54,6 +57,11 @@ async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, peer: SocketAddr, 
         match sniffed {
             Sniffed::Gone => return,
             Sniffed::H2(io) => return hyper_path::serve_h2(io, peer, ctx).await,
+            // The engine speaks HTTP/1.1 to the upstream: an h2c cluster's requests all go through hyper.
+            Sniffed::H1(stream, read) if ctx.cluster.protocol == UpstreamProtocol::H2c => {
+                let io = ClientIo::new(Bytes::from(read), stream, ctx.metrics.clone());
+                return hyper_path::serve_h1(io, peer, ctx, may_migrate).await;
+            }
             Sniffed::H1(stream, read) => return engine::serve(stream, read, peer, ctx, may_migrate).await,
             Sniffed::Silent(quiet, bytes) => match depart(&ctx, quiet, bytes).await {
                 None => return,

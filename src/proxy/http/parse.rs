@@ -3,6 +3,7 @@
 
 use std::mem::MaybeUninit;
 
+use crate::proxy::http::failure::HTTP2_FRAMES;
 use crate::proxy::http::fields::{tokens, Field};
 
 /// Largest request or response head handled here: hyper's limit, which answers a larger request head 431.
@@ -27,6 +28,9 @@ pub(super) struct Request {
     pub(super) idempotent: bool,
     /// The client asked to close after the response.
     pub(super) close: bool,
+    /// The client asked to switch protocols (`Upgrade`, named in `Connection`): on `101` the connection becomes a
+    /// byte tunnel.
+    pub(super) upgrade: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -47,6 +51,8 @@ pub(super) enum Framing {
     Chunked,
     /// Until the upstream closes: the client connection closes too.
     Close,
+    /// `101 Switching Protocols` to an upgrade request: no body, the connection is a byte tunnel from here on.
+    Tunnel,
 }
 
 /// A parsed upstream response head (the informational responses before it dropped from `ubuf`).
@@ -66,9 +72,12 @@ pub(super) struct ResponseHead {
 /// to `out`: the upstream's, as HTTP/1.1, with hop-by-hop fields removed (those named in `Connection` too),
 /// `Transfer-Encoding` kept when the body is passed through with it, and `Connection: close` if `closing` or the
 /// body ends with the connection. Informational (1xx) responses are removed from `buf`, as hyper's client does.
+/// A `101` is the answer to an `upgrade` request only (else an error): its head keeps `Upgrade` and says
+/// `Connection: upgrade`.
 pub(super) fn parse_response(
     buf: &mut Vec<u8>,
     head_request: bool,
+    upgrade: bool,
     closing: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<ResponseHead>, &'static str> {
@@ -80,13 +89,15 @@ pub(super) fn parse_response(
                 Ok(httparse::Status::Complete(n)) => n,
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Ok(None),
                 Ok(httparse::Status::Partial) => return Err("response head too large"),
+                // An HTTP/2-only upstream answers an HTTP/1.1 request with a SETTINGS or GOAWAY frame.
+                Err(_) if buf.len() >= 4 && buf[0] == 0 && matches!(buf[3], 0x04 | 0x07) => return Err(HTTP2_FRAMES),
                 Err(_) => return Err("malformed response head"),
             };
         let status = resp.code.unwrap_or(0);
-        if status == 101 {
+        if status == 101 && !upgrade {
             return Err("101 Switching Protocols to a request that asked for no upgrade");
         }
-        if (100..200).contains(&status) {
+        if (100..200).contains(&status) && status != 101 {
             buf.drain(..head_len);
             continue;
         }
@@ -122,7 +133,9 @@ pub(super) fn parse_response(
                 _ => {}
             }
         }
-        let framing = if head_request || status == 204 || status == 304 {
+        let framing = if status == 101 {
+            Framing::Tunnel
+        } else if head_request || status == 204 || status == 304 {
             Framing::Empty
         } else {
             match (chunked, length) {
@@ -141,12 +154,14 @@ pub(super) fn parse_response(
         }
         out.extend_from_slice(b"\r\n");
         let passed_through = matches!(framing, Framing::Chunked | Framing::Close);
+        let tunnel = framing == Framing::Tunnel;
         for f in resp.headers.iter() {
             let keep = match Field::of(f.name) {
-                Field::ContentLength => !passed_through,
+                Field::ContentLength => !passed_through && !tunnel,
                 // With a body passed through as it is, or none (HEAD, 304: the fields a GET would get).
-                Field::TransferEncoding => true,
-                Field::Connection | Field::HopByHop | Field::Upgrade => false,
+                Field::TransferEncoding => !tunnel,
+                Field::Upgrade => tunnel,
+                Field::Connection | Field::HopByHop => false,
                 _ if named => !connection_names(resp.headers, f.name),
                 _ => true,
             };
@@ -154,7 +169,9 @@ pub(super) fn parse_response(
                 push_field(out, f.name.as_bytes(), f.value);
             }
         }
-        if close {
+        if tunnel {
+            out.extend_from_slice(b"connection: upgrade\r\n");
+        } else if close {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
@@ -162,8 +179,8 @@ pub(super) fn parse_response(
             head_len,
             status,
             framing,
-            keep_alive: keep_alive && framing != Framing::Close,
-            close,
+            keep_alive: keep_alive && framing != Framing::Close && !tunnel,
+            close: close && !tunnel,
         }));
     }
 }
@@ -216,7 +233,9 @@ fn plain_target_byte(b: u8) -> bool {
 }
 
 /// Parses the request at the start of `buf` and, if this engine serves it, writes its rewritten head to `out`:
-/// origin-form target, HTTP/1.1, hop-by-hop fields removed, `X-Forwarded-For` extended with `forwarded_for`.
+/// origin-form target, HTTP/1.1, hop-by-hop fields removed, `X-Forwarded-For` extended with `forwarded_for`. An
+/// upgrade request without a body (`Upgrade`, named in `Connection`: WebSocket or any other protocol) keeps its
+/// `Upgrade` field and says `Connection: upgrade`.
 pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; REQUEST_FIELDS];
     let mut req = httparse::Request::new(&mut fields);
@@ -237,6 +256,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut hosts, mut length, mut close, mut prior) = (0, None, false, None);
+    let (mut upgrade, mut upgrade_named) = (None, false);
     for f in req.headers.iter() {
         match Field::of(f.name) {
             Field::Other => {}
@@ -245,11 +265,18 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
                 (None, Some(n)) => length = Some(n),
                 _ => return Parsed::Elsewhere,
             },
-            Field::TransferEncoding | Field::Upgrade | Field::Expect => return Parsed::Elsewhere,
+            Field::TransferEncoding | Field::Expect => return Parsed::Elsewhere,
+            Field::Upgrade if upgrade.is_none() => {
+                upgrade = Some(f.value);
+                continue;
+            }
+            Field::Upgrade => return Parsed::Elsewhere,
             Field::Connection => {
                 for token in tokens(f.value) {
                     if token.eq_ignore_ascii_case(b"close") {
                         close = true;
+                    } else if token.eq_ignore_ascii_case(b"upgrade") {
+                        upgrade_named = true;
                     } else if !token.eq_ignore_ascii_case(b"keep-alive") {
                         return Parsed::Elsewhere; // names fields to remove: the general path
                     }
@@ -268,6 +295,16 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
     if hosts != 1 {
         return Parsed::Elsewhere;
     }
+    let upgrade = match upgrade {
+        Some(protocols) if upgrade_named && length.unwrap_or(0) == 0 => {
+            push_field(out, b"upgrade", protocols);
+            out.extend_from_slice(b"connection: upgrade\r\n");
+            true
+        }
+        // Not named in `Connection` (so not asked for, RFC 9110 §7.8), or with a body: hyper drops it.
+        Some(_) => return Parsed::Elsewhere,
+        None => false,
+    };
     out.extend_from_slice(b"x-forwarded-for: ");
     if let Some(prior) = prior.filter(|p| !p.trim_ascii().is_empty()) {
         out.extend_from_slice(prior);
@@ -289,6 +326,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
         is_head: method == "HEAD",
         idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
         close,
+        upgrade,
     })
 }
 
@@ -315,7 +353,8 @@ mod tests {
                 len: head_len,
                 is_head: false,
                 idempotent: true,
-                close: false
+                close: false,
+                upgrade: false
             })
         );
         assert_eq!(
@@ -350,7 +389,9 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nab",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
-            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\na",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: a\r\nUpgrade: b\r\nConnection: upgrade\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nConnection: x-private\r\nX-Private: 1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: a\r\nX-Forwarded-For: b\r\n\r\n",
             "GET /a b HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -368,10 +409,63 @@ mod tests {
         assert_eq!(request(&huge).0, Parsed::Elsewhere);
     }
 
+    #[test]
+    fn an_upgrade_request_keeps_its_upgrade_fields() {
+        let raw = "GET /chat HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+                   Sec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let (parsed, out) = request(raw);
+        let Parsed::Ready(r) = parsed else {
+            panic!("not for the engine: {parsed:?}")
+        };
+        assert!(r.upgrade && !r.close && r.len == raw.len());
+        assert_eq!(
+            out,
+            "GET /chat HTTP/1.1\r\nHost: x\r\nSec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n\
+             upgrade: websocket\r\nconnection: upgrade\r\nx-forwarded-for: 10.0.0.9\r\n\r\n"
+        );
+        // `Connection: upgrade` with nothing to upgrade to: a plain request.
+        let Parsed::Ready(r) = request("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n").0 else {
+            panic!("plain")
+        };
+        assert!(!r.upgrade);
+    }
+
+    #[test]
+    fn a_101_answers_an_upgrade_request_only_and_opens_a_tunnel() {
+        let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Accept: a\r\n\r\n\x01\x02hi";
+        let mut buf = raw.as_bytes().to_vec();
+        let mut out = Vec::new();
+        let head = parse_response(&mut buf, false, true, false, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(head.framing, Framing::Tunnel);
+        assert_eq!((head.status, head.keep_alive, head.close), (101, false, false));
+        assert_eq!(head.head_len, raw.len() - 4, "the first frame stays in the buffer");
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: a\r\n\
+             connection: upgrade\r\n\r\n"
+        );
+        // Declined: a normal response, which the connection survives.
+        let mut buf = b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: x\r\nContent-Length: 0\r\n\r\n".to_vec();
+        let mut out = Vec::new();
+        let head = parse_response(&mut buf, false, true, false, &mut out)
+            .expect("valid")
+            .expect("complete");
+        assert_eq!(
+            (head.status, head.framing, head.keep_alive),
+            (426, Framing::Length(0), true)
+        );
+        // Unasked for: an error (502).
+        let mut buf = raw.as_bytes().to_vec();
+        assert!(parse_response(&mut buf, false, false, false, &mut Vec::new()).is_err());
+    }
+
     fn response(raw: &str, head_request: bool, closing: bool) -> (Result<Option<ResponseHead>, &'static str>, String) {
         let mut buf = raw.as_bytes().to_vec();
         let mut out = Vec::new();
-        let parsed = parse_response(&mut buf, head_request, closing, &mut out);
+        let parsed = parse_response(&mut buf, head_request, false, closing, &mut out);
         (parsed, String::from_utf8(out).expect("utf-8"))
     }
 
@@ -418,6 +512,9 @@ mod tests {
             .0
             .is_err());
         assert!(response("NOT HTTP\r\n\r\n", false, false).0.is_err());
+        // An HTTP/2-only upstream: a SETTINGS frame, then GOAWAY.
+        let frames = "\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64\0\0\x08\x07\0\0\0\0\0";
+        assert_eq!(response(frames, false, false).0, Err(HTTP2_FRAMES));
     }
 
     #[test]
@@ -454,7 +551,7 @@ mod tests {
         let raw = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
         let mut buf = raw.as_bytes().to_vec();
         let mut out = Vec::new();
-        let head = parse_response(&mut buf, false, false, &mut out)
+        let head = parse_response(&mut buf, false, false, false, &mut out)
             .expect("valid")
             .expect("complete");
         assert_eq!(head.status, 200);

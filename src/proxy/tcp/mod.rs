@@ -1,7 +1,8 @@
 //! The TCP listener: a bidirectional byte relay to the cluster (splice(2), see [`splice`]).
 //!
 //! At a migration a stream leaves when neither direction has bytes inside this process; bytes read but not yet
-//! written travel with both fds.
+//! written travel with both fds. The same relay carries an HTTP listener's upgraded connections (WebSocket and
+//! other `101` tunnels, [`serve_tunnel`]), which migrate the same way.
 
 pub mod splice;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 
 use crate::drain::detached::{fd_stream, stream_fd};
 use crate::drain::{ConnKind, Detached, Latch};
+use crate::proxy::warn::Cause;
 use crate::proxy::ListenerCtx;
 use splice::RelayEnd;
 
@@ -28,24 +30,59 @@ pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Arc<ListenerCtx>) {
         Ok((_, upstream)) => upstream,
         Err(e) => {
             ctx.metrics.upstream_connect_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(cluster = %ctx.cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
+            if let Some(more) = ctx.warnings.due(Cause::Connect) {
+                tracing::warn!(listener = %ctx.listener, cluster = %ctx.cluster.name, %peer, error = %e, failed_since = more, "tcp upstream connect failed; closing the client");
+            } else {
+                tracing::debug!(cluster = %ctx.cluster.name, %peer, error = %e, "tcp upstream connect failed; closing client");
+            }
             return;
         }
     };
     // A relayed stream counts as one "2xx request".
     ctx.metrics.requests[1].fetch_add(1, Ordering::Relaxed);
-    run(client, upstream, (Vec::new(), Vec::new()), ctx).await
+    run(client, upstream, (Vec::new(), Vec::new()), ctx, ConnKind::Tcp, true).await
 }
 
-/// Relays a stream handed over by the predecessor, first writing the bytes it had read but not written.
-pub async fn serve_adopted(client: TcpStream, upstream: TcpStream, pending: (Vec<u8>, Vec<u8>), ctx: Arc<ListenerCtx>) {
-    run(client, upstream, pending, ctx).await
+/// Relays an HTTP connection upgraded by a `101` (a WebSocket, ...) until either side closes, a migration takes it
+/// or the drain deadline drops it. `pending`: bytes read past the heads (to-upstream, to-client).
+/// `may_migrate: false`: the successor refused this connection once already.
+pub async fn serve_tunnel(
+    client: TcpStream,
+    upstream: TcpStream,
+    pending: (Vec<u8>, Vec<u8>),
+    ctx: Arc<ListenerCtx>,
+    may_migrate: bool,
+) {
+    run(client, upstream, pending, ctx, ConnKind::Tunnel, may_migrate).await
 }
 
-async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u8>, Vec<u8>), ctx: Arc<ListenerCtx>) {
+/// Relays a stream (`ConnKind::Tcp`) or tunnel (`ConnKind::Tunnel`) handed over by the predecessor, first writing
+/// the bytes it had read but not written.
+pub async fn serve_adopted(
+    client: TcpStream,
+    upstream: TcpStream,
+    pending: (Vec<u8>, Vec<u8>),
+    ctx: Arc<ListenerCtx>,
+    kind: ConnKind,
+) {
+    run(client, upstream, pending, ctx, kind, true).await
+}
+
+async fn run(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    mut pending: (Vec<u8>, Vec<u8>),
+    ctx: Arc<ListenerCtx>,
+    kind: ConnKind,
+    may_migrate: bool,
+) {
     // Stops the relay for a migration; once the successor refused the stream, a latch that never fires.
     let never = Latch::default();
-    let mut stop = ctx.drain.migration_latch();
+    let mut stop = if may_migrate {
+        ctx.drain.migration_latch()
+    } else {
+        &never
+    };
     loop {
         let metrics = &ctx.metrics;
         let up = |n| {
@@ -71,7 +108,7 @@ async fn run(mut client: TcpStream, mut upstream: TcpStream, mut pending: (Vec<u
             return;
         };
         let conn = Detached {
-            kind: ConnKind::Tcp,
+            kind,
             listener: ctx.listener.clone(),
             fds: vec![c, u],
             buffers: vec![to_upstream, to_client],

@@ -1,44 +1,20 @@
-//! A lean keep-alive pool of HTTP/1.1 upstream connections, one list of idle connections per endpoint.
+//! A lean keep-alive pool of HTTP/1.1 upstream connections (hyper's client), one list of idle connections per
+//! endpoint: for the requests the HTTP/1 engine leaves to hyper, and for h2c clients.
 //!
 //! A connection is checked out for one exchange and comes back to the pool when the response body has been read
 //! to its end (HTTP/1 carries one exchange at a time). A request that a pooled connection could not even start
 //! (the upstream had closed it while idle) is retried once on a new connection; nothing that reached the upstream
 //! is ever sent twice.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
-
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::upstream::body::RequestBody;
-use crate::upstream::MAX_IDLE;
-
-/// Why an exchange failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PoolError {
-    /// No connection could be opened (refused, unreachable, or over `connect_timeout`).
-    #[error("connect: {0}")]
-    Connect(#[source] std::io::Error),
-    /// The exchange failed after the request started (upstream reset, malformed response, or the client's own
-    /// body failed: see [`PoolError::client_body_failed`]).
-    #[error("exchange: {0}")]
-    Exchange(#[source] hyper::Error),
-}
-
-impl PoolError {
-    /// Whether the client's request body caused it (hyper reports that as a user error).
-    pub fn client_body_failed(&self) -> bool {
-        matches!(self, PoolError::Exchange(e) if e.is_user())
-    }
-}
+use crate::upstream::{PoolError, Release, ResponseBody, MAX_IDLE};
 
 /// Idle connections of one endpoint.
 #[derive(Default)]
@@ -57,7 +33,8 @@ impl IdleClients {
         None
     }
 
-    fn put(&self, sender: SendRequest<RequestBody>) {
+    /// Keeps a connection whose exchange ended, unless it closed.
+    pub(super) fn put(&self, sender: SendRequest<RequestBody>) {
         if sender.is_closed() {
             return;
         }
@@ -76,7 +53,7 @@ pub async fn send(
     endpoint: std::net::SocketAddr,
     connect_timeout: Duration,
     mut req: Request<RequestBody>,
-) -> Result<Response<PooledBody>, PoolError> {
+) -> Result<Response<ResponseBody>, PoolError> {
     if let Some(mut sender) = idle.take() {
         match sender.try_send_request(req).await {
             Ok(resp) => return Ok(wrap(resp, sender, idle)),
@@ -109,54 +86,15 @@ async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<Se
     Ok(sender)
 }
 
-fn wrap(resp: Response<Incoming>, sender: SendRequest<RequestBody>, idle: &Arc<IdleClients>) -> Response<PooledBody> {
+fn wrap(
+    resp: http::Response<hyper::body::Incoming>,
+    sender: SendRequest<RequestBody>,
+    idle: &Arc<IdleClients>,
+) -> Response<ResponseBody> {
     let (parts, body) = resp.into_parts();
-    let mut pooled = PooledBody {
-        body,
-        sender: Some(sender),
+    let back = Release::Http1 {
+        sender,
         idle: idle.clone(),
     };
-    if pooled.body.is_end_stream() {
-        pooled.release();
-    }
-    Response::from_parts(parts, pooled)
-}
-
-/// An upstream response body that returns its connection to the pool once read to the end.
-pub struct PooledBody {
-    body: Incoming,
-    sender: Option<SendRequest<RequestBody>>,
-    idle: Arc<IdleClients>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some(s) = self.sender.take() {
-            self.idle.put(s);
-        }
-    }
-}
-
-impl Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if self.body.is_end_stream() => self.release(),
-            Poll::Ready(Some(Err(_))) => self.sender = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
+    Response::from_parts(parts, ResponseBody::new(body, back))
 }

@@ -1,0 +1,165 @@
+//! HTTP/2 with prior knowledge (h2c) to the endpoints of a `protocol: h2c` cluster: requests from every client
+//! connection multiplexed on at most [`H2_CONNS`] connections per endpoint.
+//!
+//! A request goes on the open connection with the fewest streams in flight; a new connection opens only when
+//! every open one is busy and fewer than [`H2_CONNS`] are open or opening. A connection the upstream closed
+//! (GOAWAY, reset) is forgotten at the next request. A request that a connection could not even start is retried
+//! once on another; nothing that reached the upstream is sent twice.
+//!
+//! Flow control is HTTP/2's own, both ways: hyper grants the upstream more window only as the client's side
+//! consumes what came, so a slow client holds at most one stream window (2 MiB, hyper's default; 5 MiB per
+//! connection) of a fast upstream's response in this process, and a slow upstream at most the client side's
+//! window of a request body.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::client::conn::http2::{self, SendRequest};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::Notify;
+
+use crate::upstream::body::RequestBody;
+use crate::upstream::{PoolError, Release, ResponseBody};
+
+/// Most HTTP/2 connections open to one endpoint (each carries as many concurrent streams as the upstream allows).
+pub const H2_CONNS: usize = 4;
+
+/// The HTTP/2 connections to one endpoint.
+#[derive(Default)]
+pub struct H2Conns {
+    state: Mutex<Conns>,
+    /// Told when a connection finished opening (or failed to).
+    opened: Notify,
+}
+
+#[derive(Default)]
+struct Conns {
+    open: Vec<H2Conn>,
+    opening: usize,
+}
+
+#[derive(Clone)]
+struct H2Conn {
+    sender: SendRequest<RequestBody>,
+    /// Streams in flight on it.
+    streams: Arc<AtomicUsize>,
+}
+
+/// A stream in flight on an HTTP/2 connection: counted until dropped.
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What [`H2Conns::pick`] decided.
+enum Pick {
+    Use(H2Conn),
+    Open,
+    Wait,
+}
+
+impl H2Conns {
+    fn lock(&self) -> MutexGuard<'_, Conns> {
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn pick(&self) -> Pick {
+        let mut st = self.lock();
+        st.open.retain(|c| !c.sender.is_closed());
+        let least = st
+            .open
+            .iter()
+            .min_by_key(|c| c.streams.load(Ordering::Relaxed))
+            .cloned();
+        let room = st.open.len() + st.opening < H2_CONNS;
+        match least {
+            Some(c) if !room || c.streams.load(Ordering::Relaxed) == 0 => Pick::Use(c),
+            _ if room => {
+                st.opening += 1;
+                Pick::Open
+            }
+            // None open yet, and every slot is being opened.
+            _ => Pick::Wait,
+        }
+    }
+
+    /// A connection to send on: an open one, or a new one.
+    async fn acquire(&self, endpoint: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, PoolError> {
+        loop {
+            let opened = self.opened.notified();
+            match self.pick() {
+                Pick::Use(c) => return Ok(c),
+                Pick::Wait => opened.await,
+                Pick::Open => {
+                    let result = connect(endpoint, connect_timeout).await;
+                    let mut st = self.lock();
+                    st.opening -= 1;
+                    if let Ok(c) = &result {
+                        st.open.push(c.clone());
+                    }
+                    drop(st);
+                    self.opened.notify_waiters();
+                    return result;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `req` to `endpoint` on one of its HTTP/2 connections and returns the response, whose body holds the
+/// stream's slot until it ends.
+pub async fn send(
+    conns: &H2Conns,
+    endpoint: SocketAddr,
+    connect_timeout: Duration,
+    mut req: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, PoolError> {
+    let mut retried = false;
+    loop {
+        let mut conn = conns.acquire(endpoint, connect_timeout).await?;
+        conn.streams.fetch_add(1, Ordering::Relaxed);
+        let slot = StreamSlot(conn.streams.clone());
+        match conn.sender.try_send_request(req).await {
+            Ok(resp) => {
+                let (parts, body) = resp.into_parts();
+                return Ok(Response::from_parts(
+                    parts,
+                    ResponseBody::new(body, Release::Http2 { _slot: slot }),
+                ));
+            }
+            Err(mut e) => match e.take_message() {
+                // Never started: the connection went away meanwhile. Once more, on another.
+                Some(back) if !retried => {
+                    retried = true;
+                    req = back;
+                }
+                _ => return Err(PoolError::Exchange(e.into_error())),
+            },
+        }
+    }
+}
+
+async fn connect(endpoint: SocketAddr, timeout: Duration) -> Result<H2Conn, PoolError> {
+    let stream = crate::upstream::connect(endpoint, timeout)
+        .await
+        .map_err(PoolError::Connect)?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(PoolError::Exchange)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(H2Conn {
+        sender,
+        streams: Arc::default(),
+    })
+}
