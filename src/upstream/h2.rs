@@ -4,7 +4,9 @@
 //! A request goes on the open connection with the fewest streams in flight; a new connection opens only when
 //! every open one is busy and fewer than [`H2_CONNS`] are open or opening. A connection the upstream closed
 //! (GOAWAY, reset) is forgotten at the next request. A request that a connection could not even start is retried
-//! once on another; nothing that reached the upstream is sent twice.
+//! once on another, and so is a body-less request the upstream refused unprocessed (RST_STREAM REFUSED_STREAM, or
+//! a GOAWAY that came while it was on its way, for an idempotent method: RFC 9113 §8.7); nothing the upstream may
+//! have processed is sent twice.
 //!
 //! Flow control is HTTP/2's own, both ways: hyper grants the upstream more window only as the client's side
 //! consumes what came, so a slow client holds at most one stream window (2 MiB, hyper's default; 5 MiB per
@@ -23,6 +25,10 @@ use tokio::sync::Notify;
 
 use crate::upstream::body::RequestBody;
 use crate::upstream::{PoolError, Release, ResponseBody};
+
+/// Most times one request is sent again after the upstream refused it unprocessed (each time on the connection
+/// [`H2Conns`] picks then: an upstream that closes connections every few requests may refuse it more than once).
+const MAX_RETRIES: u32 = 3;
 
 /// Most HTTP/2 connections open to one endpoint (each carries as many concurrent streams as the upstream allows).
 pub const H2_CONNS: usize = 4;
@@ -120,8 +126,9 @@ pub async fn send(
     connect_timeout: Duration,
     mut req: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, PoolError> {
-    let mut retried = false;
+    let mut retries = 0;
     loop {
+        let replay = Replay::of(&req);
         let mut conn = conns.acquire(endpoint, connect_timeout).await?;
         conn.streams.fetch_add(1, Ordering::Relaxed);
         let slot = StreamSlot(conn.streams.clone());
@@ -133,15 +140,66 @@ pub async fn send(
                     ResponseBody::new(body, Release::Http2 { _slot: slot }),
                 ));
             }
-            Err(mut e) => match e.take_message() {
-                // Never started: the connection went away meanwhile. Once more, on another.
-                Some(back) if !retried => {
-                    retried = true;
-                    req = back;
-                }
-                _ => return Err(PoolError::Exchange(e.into_error())),
-            },
+            Err(mut e) => {
+                req = match (e.take_message(), replay) {
+                    // Never started: the connection went away meanwhile.
+                    (Some(back), _) if retries < MAX_RETRIES => back,
+                    (None, Some(replay)) if retries < MAX_RETRIES && replay.unprocessed(e.error()) => {
+                        tracing::debug!(%endpoint, error = %e.error(), "the upstream refused the stream unprocessed: sending it again");
+                        replay.request()
+                    }
+                    _ => return Err(PoolError::Exchange(e.into_error())),
+                };
+                retries += 1;
+            }
         }
+    }
+}
+
+/// What it takes to send a body-less request again: its head.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    /// The head of `req`, if it has no body.
+    fn of(req: &Request<RequestBody>) -> Option<Replay> {
+        use http_body::Body as _;
+        req.body().is_end_stream().then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    /// Whether the request was not processed: the upstream refused it with a REFUSED_STREAM reset (any method),
+    /// or, for an idempotent method, with the GOAWAY that came while it was on its way, or the connection closed
+    /// before hyper sent it (after a GOAWAY a stream may also fail when the connection closes, processed or not,
+    /// with the same error: hence idempotent methods only).
+    fn unprocessed(&self, e: &hyper::Error) -> bool {
+        let idempotent = self.method.is_idempotent();
+        let Some(h2) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
+            return idempotent && e.is_canceled();
+        };
+        h2.is_remote()
+            && match h2.reason() {
+                Some(h2::Reason::REFUSED_STREAM) => h2.is_reset(),
+                Some(h2::Reason::NO_ERROR) => h2.is_go_away() && idempotent,
+                _ => false,
+            }
+    }
+
+    fn request(self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 
