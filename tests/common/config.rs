@@ -20,6 +20,8 @@ pub struct ClusterCfg {
     pub endpoints: Vec<String>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    /// `http1` or `h2c`; omitted from the file when `None` (http1).
+    pub protocol: Option<String>,
 }
 
 /// The baton config (docs/CONTRACT.md), written as YAML.
@@ -52,7 +54,18 @@ impl Config {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
             connect_timeout: Some("1s".into()),
             request_timeout: Some("5s".into()),
+            protocol: None,
         });
+        self
+    }
+
+    /// The last cluster added speaks `protocol` (`http1` or `h2c`) and gives up on a response head after
+    /// `request_timeout`.
+    pub fn upstream(mut self, protocol: &str, request_timeout: &str) -> Self {
+        if let Some(c) = self.clusters.last_mut() {
+            c.protocol = Some(protocol.into());
+            c.request_timeout = Some(request_timeout.into());
+        }
         self
     }
 
@@ -98,6 +111,9 @@ impl Config {
             if let Some(t) = &c.request_timeout {
                 y.push_str(&format!("    request_timeout: {t}\n"));
             }
+            if let Some(p) = &c.protocol {
+                y.push_str(&format!("    protocol: {p}\n"));
+            }
         }
         if let Some(a) = &self.admin {
             y.push_str(&format!("admin:\n  address: \"{a}\"\n"));
@@ -142,6 +158,9 @@ impl Config {
                 }
                 if let Some(t) = &c.request_timeout {
                     v["request_timeout"] = t.clone().into();
+                }
+                if let Some(p) = &c.protocol {
+                    v["protocol"] = p.clone().into();
                 }
                 v
             })
