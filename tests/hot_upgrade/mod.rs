@@ -1,0 +1,135 @@
+//! Hot-upgrade steps shared by `tests/grpc.rs` and `tests/websocket.rs`: the first instance, started from a config
+//! the test writes itself, then Kruise-style takeovers.
+//!
+//! [`takeover_env`], [`take_over`], [`expect_old_exits`] and [`assert_serving`] are copies of the helpers of the
+//! same names in `tests/migration.rs`, kept here until `tests/common` offers them.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+/// How long an old instance may take to exit after `baton migrate` returned, when everything it holds can be handed
+/// over or has finished. Tests give the old instance a drain timeout well beyond this, so one that only exits at its
+/// drain deadline fails them.
+pub const OLD_EXIT: Duration = Duration::from_secs(10);
+
+/// The env of the instance of generation `g` ≥ 2: VERSION > ALT, the takeover role (as Kruise starts the new slot).
+pub fn takeover_env(g: u64) -> Env {
+    Env::versions(&(7_340_000 + g).to_string(), &(7_340_000 + g - 1).to_string())
+}
+
+/// Spawns `baton run` (named `name`) with `config` in the takeover role `env` and runs its postStart hook (`baton
+/// migrate` with the same config and env), which must report the handoff complete (exit 0). Returns the new
+/// instance, serving.
+pub async fn take_over(dir: &TestDir, config: &Path, uds: &Path, name: &str, env: &Env) -> Baton {
+    let (c, u) = (config.display().to_string(), uds.display().to_string());
+    let mut new = Baton::spawn(dir, name, &["run", "--config", &c, "--uds-dir", &u], env);
+    let out = run_baton_async(
+        dir,
+        &format!("{name}-migrate"),
+        &["migrate", "--config", &c, "--uds-dir", &u, "--timeout", "10s"],
+        env,
+        Duration::from_secs(15),
+    )
+    .await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "baton migrate for {name} should exit 0 (handoff complete); stderr:\n{}",
+        out.stderr
+    );
+    new.assert_running();
+    new
+}
+
+/// Waits up to `within` for the old instance to exit on its own, and asserts it exited 0. `why` says why it should
+/// have exited by then.
+pub async fn expect_old_exits(old: &mut Baton, within: Duration, why: &str) {
+    match old.wait_timeout(within).await {
+        Some(s) => assert_eq!(
+            s.code(),
+            Some(0),
+            "{} (pid {}) exited with {s}; stderr:\n{}",
+            old.name,
+            old.pid(),
+            old.stderr()
+        ),
+        None => panic!(
+            "{} (pid {}) was still running {within:?} after the handoff, but {why}; stderr:\n{}",
+            old.name,
+            old.pid(),
+            old.stderr()
+        ),
+    }
+}
+
+/// Asserts that `/status` on `admin` is answered by `pid`, at `generation`.
+pub async fn assert_serving(admin: SocketAddr, pid: u32, generation: u64) {
+    let st = status(admin).await.expect("GET /status");
+    assert_eq!(st["pid"].as_u64(), Some(pid as u64), "/status pid: {st}");
+    assert_eq!(st["generation"].as_u64(), Some(generation), "/status generation: {st}");
+}
+
+/// Generation 1 of a test's baton, serving: its config file, uds dir, proxy listener addresses and admin address.
+pub struct First {
+    pub baton: Baton,
+    pub config: PathBuf,
+    pub uds: PathBuf,
+    pub listeners: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+}
+
+/// Writes `baton.yaml` from `yaml(listeners, admin, uds_dir)` with `n` fresh listener addresses and starts
+/// generation 1 (fresh role) on it, waiting until its admin port answers `/ready` for this very process. A port found
+/// free ([`free_addr`]) can be taken by another test's connection before baton binds it: then it starts over with
+/// new ports (five attempts).
+pub async fn start_first(dir: &TestDir, n: usize, yaml: impl Fn(&[SocketAddr], SocketAddr, &Path) -> String) -> First {
+    let uds = dir.subdir("uds");
+    for attempt in 1..=5 {
+        let listeners: Vec<SocketAddr> = (0..n).map(|_| free_addr()).collect();
+        let admin = free_addr();
+        let config = dir.write("baton.yaml", &yaml(&listeners, admin, &uds));
+        let (c, u) = (config.display().to_string(), uds.display().to_string());
+        let name = format!("gen-1-try-{attempt}");
+        let mut baton = Baton::spawn(dir, &name, &["run", "--config", &c, "--uds-dir", &u], &Env::fresh());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(st) = baton.try_status() {
+                let stderr = baton.stderr();
+                assert!(
+                    stderr.contains("Address already in use"),
+                    "{name} exited with {st} before serving; stderr:\n{stderr}"
+                );
+                eprintln!("{name} lost a port race, starting over with other ports");
+                break;
+            }
+            if ready_code(admin).await.ok() == Some(200) && status_pid(admin).await == Some(u64::from(baton.pid())) {
+                return First {
+                    baton,
+                    config,
+                    uds,
+                    listeners,
+                    admin,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} not ready on {admin} within 10 s; stderr:\n{}",
+                baton.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("generation 1 could not bind its ports in 5 attempts");
+}
+
+/// Counts the lines of `log` that are at `WARN` and contain `what`.
+pub fn warn_lines(log: &str, what: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("WARN") && l.contains(what))
+        .map(str::to_string)
+        .collect()
+}
