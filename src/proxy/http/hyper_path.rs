@@ -205,6 +205,12 @@ async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx)
     shape(&mut parts, cluster.protocol, &endpoint.authority, peer);
     let upstream = cluster.send(endpoint, Request::from_parts(parts, body));
     let failure = match tokio::time::timeout(cluster.request_timeout, upstream).await {
+        // No request on this path asks for an upgrade (`Upgrade` is hop-by-hop and removed above): a 101 is an
+        // upstream error, as on the engine's path. Passed on, it would switch an HTTP/1.1 client's connection to
+        // nothing (and hyper's HTTP/2 server resets the stream of an h2c client).
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            Failure::Exchange("101 Switching Protocols to a request that asked for no upgrade".into())
+        }
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
