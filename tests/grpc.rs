@@ -952,3 +952,138 @@ async fn a_server_stream_in_flight_completes_across_an_upgrade() {
     assert_eq!(resp.into_inner(), body);
     assert_serving(admin, new.pid(), 2).await;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// 4. a unary load of a gRPC C-core client through 10 hot upgrades
+// ---------------------------------------------------------------------------------------------------------------
+
+/// The Python interpreter that has grpcio (Debian's python3-grpcio, installed by `scripts/deps.sh unit`).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// The last report of `tests/data/grpc_unary_loop.py`: calls answered and failed per client, the first errors.
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+struct LoopReport {
+    ok: Vec<u64>,
+    failed: Vec<u64>,
+    errors: Vec<String>,
+}
+
+/// `grpc_unary_loop.py` (grpcio: gRPC's C-core, as Python, Ruby, C++ and PHP clients use it) with `clients`
+/// threads, each on its own channel, calling `Echo` through `addr` until stdin closes.
+struct CoreClients {
+    child: std::process::Child,
+    last: Arc<Mutex<LoopReport>>,
+}
+
+impl CoreClients {
+    fn start(addr: SocketAddr, clients: usize) -> CoreClients {
+        use std::io::BufRead;
+        let probe = std::process::Command::new(PYTHON).args(["-c", "import grpc"]).output();
+        assert!(
+            probe.as_ref().is_ok_and(|o| o.status.success()),
+            "{PYTHON} cannot import grpc ({probe:?}): run `bash scripts/deps.sh unit` (as root) to install python3-grpcio"
+        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/grpc_unary_loop.py");
+        let mut child = std::process::Command::new(PYTHON)
+            .args([script, &addr.to_string(), &clients.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the grpcio client");
+        let stdout = child.stdout.take().unwrap();
+        let last = Arc::new(Mutex::new(LoopReport::default()));
+        let l = last.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(r) = serde_json::from_str::<LoopReport>(&line) {
+                    *l.lock().unwrap() = r;
+                }
+            }
+        });
+        CoreClients { child, last }
+    }
+
+    fn report(&self) -> LoopReport {
+        self.last.lock().unwrap().clone()
+    }
+
+    /// Closes stdin and waits for the final report.
+    fn stop(mut self) -> LoopReport {
+        drop(self.child.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                std::thread::sleep(Duration::from_millis(100)); // the reader thread takes the last line
+                return self.report();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("the grpcio client did not stop within 30 s: {:?}", self.report());
+    }
+}
+
+impl Drop for CoreClients {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Four grpcio (C-core) clients, each on its own channel, call `Echo` in a loop while baton is upgraded 10 times
+/// as Kruise does: not one call fails, and every call reaches the server exactly once. C-core treats the old
+/// instance's GOAWAY as the HTTP/2 spec means it: calls it had not sent on that connection go on a new one (to
+/// the new instance). Compare tonic (hyper's client), which fails the calls caught between a GOAWAY and its
+/// reconnection: see the README, "HTTP/2 through an upgrade".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_core_unary_load_survives_10_upgrades() {
+    const UPGRADES: u64 = 10;
+    const CLIENTS: usize = 4;
+    let dir = TestDir::new();
+    let up = GrpcUpstream::start().await;
+    let First {
+        baton: mut serving,
+        config,
+        uds,
+        listeners,
+        admin,
+    } = baton_in_front(&dir, up.addr, "5s", "20s").await;
+    let clients = CoreClients::start(listeners[0], CLIENTS);
+    let oks = || {
+        let r = clients.report();
+        if r.ok.len() == CLIENTS {
+            r.ok
+        } else {
+            vec![0; CLIENTS]
+        }
+    };
+    assert!(
+        wait_each_grows(oks, 20, Duration::from_secs(30)).await,
+        "the grpcio clients made no progress before the first upgrade: {:?}",
+        clients.report()
+    );
+    for g in 2..=UPGRADES + 1 {
+        let mut next = take_over(&dir, &config, &uds, &format!("gen-{g}"), &takeover_env(g)).await;
+        expect_old_exits(&mut serving, OLD_EXIT, "its HTTP/2 connections got GOAWAY").await;
+        std::mem::swap(&mut serving, &mut next);
+        assert!(
+            wait_each_grows(oks, 20, Duration::from_secs(20)).await,
+            "the grpcio clients stalled after the upgrade to generation {g}: {:?}",
+            clients.report()
+        );
+        let r = clients.report();
+        assert_eq!(
+            r.failed.iter().sum::<u64>(),
+            0,
+            "failed calls by the upgrade to generation {g}: {:?} (answered {:?})",
+            r.errors,
+            r.ok
+        );
+    }
+    assert_serving(admin, serving.pid(), UPGRADES + 1).await;
+    let r = tokio::task::spawn_blocking(move || clients.stop()).await.unwrap();
+    let ok: u64 = r.ok.iter().sum();
+    eprintln!("grpcio: {ok} unary calls through {UPGRADES} upgrades, {} failed", r.failed.iter().sum::<u64>());
+    assert_eq!(r.failed.iter().sum::<u64>(), 0, "errors: {:?}", r.errors);
+    let at_server = up.seen.te.lock().unwrap().len() as u64;
+    assert_eq!(at_server, ok, "calls the server saw vs calls answered");
+}
