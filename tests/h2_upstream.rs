@@ -34,7 +34,11 @@ async fn baton_to_h2c(dir: &TestDir, upstream: SocketAddr, request_timeout: &str
             .write_yaml(dir, "baton.yaml");
         let c = config.display().to_string();
         let mut b = Baton::spawn(dir, "baton", &["run", "--config", &c], &Env::fresh());
-        if wait_until(Duration::from_secs(10), || async { ready_code(admin).await.ok() == Some(200) }).await {
+        if wait_until(Duration::from_secs(10), || async {
+            ready_code(admin).await.ok() == Some(200)
+        })
+        .await
+        {
             return (b, listen);
         }
         // A free port can be taken between free_addr() and baton's bind: start over with others.
@@ -58,11 +62,15 @@ async fn goaway_upstream(per_conn: u64) -> (SocketAddr, Arc<AtomicU64>, Arc<Atom
     let (c, s) = (conns.clone(), served.clone());
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             c.fetch_add(1, Ordering::Relaxed);
             let s = s.clone();
             tokio::spawn(async move {
-                let Ok(mut conn) = h2::server::handshake(stream).await else { return };
+                let Ok(mut conn) = h2::server::handshake(stream).await else {
+                    return;
+                };
                 let mut here = 0;
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
                     let resp = http::Response::builder().status(200).body(()).unwrap();
@@ -134,7 +142,9 @@ async fn firehose_upstream() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req: http::Request<hyper::body::Incoming>| async {
                     Ok::<_, std::convert::Infallible>(http::Response::new(Firehose { left: SIZE }))
@@ -208,9 +218,7 @@ async fn a_slow_client_does_not_make_baton_buffer_a_fast_upstream() {
         peak = peak.max(rss_kib(baton.pid()));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!(
-        "after 2 s of slow reading: {got} bytes read; baton RSS {before} KiB before, {peak} KiB at most since"
-    );
+    eprintln!("after 2 s of slow reading: {got} bytes read; baton RSS {before} KiB before, {peak} KiB at most since");
     assert!(
         peak - before < 24 * 1024,
         "baton's RSS grew by {} KiB while the client read {got} bytes of a {SIZE}-byte response: it buffers the \
@@ -222,7 +230,10 @@ async fn a_slow_client_does_not_make_baton_buffer_a_fast_upstream() {
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let n = client.read(&mut buf).await.unwrap();
-            assert!(n > 0, "baton closed after {body} body bytes, before the end of the response");
+            assert!(
+                n > 0,
+                "baton closed after {body} body bytes, before the end of the response"
+            );
             body += count_x(&buf[..n]);
             tail.extend_from_slice(&buf[..n]);
             tail.drain(..tail.len().saturating_sub(8));

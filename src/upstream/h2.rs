@@ -3,10 +3,11 @@
 //!
 //! A request goes on the open connection with the fewest streams in flight; a new connection opens only when
 //! every open one is busy and fewer than [`H2_CONNS`] are open or opening. A connection the upstream closed
-//! (GOAWAY, reset) is forgotten at the next request. A request that a connection could not even start is retried
-//! once on another, and so is a body-less request the upstream refused unprocessed (RST_STREAM REFUSED_STREAM, or
-//! a GOAWAY that came while it was on its way, for an idempotent method: RFC 9113 §8.7); nothing the upstream may
-//! have processed is sent twice.
+//! (GOAWAY, reset) is forgotten at the next request. A request that a connection could not even start is sent
+//! again on another, and so is a body-less request the upstream refused unprocessed (RST_STREAM REFUSED_STREAM, RFC
+//! 9113 §8.7) or, if its method is idempotent (RFC 9110 §9.2.2), one whose connection went away under it before
+//! its response head (a GOAWAY, a close, a reset); a request the upstream may have processed is never sent twice
+//! unless its method allows it.
 //!
 //! Flow control is HTTP/2's own, both ways: hyper grants the upstream more window only as the client's side
 //! consumes what came, so a slow client holds at most one stream window (2 MiB, hyper's default; 5 MiB per
@@ -144,7 +145,7 @@ pub async fn send(
                 req = match (e.take_message(), replay) {
                     // Never started: the connection went away meanwhile.
                     (Some(back), _) if retries < MAX_RETRIES => back,
-                    (None, Some(replay)) if retries < MAX_RETRIES && replay.unprocessed(e.error()) => {
+                    (None, Some(replay)) if retries < MAX_RETRIES && replay.may_send_again(e.error()) => {
                         tracing::debug!(%endpoint, error = %e.error(), "the upstream refused the stream unprocessed: sending it again");
                         replay.request()
                     }
@@ -176,21 +177,31 @@ impl Replay {
         })
     }
 
-    /// Whether the request was not processed: the upstream refused it with a REFUSED_STREAM reset (any method),
-    /// or, for an idempotent method, with the GOAWAY that came while it was on its way, or the connection closed
-    /// before hyper sent it (after a GOAWAY a stream may also fail when the connection closes, processed or not,
-    /// with the same error: hence idempotent methods only).
-    fn unprocessed(&self, e: &hyper::Error) -> bool {
-        let idempotent = self.method.is_idempotent();
-        let Some(h2) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<h2::Error>()) else {
-            return idempotent && e.is_canceled();
-        };
-        h2.is_remote()
-            && match h2.reason() {
-                Some(h2::Reason::REFUSED_STREAM) => h2.is_reset(),
-                Some(h2::Reason::NO_ERROR) => h2.is_go_away() && idempotent,
-                _ => false,
-            }
+    /// Whether the request may be sent again after `e` ended it before its response head: when the upstream
+    /// refused it unprocessed (RST_STREAM REFUSED_STREAM, RFC 9113 §8.7), and, for an idempotent method (RFC 9110
+    /// §9.2.2), when its connection went away under it: the upstream's GOAWAY, the connection closed or reset
+    /// (an upstream that closes right after its GOAWAY may fail the streams it refused that way).
+    fn may_send_again(&self, e: &hyper::Error) -> bool {
+        let source = std::error::Error::source(e);
+        let h2 = source.and_then(|s| s.downcast_ref::<h2::Error>());
+        if h2.is_some_and(|h2| h2.is_remote() && h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)) {
+            return true;
+        }
+        let connection_gone = e.is_canceled()
+            || e.is_closed()
+            || h2.is_some_and(h2::Error::is_go_away)
+            || source
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::UnexpectedEof
+                    )
+                });
+        self.method.is_idempotent() && connection_gone
     }
 
     fn request(self) -> Request<RequestBody> {
