@@ -16,6 +16,7 @@ unit_needs=(
   "prometheus promtool"   # tests/operability.rs: promtool check metrics
   "procps kill"           # tests/common/process.rs, library_example.rs, manifests.rs: kill -TERM
   "util-linux prlimit"    # tests/common/process.rs: Baton::spawn_with_nofile
+  "python3-grpcio /usr/lib/python3/dist-packages/grpc/__init__.py"  # tests/grpc.rs: a gRPC C-core client
 )
 test_pod_needs=(          # scripts/pod-test.sh
   "podman podman"
