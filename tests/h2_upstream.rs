@@ -251,3 +251,53 @@ async fn a_slow_client_does_not_make_baton_buffer_a_fast_upstream() {
 fn count_x(bytes: &[u8]) -> usize {
     bytes.iter().filter(|&&b| b == b'x').count()
 }
+
+/// An HTTP/2-only upstream behind a cluster that says (by default) `http1`: the client gets a 502 on the HTTP/1
+/// engine's path and on hyper's, and each listener logs a warning; the engine's, which sees the upstream's first
+/// bytes (HTTP/2 frames), names the cause and the fix (`protocol: h2c`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_only_upstream_of_an_http1_cluster_is_named_in_the_warning() {
+    let (upstream, _, _) = goaway_upstream(u64::MAX).await;
+    let dir = TestDir::new();
+    let (listen, hyper_listen, admin) = (free_addr(), free_addr(), free_addr());
+    let config = Config::default()
+        .listener("engine", listen, "http", "app")
+        .listener("hyper", hyper_listen, "http", "app")
+        .cluster("app", &[upstream])
+        .admin(admin)
+        .uds_dir(&dir.subdir("uds"))
+        .write_yaml(&dir, "baton.yaml");
+    let c = config.display().to_string();
+    let mut baton = Baton::spawn(&dir, "baton", &["run", "--config", &c], &Env::fresh());
+    baton.wait_ready(admin, Duration::from_secs(10)).await;
+    // The engine's path (a plain GET) on one listener, hyper's (a field named in `Connection` sends it there) on
+    // the other: each listener has its own warnings.
+    let plain = http_get(listen, "/x").await.expect("an answer");
+    assert_eq!(plain.status, 502, "{plain:?}");
+    let mut s = TcpStream::connect(hyper_listen).await.unwrap();
+    s.write_all(format!("GET /y HTTP/1.1\r\nHost: {hyper_listen}\r\nConnection: x-hop\r\nX-Hop: 1\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 256];
+    let n = s.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    for (listener, hint) in [("engine", true), ("hyper", false)] {
+        let warned = wait_until(Duration::from_secs(5), || {
+            let log = baton.stderr();
+            async move {
+                log.lines().any(|l| {
+                    l.contains("upstream request failed")
+                        && l.contains(&format!("listener={listener}"))
+                        && (!hint || l.contains("set `protocol: h2c`"))
+                })
+            }
+        })
+        .await;
+        assert!(
+            warned,
+            "no warning of listener {listener} (with the `protocol: h2c` hint: {hint}):\n{}",
+            baton.stderr()
+        );
+    }
+}
