@@ -29,7 +29,7 @@ use crate::upstream::{PoolError, Release, ResponseBody};
 
 /// Most times one request is sent again after the upstream refused it unprocessed (each time on the connection
 /// [`H2Conns`] picks then: an upstream that closes connections every few requests may refuse it more than once).
-const MAX_RETRIES: u32 = 3;
+const MAX_RETRIES: u32 = 5;
 
 /// Most HTTP/2 connections open to one endpoint (each carries as many concurrent streams as the upstream allows).
 pub const H2_CONNS: usize = 4;
@@ -96,6 +96,11 @@ impl H2Conns {
         }
     }
 
+    /// Stops using `conn`: it said it is going away (or went), though it may still finish its streams.
+    fn forget(&self, conn: &H2Conn) {
+        self.lock().open.retain(|c| !Arc::ptr_eq(&c.streams, &conn.streams));
+    }
+
     /// A connection to send on: an open one, or a new one.
     async fn acquire(&self, endpoint: SocketAddr, connect_timeout: Duration) -> Result<H2Conn, PoolError> {
         loop {
@@ -147,6 +152,7 @@ pub async fn send(
                     (Some(back), _) if retries < MAX_RETRIES => back,
                     (None, Some(replay)) if retries < MAX_RETRIES && replay.may_send_again(e.error()) => {
                         tracing::debug!(%endpoint, error = %e.error(), "the upstream refused the stream unprocessed: sending it again");
+                        conns.forget(&conn);
                         replay.request()
                     }
                     _ => return Err(PoolError::Exchange(e.into_error())),
