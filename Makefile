@@ -44,10 +44,11 @@ lint:
 	$(CARGO) clippy --locked --manifest-path bench/tools/Cargo.toml --target-dir target/bench -- -D warnings
 	$(CARGO) clippy --locked --manifest-path bench/chart/Cargo.toml --target-dir target/bench -- -D warnings
 
-## unit: unit, protocol and process-level integration tests (cargo test; needs promtool, kill: scripts/deps.sh)
+## unit: unit, protocol and process-level integration tests (cargo test; needs promtool, kill, python3-grpcio: scripts/deps.sh), and the bench tools' HTTP/2 and HPACK tests
 unit:
 	bash scripts/deps.sh unit
 	$(CARGO) test --locked --workspace
+	$(CARGO) test --locked --manifest-path bench/tools/Cargo.toml --target-dir target/bench
 
 ## test-pod: the Kruise HotUpgrade sequence in a real podman pod (as root; needs podman, runc, catatonit, curl, jq)
 test-pod:
