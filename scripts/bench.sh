@@ -7,11 +7,15 @@
 #
 # Run from anywhere as root (scripts/deps.sh installs missing Debian packages: nginx, libnginx-mod-stream, haproxy,
 # wrk, nghttp2-client, curl, jq, fonts-dejavu-core), no stdin needed. Every proxy gets ONE worker/thread in front of
-# one nginx upstream (worker_processes 1, `return 200 "ok\n"`); every load generator runs one thread; nothing is
-# pinned. Scenarios:
+# one nginx upstream (worker_processes 1, `return 200 "ok\n"`; for gRPC the one-thread grpcserver); every load
+# generator runs one thread; nothing is pinned. Scenarios:
 #   1 HTTP/1.1 keep-alive   wrk -t1 -c32, throughput and p50/p99/p99.9: direct, baton, nginx, HAProxy
 #   2 HTTP/1.1 new conn     the same with "Connection: close" on every request
 #   3 h2c                   h2load (prior knowledge) direct, baton, nginx, HAProxy (each with an h2c listener)
+#  3b h2c -> h2c upstream   the same h2load run, each proxy speaking HTTP/2 (prior knowledge) to the upstream's h2c
+#                           port: baton `protocol: h2c` cluster, nginx `grpc_pass`, HAProxy `proto h2`
+#  3c gRPC unary            bench/tools grpcload (checks every answer: grpc-status 0 in the trailers) against
+#                           bench/tools grpcserver, direct and through the same three HTTP/2 upstream setups
 #   4 TCP relay             one bulk stream (bench/tools tcpbulk) direct, through baton, nginx stream, HAProxy
 #   5 upgrades under load   20 upgrades in 10 s under each of three clients: wrk keep-alive, wrk new connection,
 #                           an idle keep-alive pool (bench/tools idlepool: 100 connections, each used once every
@@ -39,7 +43,7 @@ CARGO=${CARGO:-cargo}
 START_S=$SECONDS
 
 if [[ $MODE == full ]]; then
-  WARMUP=1 DUR=5            # seconds: warm-up run, measured run (scenarios 1-3)
+  WARMUP=1 DUR=5            # seconds: warm-up run, measured run (scenarios 1-3c)
   ROUNDS=3                  # scenarios 1-2: measured runs per target, interleaved; the median is reported
   TCP_SECS=3 TCP_WARM=0.5   # scenario 4
   UPG_COUNT=20 UPG_SPAN=10  # scenario 5: upgrades within UPG_SPAN seconds
@@ -187,7 +191,8 @@ EMPTY=$ROOT/images/empty/target/release/baton-empty
 EMPTY_STATIC=$ROOT/images/empty/target/$HOST/release/baton-empty
 TOOLS=$ROOT/target/bench/release
 CHART=$TOOLS/baton-bench-chart
-for f in "$BATON" "$EMPTY" "$EMPTY_STATIC" "$TOOLS/freeports" "$TOOLS/tcpbulk" "$TOOLS/idlepool" "$TOOLS/upgrader" "$CHART"; do
+for f in "$BATON" "$EMPTY" "$EMPTY_STATIC" "$TOOLS/freeports" "$TOOLS/tcpbulk" "$TOOLS/idlepool" "$TOOLS/upgrader" \
+  "$TOOLS/grpcserver" "$TOOLS/grpcload" "$CHART"; do
   [[ -x $f ]] || die "$f was not built"
 done
 BUILD_S=$((SECONDS - START_S))
@@ -238,14 +243,15 @@ put .params.idle_conns "$IDLE_CONNS"
 put .params.wide_conns "$WIDE_CONNS"
 put .params.idle_round_ms "$IDLE_ROUND_MS"
 put .params.idle_load_s "$IDLE_LOAD_S"
-put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s, median of $ROUNDS interleaved rounds. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker. Loopback only, nothing pinned."
+put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s (h2c, and h2c to an h2c upstream), gRPC unary: grpcload $H2_CONNS connections x $H2_STREAMS streams, one thread, for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s, median of $ROUNDS interleaved rounds. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker (gRPC: grpcserver, 1 thread). Loopback only, nothing pinned."
 
 # ---------------------------------------------------------------------------------------------------------
 # Ports, configs, processes
 
 # Free ephemeral ports, taken right before they are bound (the upgrade scenarios take theirs when they start).
-read -r UP UP_H2 SINK BATON_HTTP BATON_TCP BATON_ADMIN NGX NGX_H2 NGX_TCP HAP HAP_H2 HAP_TCP <<<"$("$TOOLS/freeports" 12)"
-[[ -n ${HAP_TCP:-} ]] || die "freeports did not print 12 ports"
+read -r UP UP_H2 SINK BATON_HTTP BATON_TCP BATON_ADMIN NGX NGX_H2 NGX_TCP HAP HAP_H2 HAP_TCP \
+  GRPC_UP BATON_H2UP BATON_GRPC NGX_H2UP NGX_GRPC HAP_H2UP HAP_GRPC <<<"$("$TOOLS/freeports" 19)"
+[[ -n ${HAP_GRPC:-} ]] || die "freeports did not print 19 ports"
 
 nginx_common() { # DIR
   cat <<EOF
@@ -271,7 +277,8 @@ nginx_http_common() { # DIR
 EOF
 }
 
-# Upstream: nginx, HTTP/1.1 on UP and h2c (prior knowledge, `listen ... http2` on a plain port) on UP_H2.
+# Upstream: nginx, HTTP/1.1 on UP and h2c (prior knowledge, `listen ... http2` on a plain port) on UP_H2; on UP_H2
+# /proto answers with the protocol and method it got, for the sanity check of the HTTP/2 upstream paths.
 mkdir -p "$TMP/upstream/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/uds-static"
 {
   nginx_common "$TMP/upstream"
@@ -279,7 +286,11 @@ mkdir -p "$TMP/upstream/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/uds-static"
   nginx_http_common "$TMP/upstream"
   cat <<EOF
   server { listen 127.0.0.1:$UP; location / { return 200 "ok\n"; } }
-  server { listen 127.0.0.1:$UP_H2 http2; location / { return 200 "ok\n"; } }
+  server {
+    listen 127.0.0.1:$UP_H2 http2;
+    location / { return 200 "ok\n"; }
+    location = /proto { return 200 "\$server_protocol \$request_method\n"; }
+  }
 }
 EOF
 } >"$TMP/upstream/nginx.conf"
@@ -287,7 +298,13 @@ nginx -t -q -c "$TMP/upstream/nginx.conf" -p "$TMP/upstream" -e "$TMP/upstream/e
   die "upstream nginx config: $(cat "$TMP/logs/nginx-t.log")"
 start_bg upstream nginx -c "$TMP/upstream/nginx.conf" -p "$TMP/upstream" -e "$TMP/upstream/error.log"
 
-# nginx as the reverse proxy: HTTP/1.1 on NGX, h2c on NGX_H2, TCP relay (stream) on NGX_TCP.
+# The gRPC upstream: bench/tools grpcserver (h2c, one thread, helloworld.Greeter/SayHello).
+start_bg grpc-upstream "$TOOLS/grpcserver" --listen "127.0.0.1:$GRPC_UP"
+
+# nginx as the reverse proxy: HTTP/1.1 on NGX, h2c on NGX_H2, TCP relay (stream) on NGX_TCP. HTTP/2 to an
+# upstream: nginx 1.22 has it only in the gRPC module, and `grpc_pass` proxies any request, plain GETs too, so
+# NGX_H2UP (to the nginx upstream's h2c port) and NGX_GRPC (to grpcserver) both use it: one upstream connection per
+# request in flight (no multiplexing), kept for reuse by `keepalive`.
 {
   echo "load_module $STREAM_MODULE;"
   nginx_common "$TMP/nginx"
@@ -305,6 +322,16 @@ start_bg upstream nginx -c "$TMP/upstream/nginx.conf" -p "$TMP/upstream" -e "$TM
       proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
     }
   }
+  upstream h2app { server 127.0.0.1:$UP_H2; keepalive 256; keepalive_requests 100000000; }
+  upstream grpcapp { server 127.0.0.1:$GRPC_UP; keepalive 256; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$NGX_H2UP http2;
+    location / { grpc_pass grpc://h2app; grpc_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; }
+  }
+  server {
+    listen 127.0.0.1:$NGX_GRPC http2;
+    location / { grpc_pass grpc://grpcapp; grpc_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; }
+  }
 }
 stream { server { listen 127.0.0.1:$NGX_TCP; proxy_pass 127.0.0.1:$SINK; proxy_half_close on; } }
 EOF
@@ -316,6 +343,7 @@ NGINX_PID=$BG_PID
 
 # HAProxy: master-worker (-W, master CLI -S), one thread, stats socket exposing the listeners for seamless
 # reloads (in master-worker mode the master hands the listeners to the new worker itself on `kill -USR2`).
+# HTTP/2 to an upstream: `server ... proto h2` (streams multiplexed on shared connections, `http-reuse always`).
 cat >"$TMP/haproxy/haproxy.cfg" <<EOF
 global
   nbthread 1
@@ -339,6 +367,24 @@ backend be
   option http-keep-alive
   http-reuse always
   server up 127.0.0.1:$UP
+frontend fe_h2up
+  mode http
+  option forwardfor
+  bind 127.0.0.1:$HAP_H2UP proto h2
+  default_backend be_h2up
+backend be_h2up
+  mode http
+  http-reuse always
+  server up_h2 127.0.0.1:$UP_H2 proto h2
+frontend fe_grpc
+  mode http
+  option forwardfor
+  bind 127.0.0.1:$HAP_GRPC proto h2
+  default_backend be_grpc
+backend be_grpc
+  mode http
+  http-reuse always
+  server grpc 127.0.0.1:$GRPC_UP proto h2
 listen tcp_relay
   mode tcp
   bind 127.0.0.1:$HAP_TCP
@@ -351,7 +397,8 @@ HAPROXY_PID=$BG_PID
 
 start_bg sink "$TOOLS/tcpbulk" sink --listen "127.0.0.1:$SINK"
 
-# baton, fresh (no Kruise env), one worker: http + tcp listeners and admin.
+# baton, fresh (no Kruise env), one worker: http + tcp listeners and admin; two more http listeners whose clusters
+# speak HTTP/2 upstream (`protocol: h2c`): to the nginx upstream's h2c port and to grpcserver.
 cat >"$TMP/baton.yaml" <<EOF
 listeners:
   - name: http
@@ -362,11 +409,25 @@ listeners:
     address: 127.0.0.1:$BATON_TCP
     protocol: tcp
     cluster: sink
+  - name: h2up
+    address: 127.0.0.1:$BATON_H2UP
+    protocol: http
+    cluster: app_h2
+  - name: grpc
+    address: 127.0.0.1:$BATON_GRPC
+    protocol: http
+    cluster: grpc
 clusters:
   - name: app
     endpoints: ["127.0.0.1:$UP"]
   - name: sink
     endpoints: ["127.0.0.1:$SINK"]
+  - name: app_h2
+    endpoints: ["127.0.0.1:$UP_H2"]
+    protocol: h2c
+  - name: grpc
+    endpoints: ["127.0.0.1:$GRPC_UP"]
+    protocol: h2c
 admin:
   address: 127.0.0.1:$BATON_ADMIN
 handoff:
@@ -379,18 +440,31 @@ BATON_PID=$BG_PID
 
 for p in "$UP:upstream nginx" "$UP_H2:upstream nginx h2c" "$SINK:tcp sink" "$NGX:nginx" "$NGX_H2:nginx h2c" \
   "$NGX_TCP:nginx stream" "$HAP:haproxy" "$HAP_H2:haproxy h2c" "$HAP_TCP:haproxy tcp" "$BATON_HTTP:baton" \
-  "$BATON_TCP:baton tcp" "$BATON_ADMIN:baton admin"; do
+  "$BATON_TCP:baton tcp" "$BATON_ADMIN:baton admin" "$GRPC_UP:grpcserver" "$BATON_H2UP:baton h2c upstream" \
+  "$BATON_GRPC:baton grpc" "$NGX_H2UP:nginx h2c upstream" "$NGX_GRPC:nginx grpc" "$HAP_H2UP:haproxy h2c upstream" \
+  "$HAP_GRPC:haproxy grpc"; do
   wait_port "${p%%:*}" "${p#*:}" "$TMP/logs"
 done
 NGINX_WORKER=$(child_of "$NGINX_PID") || die "no nginx worker process"
 HAPROXY_WORKER=$(child_of "$HAPROXY_PID") || die "no HAProxy worker process"
 
-# Sanity: every path answers "ok" over HTTP/1.1 and h2c.
-check_ok() { # WHAT CURL_ARGS...
-  local what=$1 body
-  shift
+# Sanity: every path answers "ok" over HTTP/1.1 and h2c; the HTTP/2 upstream paths reach the upstream over
+# HTTP/2; gRPC calls through every path succeed (grpcload checks each answer down to grpc-status 0).
+check_body() { # WHAT EXPECTED CURL_ARGS...
+  local what=$1 want=$2 body
+  shift 2
   body=$(curl -sS --max-time 5 "$@" 2>&1) || die "$what: curl failed: $body"
-  [[ $body == ok ]] || die "$what answered ${body:0:200} instead of ok"
+  [[ $body == "$want" ]] || die "$what answered ${body:0:200} instead of $want"
+}
+check_ok() { # WHAT CURL_ARGS...
+  local what=$1
+  shift
+  check_body "$what" ok "$@"
+}
+check_grpc() { # WHAT ADDR
+  local out
+  out=$("$TOOLS/grpcload" --target "$2" --calls 64 --conns 2 --streams 8 --timeout-ms 5000 2>&1) ||
+    die "$1: gRPC calls failed: $(tail -1 <<<"$out")"
 }
 check_ok direct "http://127.0.0.1:$UP/"
 check_ok baton "http://127.0.0.1:$BATON_HTTP/"
@@ -400,6 +474,14 @@ check_ok "direct h2c" --http2-prior-knowledge "http://127.0.0.1:$UP_H2/"
 check_ok "baton h2c" --http2-prior-knowledge "http://127.0.0.1:$BATON_HTTP/"
 check_ok "nginx h2c" --http2-prior-knowledge "http://127.0.0.1:$NGX_H2/"
 check_ok "haproxy h2c" --http2-prior-knowledge "http://127.0.0.1:$HAP_H2/"
+for p in "baton:$BATON_H2UP" "nginx:$NGX_H2UP" "haproxy:$HAP_H2UP"; do
+  check_ok "${p%%:*} h2c to the h2c upstream" --http2-prior-knowledge "http://127.0.0.1:${p#*:}/"
+  check_body "${p%%:*} h2c to the h2c upstream, protocol upstream" "HTTP/2.0 GET" --http2-prior-knowledge \
+    "http://127.0.0.1:${p#*:}/proto"
+done
+for p in "direct:$GRPC_UP" "baton:$BATON_GRPC" "nginx:$NGX_GRPC" "haproxy:$HAP_GRPC"; do
+  check_grpc "${p%%:*} gRPC" "127.0.0.1:${p#*:}"
+done
 log "upstream, sink, baton (pid $BATON_PID), nginx (worker $NGINX_WORKER), HAProxy (worker $HAPROXY_WORKER) serving; built in ${BUILD_S} s"
 
 # ---------------------------------------------------------------------------------------------------------
@@ -511,27 +593,106 @@ unset WRK_CONNS
 # ---------------------------------------------------------------------------------------------------------
 # 3. h2c (prior knowledge): nginx 1.22 serves h2c on a plain `listen ... http2` port, so direct works.
 
-h2_json() { # URL
-  local out=$TMP/logs/h2load-$RANDOM.log warm=()
+# conns_to PID PORT: the established TCP connections process PID holds to 127.0.0.1:PORT (its sockets' inodes
+# looked up in /proc/net/tcp).
+conns_to() {
+  local inodes
+  inodes=$(find "/proc/$1/fd" -lname 'socket:*' -printf '%l\n' 2>/dev/null | tr -dc '0-9\n' | tr '\n' ' ')
+  awk -v port="$(printf ':%04X' "$2")" -v inodes=" $inodes " '
+    $4 == "01" && substr($3, length($3) - 4) == port && index(inodes, " " $10 " ") { n++ }
+    END { print n + 0 }' /proc/net/tcp
+}
+
+# mid_run_conns PID PORT: in the middle of a measured run that starts now, conns_to PID PORT; null without a PID
+# (direct runs).
+mid_run_conns() {
+  if [[ -z ${1:-} ]]; then
+    echo null
+    return 0
+  fi
+  sleep "$(awk -v w="$WARMUP" -v d="$DUR" 'BEGIN { print w + d / 2 }')"
+  conns_to "$1" "$2"
+}
+
+# h2_json URL [PID UPSTREAM_PORT]: one h2load run; req/s, counts and the mean/sd/max request time h2load prints,
+# p50/p99 from its per-request log (--log-file: one write(2) per request in h2load, alike for every target), and
+# with a PID the connections that process holds to UPSTREAM_PORT mid-run.
+h2_json() {
+  local out=$TMP/logs/h2load-$RANDOM.log reqlog=$TMP/h2load-requests.tsv warm=() pid conns n j p50 p99
+  rm -f "$reqlog"
   ((WARMUP > 0)) && warm=(--warm-up-time="$WARMUP")
-  h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DUR" "${warm[@]}" "$1" >"$out" 2>&1 ||
-    die "h2load $1 failed: $(tail -5 "$out")"
-  awk '
+  h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D "$DUR" "${warm[@]}" --log-file="$reqlog" "$1" >"$out" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  conns=$(mid_run_conns "${2:-}" "${3:-}")
+  wait "$pid" || die "h2load $1 failed: $(tail -5 "$out")"
+  forget "$pid"
+  n=$(wc -l <"$reqlog" 2>/dev/null || echo 0)
+  # The log's third column: microseconds from the start of a request to the end of its response.
+  read -r p50 p99 < <(cut -f3 "$reqlog" 2>/dev/null | sort -n | awk -v n="$n" '
+    function rank(p, r) { r = p * n; if (r > int(r)) r = int(r) + 1; return r < 1 ? 1 : r }
+    BEGIN { r50 = rank(0.5); r99 = rank(0.99) }
+    NR == r50 { a = $1 } NR == r99 { b = $1 }
+    END { printf "%.4f %.4f\n", a / 1000, b / 1000 }')
+  j=$(awk -v p50="$p50" -v p99="$p99" -v conns="$conns" -v logged="$n" '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     /^finished in/ { rps = $4 }
     /^requests:/ { total = $2; ok = $8; failed = $10; errored = $12; timeout = $14 }
-    /^time for request:/ { mean = ms($6); max = ms($5) }
+    /^time for request:/ { mean = ms($6); max = ms($5); sd = ms($7) }
     END {
       if (rps == "" || total == "") exit 1
-      printf "{\"rps\":%s,\"requests\":%s,\"succeeded\":%s,\"failed\":%d,\"mean_ms\":%.4f,\"max_ms\":%.4f}\n", rps, total, ok, failed + errored + timeout, mean, max
-    }' "$out" || die "cannot parse h2load output: $(tail -12 "$out")"
+      printf "{\"rps\":%s,\"requests\":%s,\"succeeded\":%s,\"failed\":%d,\"mean_ms\":%.4f,\"sd_ms\":%.4f,\"max_ms\":%.4f,\"p50_ms\":%s,\"p99_ms\":%s,\"logged\":%d,\"upstream_conns\":%s}\n", rps, total, ok, failed + errored + timeout, mean, sd, max, p50, p99, logged, conns
+    }' "$out") || die "cannot parse h2load output: $(tail -12 "$out")"
+  # A reachable target (the sanity checks passed) that completes nothing: the harness is broken.
+  [[ $(jq .succeeded <<<"$j") -gt 0 ]] || die "h2load $1: no request succeeded: $(grep -E '^(requests|status codes):' "$out")"
+  echo "$j"
 }
 for t in "${TARGETS[@]}"; do
-  j=$(h2_json "${H2_URL[$t]}")
+  j=$(h2_json "${H2_URL[$t]}" "${MEM_PID[$t]:-}" "$UP")
   put ".h2c.$t" "$j"
-  log "h2c $t: $(jq -r '"\(.rps|floor) req/s, mean \(.mean_ms) ms, failed \(.failed)"' <<<"$j")"
+  log "h2c $t: $(jq -r '"\(.rps|floor) req/s, mean \(.mean_ms) ms, p99 \(.p99_ms) ms, failed \(.failed)"' <<<"$j")"
 done
 put_str .h2c.note "h2c direct: nginx $(jq -r .machine.tools.nginx "$RESULTS") upstream on a plain \`listen ... http2\` port (prior knowledge); nginx and HAProxy fronts with h2c listeners proxy to the same HTTP/1.1 upstream as baton"
+
+# ---------------------------------------------------------------------------------------------------------
+# 3b. h2c to an h2c upstream: the same h2load run against fronts that speak HTTP/2 (prior knowledge) upstream,
+# to the nginx upstream's h2c port (direct: that port).
+
+declare -A H2UP_URL=([direct]="http://127.0.0.1:$UP_H2/" [baton]="http://127.0.0.1:$BATON_H2UP/"
+  [nginx]="http://127.0.0.1:$NGX_H2UP/" [haproxy]="http://127.0.0.1:$HAP_H2UP/")
+for t in "${TARGETS[@]}"; do
+  j=$(h2_json "${H2UP_URL[$t]}" "${MEM_PID[$t]:-}" "$UP_H2")
+  put ".h2c_upstream.$t" "$j"
+  log "h2c to h2c upstream $t: $(jq -r '"\(.rps|floor) req/s, mean \(.mean_ms) ms, p99 \(.p99_ms) ms, failed \(.failed), upstream connections \(.upstream_conns)"' <<<"$j")"
+done
+put_str .h2c_upstream.note "h2c to an h2c upstream: h2load (prior knowledge) to each front, which speaks HTTP/2 with prior knowledge to the nginx upstream's h2c port (direct: h2load to that port). baton: a \`protocol: h2c\` cluster (at most 4 multiplexed connections per endpoint). nginx $(jq -r .machine.tools.nginx "$RESULTS"): \`grpc_pass grpc://...\`, its only way to speak HTTP/2 upstream; it proxies plain GETs too (the sanity check sees the upstream answer \"HTTP/2.0 GET\"), but with one upstream connection per request in flight, no multiplexing (\`keepalive 256\` keeps them for reuse). HAProxy: \`server ... proto h2\`, multiplexed, \`http-reuse always\`. p50/p99 from h2load's per-request log (--log-file), which h2load writes with one write(2) per request, alike for every target. Upstream connections: those the proxy's process holds to the upstream port in the middle of the run."
+
+# ---------------------------------------------------------------------------------------------------------
+# 3c. gRPC unary calls: bench/tools grpcload (16 connections x 16 streams, one thread, every answer checked down
+# to grpc-status 0 in the trailers) against bench/tools grpcserver, direct and through each HTTP/2 upstream setup.
+
+# grpc_json ADDR [PID UPSTREAM_PORT]: one grpcload run; its JSON, with the upstream connections PID holds mid-run.
+grpc_json() {
+  local out=$TMP/logs/grpcload-$RANDOM.log json=$TMP/grpcload.json pid conns
+  "$TOOLS/grpcload" --target "$1" --conns "$H2_CONNS" --streams "$H2_STREAMS" --seconds "$DUR" --warmup "$WARMUP" \
+    --timeout-ms 5000 >"$json" 2>"$out" &
+  pid=$!
+  PIDS+=("$pid")
+  conns=$(mid_run_conns "${2:-}" "${3:-}")
+  # grpcload exits 1 only when not one call succeeded (a reachable target that completes nothing: broken harness).
+  wait "$pid" || die "grpcload $1: $(tail -3 "$out")"
+  forget "$pid"
+  jq -ce --argjson c "$conns" '. + {upstream_conns: $c}' "$json" 2>/dev/null ||
+    die "grpcload $1 printed no JSON: $(head -c 300 "$json") $(tail -3 "$out")"
+}
+declare -A GRPC_ADDR=([direct]="127.0.0.1:$GRPC_UP" [baton]="127.0.0.1:$BATON_GRPC" [nginx]="127.0.0.1:$NGX_GRPC"
+  [haproxy]="127.0.0.1:$HAP_GRPC")
+for t in "${TARGETS[@]}"; do
+  j=$(grpc_json "${GRPC_ADDR[$t]}" "${MEM_PID[$t]:-}" "$GRPC_UP")
+  put ".grpc_unary.$t" "$j"
+  log "grpc unary $t: $(jq -r '"\(.calls_per_s|floor) calls/s, mean \(.mean_ms) ms, p99 \(.p99_ms) ms, failed \(.failed) of \(.calls)\(if .first_failure then " (first: " + .first_failure + ")" else "" end), upstream connections \(.upstream_conns)"' <<<"$j")"
+done
+put_str .grpc_unary.note "gRPC unary: bench/tools grpcload (one thread, $H2_CONNS connections x $H2_STREAMS calls in flight, h2c) calls helloworld.Greeter/SayHello on bench/tools grpcserver (one thread, h2c), directly and through each proxy's HTTP/2 upstream (baton \`protocol: h2c\`, nginx \`grpc_pass\`, HAProxy \`proto h2\`). A call counts as done when its answer is status 200, application/grpc, exactly the expected reply, and trailers with grpc-status 0; anything else is a failed call (by kind in results.json). grpcserver refuses requests without \`te: trailers\`. Calls/s counts the successful calls; latency is theirs, from writing the request to the trailers. h2load cannot check trailers (it counts an HTTP 200 carrying grpc-status 14 as a success), hence the own client."
 
 # ---------------------------------------------------------------------------------------------------------
 # 4. TCP relay: one bulk stream into a sink that confirms every byte.
