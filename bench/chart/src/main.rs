@@ -7,8 +7,9 @@
 //!
 //! - `--md`: machine info, ONE markdown table (every scenario, baton against direct, nginx and HAProxy, a
 //!   ratio against the best peer, each target "met" or "MISSED"), and the list of missed targets;
-//! - `--png`: a chart (throughput per scenario per proxy, latency, TCP relay, failed requests per 100
-//!   upgrades under each client, handoff times, memory), text drawn with `ab_glyph` from a TrueType file read at run time;
+//! - `--png`: a chart (HTTP/1.1 throughput and latency, HTTP/2 throughput and p99 latency (h2c, h2c to an h2c
+//!   upstream, gRPC unary), TCP relay, failed requests per 100 upgrades under each client, handoff times,
+//!   memory), text drawn with `ab_glyph` from a TrueType file read at run time;
 //! - stdout: the table, then one `MISSED: …` line per missed target.
 //!
 //! Exit 0 whatever the numbers say; 1 only when results.json is missing a field the report needs (the
@@ -294,6 +295,139 @@ fn upgrade_load(r: &Results, scenario: &str, p: &str) -> Option<UpgradeLoad> {
     })
 }
 
+/// Upstream connections each proxy held mid-run (none for direct).
+fn upstream_conns_row(r: &Results, scenario: &str, metric: &str) -> Row {
+    let mut cells: [String; 4] = ["—".into(), "n/a".into(), "n/a".into(), "n/a".into()];
+    for (i, p) in PROXIES.iter().enumerate().skip(1) {
+        cells[i] = fmt_num(r.opt(&format!("{scenario}/{p}/upstream_conns")), 0);
+    }
+    Row {
+        metric: metric.into(),
+        cells,
+        ratio: "—".into(),
+        target: String::new(),
+        status: None,
+    }
+}
+
+/// Scenario 3b: h2load against fronts that speak HTTP/2 to the upstream. `h2c_baton`: baton's req/s in scenario 3.
+fn h2c_upstream(r: &mut Results, rep: &mut Report, h2c_baton: Option<f64>) {
+    if !r.exists("h2c_upstream") {
+        rep.notes
+            .push("no h2c → h2c upstream numbers in this results.json (a run from before that scenario)".into());
+        return;
+    }
+    let rps = PROXIES.map(|p| r.opt(&format!("h2c_upstream/{p}/rps")));
+    if rps[1].is_none() {
+        r.problems.push("h2c_upstream/baton/rps: missing".into());
+    }
+    rep.metric(
+        "3b h2c → h2c upstream (h2load): req/s",
+        rps,
+        0,
+        Better::Higher,
+        "",
+        None,
+    );
+    for (label, field) in [("mean request time", "mean_ms"), ("latency p99", "p99_ms")] {
+        rep.metric(
+            &format!("3b h2c → h2c upstream: {label} (ms)"),
+            PROXIES.map(|p| r.opt(&format!("h2c_upstream/{p}/{field}"))),
+            3,
+            Better::Lower,
+            "",
+            None,
+        );
+    }
+    rep.push(upstream_conns_row(
+        r,
+        "h2c_upstream",
+        "3b h2c → h2c upstream: the proxy's connections to the upstream, mid-run",
+    ));
+    let failed: f64 = PROXIES
+        .iter()
+        .filter_map(|p| r.opt(&format!("h2c_upstream/{p}/failed")))
+        .sum();
+    if failed > 0.0 {
+        rep.notes.push(format!(
+            "h2load reported {failed} failed or errored requests in scenario 3b"
+        ));
+    }
+    if let (Some(up), Some(h2c)) = (rps[1], h2c_baton) {
+        rep.notes.push(format!(
+            "baton h2c → h2c upstream / baton h2c → HTTP/1.1 upstream throughput: {:.2}×",
+            up / h2c
+        ));
+    }
+    let note = r.text("h2c_upstream/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+}
+
+/// Scenario 3c: gRPC unary calls (grpcload against grpcserver).
+fn grpc_unary(r: &mut Results, rep: &mut Report) {
+    if !r.exists("grpc_unary") {
+        rep.notes
+            .push("no gRPC unary numbers in this results.json (a run from before that scenario)".into());
+        return;
+    }
+    let calls = PROXIES.map(|p| r.opt(&format!("grpc_unary/{p}/calls_per_s")));
+    if calls[1].is_none() {
+        r.problems.push("grpc_unary/baton/calls_per_s: missing".into());
+    }
+    rep.metric(
+        "3c gRPC unary calls (grpcload): successful calls/s",
+        calls,
+        0,
+        Better::Higher,
+        "",
+        None,
+    );
+    for (label, field) in [("mean", "mean_ms"), ("p99", "p99_ms")] {
+        rep.metric(
+            &format!("3c gRPC unary: latency {label} (ms)"),
+            PROXIES.map(|p| r.opt(&format!("grpc_unary/{p}/{field}"))),
+            3,
+            Better::Lower,
+            "",
+            None,
+        );
+    }
+    let mut cells: [String; 4] = Default::default();
+    for (i, p) in PROXIES.iter().enumerate() {
+        let failed = r.opt(&format!("grpc_unary/{p}/failed"));
+        let total = r.opt(&format!("grpc_unary/{p}/calls"));
+        cells[i] = match (failed, total) {
+            (Some(f), Some(t)) => format!("{} / {}", fmt_num(Some(f), 0), fmt_num(Some(t), 0)),
+            _ => "n/a".into(),
+        };
+        if failed.is_some_and(|f| f > 0.0) {
+            let first = r.text(&format!("grpc_unary/{p}/first_failure"));
+            rep.notes.push(format!(
+                "gRPC unary through {p}: {} failed calls; the first: {first}",
+                fmt_num(failed, 0)
+            ));
+        }
+    }
+    rep.push(Row {
+        metric: "3c gRPC unary: failed / total calls (not status 200 + the reply + grpc-status 0)".into(),
+        cells,
+        ratio: "—".into(),
+        target: String::new(),
+        status: None,
+    });
+    rep.push(upstream_conns_row(
+        r,
+        "grpc_unary",
+        "3c gRPC unary: the proxy's connections to the upstream, mid-run",
+    ));
+    let note = r.text("grpc_unary/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+}
+
 fn build_report(r: &mut Results) -> Report {
     let mut rep = Report {
         rows: Vec::new(),
@@ -407,6 +541,11 @@ fn build_report(r: &mut Results) -> Report {
         "",
         None,
     );
+    // From h2load's per-request log (results.json of older runs have no p99).
+    let h2_p99 = PROXIES.map(|p| r.opt(&format!("h2c/{p}/p99_ms")));
+    if h2_p99.iter().any(Option::is_some) {
+        rep.metric("3 h2c latency p99 (ms)", h2_p99, 3, Better::Lower, "", None);
+    }
     let h2_failed: f64 = PROXIES.iter().filter_map(|p| r.opt(&format!("h2c/{p}/failed"))).sum();
     if h2_failed > 0.0 {
         rep.notes.push(format!(
@@ -423,6 +562,10 @@ fn build_report(r: &mut Results) -> Report {
     if !note.is_empty() {
         rep.notes.push(note);
     }
+
+    // 3b. h2c to an h2c upstream, 3c. gRPC unary calls
+    h2c_upstream(r, &mut rep, h2[1]);
+    grpc_unary(r, &mut rep);
 
     // 4. TCP relay
     let tcp = PROXIES.map(|p| r.opt(&format!("tcp_bulk/{p}/gbit_s")));
@@ -770,6 +913,22 @@ mod chart {
         /// series name, colour index, value per group
         pub series: Vec<(String, usize, Vec<Option<f64>>)>,
         pub decimals: usize,
+        /// The top of the y axis when the first series (direct) would dwarf the others: its taller bars are cut
+        /// there, their labels marked with an arrow.
+        pub clip: Option<f64>,
+    }
+
+    /// A clip for a panel whose first series (direct) is over twice the tallest bar of the others.
+    pub fn clip_direct(series: &[(String, usize, Vec<Option<f64>>)]) -> Option<f64> {
+        let max = |s: &[(String, usize, Vec<Option<f64>>)]| {
+            s.iter()
+                .flat_map(|x| x.2.iter().flatten())
+                .copied()
+                .fold(0.0f64, f64::max)
+        };
+        let others = max(series.get(1..).unwrap_or(&[]));
+        let direct = max(series.get(..1).unwrap_or(&[]));
+        (others > 0.0 && direct > 2.0 * others).then_some(others * 1.25)
     }
 
     fn short(v: f64, decimals: usize) -> String {
@@ -783,12 +942,12 @@ mod chart {
     }
 
     pub fn draw(path: &std::path::Path, title: &str, panels: &[Panel]) -> Result<(), String> {
-        let root = BitMapBackend::new(path, (1600, 1000)).into_drawing_area();
+        let root = BitMapBackend::new(path, (2100, 1000)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let root = root
             .titled(title, ("sans-serif", 26).into_font())
             .map_err(|e| e.to_string())?;
-        let areas = root.split_evenly((2, 3));
+        let areas = root.split_evenly((2, 4));
         for (panel, area) in panels.iter().zip(areas.iter()) {
             draw_panel(&root, area, panel)?;
         }
@@ -800,12 +959,13 @@ mod chart {
         area: &DrawingArea<DB, plotters::coord::Shift>,
         p: &Panel,
     ) -> Result<(), String> {
-        let max = p
-            .series
-            .iter()
-            .flat_map(|s| s.2.iter().flatten())
-            .copied()
-            .fold(0.0f64, f64::max);
+        let max = p.clip.unwrap_or_else(|| {
+            p.series
+                .iter()
+                .flat_map(|s| s.2.iter().flatten())
+                .copied()
+                .fold(0.0f64, f64::max)
+        });
         // Headroom above the tallest bar for its value label and the legend.
         let ymax = if max > 0.0 { max * 1.45 } else { 1.0 };
         let n = p.groups.len().max(1) as f64;
@@ -844,7 +1004,7 @@ mod chart {
         for (si, (name, color, values)) in p.series.iter().enumerate() {
             let c = COLORS[*color % COLORS.len()];
             let bars = values.iter().enumerate().filter_map(|(g, v)| {
-                let v = (*v)?;
+                let v = (*v)?.min(max);
                 let x0 = g as f64 + 0.1 + si as f64 * slot;
                 Some(Rectangle::new(
                     [(x0 + slot * 0.06, 0.0), (x0 + slot * 0.94, v)],
@@ -859,11 +1019,12 @@ mod chart {
             let labels = values.iter().enumerate().filter_map(|(g, v)| {
                 let v = (*v)?;
                 let x = g as f64 + 0.1 + (si as f64 + 0.5) * slot;
-                Some(Text::new(
-                    short(v, p.decimals),
-                    (x, v + ymax * 0.01),
-                    label_style.clone(),
-                ))
+                let text = if v > max {
+                    format!("{} ↑", short(v, p.decimals))
+                } else {
+                    short(v, p.decimals)
+                };
+                Some(Text::new(text, (x, v.min(max) + ymax * 0.01), label_style.clone()))
             });
             chart.draw_series(labels).map_err(|e| e.to_string())?;
         }
@@ -927,26 +1088,26 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
     let hl = handoffs(r, "upgrades_keepalive/baton/upgrader").unwrap_or_default();
     let mib = |path: &str| r.opt(path).map(|k| k / 1024.0);
     let wide = r.opt("params/wide_conns").map_or("more".into(), |c| format!("{c:.0}"));
+    let h2_throughput = per_proxy(
+        &["h2c/{p}/rps", "h2c_upstream/{p}/rps", "grpc_unary/{p}/calls_per_s"],
+        1.0,
+    );
+    let h2_groups = vec!["h2c".to_string(), "h2c → h2c upstream".into(), "gRPC unary".into()];
     vec![
         Panel {
-            title: "HTTP throughput (1 worker each; HTTP/1.1 unless h2c)".into(),
+            title: "HTTP/1.1 throughput (1 worker each)".into(),
             y_label: "requests / s".into(),
-            groups: vec![
-                "keep-alive".into(),
-                format!("keep-alive ×{wide}"),
-                "new conn".into(),
-                "h2c".into(),
-            ],
+            groups: vec!["keep-alive".into(), format!("keep-alive ×{wide}"), "new conn".into()],
             series: per_proxy(
                 &[
                     "http1_keepalive/{p}/rps",
                     "http1_keepalive_wide/{p}/rps",
                     "http1_close/{p}/rps",
-                    "h2c/{p}/rps",
                 ],
                 1.0,
             ),
             decimals: 0,
+            clip: None,
         },
         Panel {
             title: "HTTP/1.1 keep-alive latency".into(),
@@ -961,6 +1122,26 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
                 1e-3,
             ),
             decimals: 2,
+            clip: None,
+        },
+        Panel {
+            title: "HTTP/2 throughput (h2load; gRPC: grpcload)".into(),
+            y_label: "requests or calls / s".into(),
+            groups: h2_groups.clone(),
+            clip: chart::clip_direct(&h2_throughput),
+            series: h2_throughput,
+            decimals: 0,
+        },
+        Panel {
+            title: "HTTP/2 latency p99".into(),
+            y_label: "ms".into(),
+            groups: h2_groups,
+            series: per_proxy(
+                &["h2c/{p}/p99_ms", "h2c_upstream/{p}/p99_ms", "grpc_unary/{p}/p99_ms"],
+                1.0,
+            ),
+            decimals: 2,
+            clip: None,
         },
         Panel {
             title: "TCP relay, one bulk stream".into(),
@@ -968,6 +1149,7 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
             groups: vec!["bulk send".into()],
             series: per_proxy(&["tcp_bulk/{p}/gbit_s"], 1.0),
             decimals: 1,
+            clip: None,
         },
         Panel {
             title: format!("Failed requests per 100 upgrades/reloads ({count:.0} in a run)"),
@@ -975,6 +1157,7 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
             groups: vec!["wrk keep-alive".into(), "wrk new conn".into(), "idle pool".into()],
             series: upgrade_series,
             decimals: 0,
+            clip: None,
         },
         Panel {
             title: "baton handoff (start → serving; migrate return)".into(),
@@ -1003,6 +1186,7 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
                 ),
             ],
             decimals: 1,
+            clip: None,
         },
         Panel {
             title: "Memory (RSS)".into(),
@@ -1041,6 +1225,7 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
                 ),
             ],
             decimals: 2,
+            clip: None,
         },
     ]
 }
