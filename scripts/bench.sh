@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # baton benchmark suite: baton against a direct connection, nginx and HAProxy, all on 127.0.0.1.
 #
-#   scripts/bench.sh            full run (~5-6 min plus builds): bench/results.{md,json,png}
+#   scripts/bench.sh            full run (~7-8 min plus builds): bench/results.{md,json,png}
 #   scripts/bench.sh --smoke    ~1 s per scenario, minimal counts, proves the harness end to end (< 90 s with
 #                               warm builds); results in target/bench/smoke/
 #
