@@ -6,34 +6,34 @@
 //!
 //! No protoc here: the service is written by hand on tonic's generic API (`tonic::server::Grpc` with the
 //! `*Service` traits, `tonic::client::Grpc`), with a codec whose messages are raw bytes. Framing, status codes,
-//! trailers and HTTP/2 are tonic's and hyper's own.
+//! trailers and HTTP/2 are tonic's and hyper's own. The codec and the routing by path are shared with the demo's
+//! upstream and load generator: `examples/support/grpc_raw.rs`.
 
 // Helpers outside #[test] functions unwrap too: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
+#[path = "../examples/support/grpc_raw.rs"]
+mod grpc_raw;
 mod hot_upgrade;
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{Buf, Bytes};
 use common::*;
 use futures_util::{stream, Stream};
+use grpc_raw::{method_path, refused_unsent, BoxFuture, Methods, RawCodec, Routed};
 use hot_upgrade::*;
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::server::{ClientStreamingService, NamedService, ServerStreamingService, StreamingService, UnaryService};
+use tonic::server::{ClientStreamingService, ServerStreamingService, StreamingService, UnaryService};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
 
@@ -113,52 +113,9 @@ fn checksum_of(md: &MetadataMap) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// a codec for raw bytes messages
-// ---------------------------------------------------------------------------------------------------------------
-
-/// Messages are bytes, as they are: the codec tonic's generated code would take from prost, minus protobuf.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = Bytes;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put(item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining())))
-    }
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // the server: baton.test.Probe, routed by path
 // ---------------------------------------------------------------------------------------------------------------
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 type MessageStream = Pin<Box<dyn Stream<Item = Result<Bytes, Status>> + Send + 'static>>;
 
 /// What the server saw.
@@ -168,14 +125,11 @@ struct Seen {
     te: Mutex<Vec<String>>,
 }
 
-/// The service: a tower `Service` that routes by path to tonic's `Grpc` handlers, as tonic's generated code does.
+/// The service, routed by path to tonic's `Grpc` handlers (as a tower `Service`: [`Routed`]), as tonic's generated
+/// code does.
 #[derive(Clone)]
 struct Probe {
     seen: Arc<Seen>,
-}
-
-impl NamedService for Probe {
-    const NAME: &'static str = SERVICE;
 }
 
 fn grpc_server() -> tonic::server::Grpc<RawCodec> {
@@ -184,16 +138,14 @@ fn grpc_server() -> tonic::server::Grpc<RawCodec> {
         .max_encoding_message_size(MAX_MESSAGE)
 }
 
-impl tower_service::Service<http::Request<tonic::body::Body>> for Probe {
-    type Response = http::Response<tonic::body::Body>;
-    type Error = Infallible;
-    type Future = BoxFuture<Result<Self::Response, Infallible>>;
+impl Methods for Probe {
+    const NAME: &'static str = SERVICE;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+    fn call(
+        &mut self,
+        method: &str,
+        req: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>> {
         let te = req
             .headers()
             .get(http::header::TE)
@@ -201,21 +153,16 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for Probe {
             .unwrap_or_default();
         self.seen.te.lock().unwrap().push(te);
         let path = req.uri().path().to_string();
+        let method = method.to_string();
         Box::pin(async move {
-            let method = path
-                .strip_prefix('/')
-                .and_then(|p| p.strip_prefix(SERVICE))
-                .and_then(|p| p.strip_prefix('/'))
-                .unwrap_or("");
-            let resp = match method {
+            match method.as_str() {
                 "Echo" => grpc_server().unary(Echo, req).await,
                 "Sleep" => grpc_server().unary(Sleep, req).await,
                 "Count" => grpc_server().server_streaming(Count, req).await,
                 "Sum" => grpc_server().client_streaming(Sum, req).await,
                 "Chat" => grpc_server().streaming(Chat, req).await,
                 _ => Status::unimplemented(format!("no method {path}")).into_http(),
-            };
-            Ok(resp)
+            }
         })
     }
 }
@@ -365,7 +312,7 @@ impl GrpcUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the gRPC upstream");
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
-        let svc = Probe { seen: seen.clone() };
+        let svc = Routed(Probe { seen: seen.clone() });
         let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(async move {
             tonic::transport::Server::builder()
@@ -394,7 +341,7 @@ struct ProbeClient {
 }
 
 fn path(method: &str) -> PathAndQuery {
-    PathAndQuery::try_from(format!("/{SERVICE}/{method}")).unwrap()
+    method_path(SERVICE, method).unwrap()
 }
 
 fn not_ready(e: tonic::transport::Error) -> Status {
@@ -1104,15 +1051,6 @@ struct LoadStats {
     errors: Mutex<Vec<String>>,
     /// Failures other than hyper's refusal of a call it never sent at a GOAWAY.
     other: Mutex<Vec<String>>,
-}
-
-/// Whether a failed call is hyper's refusal of a call it had not sent, on a connection that got GOAWAY: the
-/// dispatch queue dropped (`Canceled`, "connection closed") or the stream refused locally by h2 (`GoAway`
-/// NO_ERROR from the remote).
-fn refused_unsent(status: &Status) -> bool {
-    let source = format!("{:?}", std::error::Error::source(status));
-    (status.code() == Code::Cancelled && source.contains("Canceled") && source.contains("connection closed"))
-        || (status.code() == Code::Internal && source.contains("GoAway") && source.contains("NO_ERROR"))
 }
 
 /// Asserts that every failed call so far was a refusal of an unsent call ([`refused_unsent`]).
