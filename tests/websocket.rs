@@ -9,6 +9,8 @@
 
 mod common;
 mod hot_upgrade;
+#[path = "../examples/support/ws_frames.rs"]
+mod ws_frames;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -27,6 +29,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::handshake::server::ErrorResponse;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
+use ws_frames::{check_echo, frame};
 
 /// Longest wait for anything baton should pass on.
 const WAIT: Duration = Duration::from_secs(10);
@@ -257,69 +260,7 @@ async fn websocket_handshake_passes_through() {
 // 4b. one WebSocket through 10 upgrades
 // ---------------------------------------------------------------------------------------------------------------
 
-/// FNV-1a (64 bits).
-fn fnv(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
-/// The frame number `seq` of the echo test, derived from `seq` alone: text or binary, 0 to 64 KiB. Each carries
-/// its sequence number and the checksum of its payload, so a frame lost, repeated, reordered or changed is told
-/// apart from the rest.
-fn frame(seq: u64) -> Message {
-    let mut x = seq.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x2545_F491_4F6C_DD1D;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let size = (next() % (64 * 1024 - 40)) as usize;
-    if next() % 2 == 0 {
-        let payload: String = (0..size).map(|_| (b' ' + (next() % 95) as u8) as char).collect();
-        Message::text(format!("{seq:016x} {:016x} {payload}", fnv(payload.as_bytes())))
-    } else {
-        let payload: Vec<u8> = (0..size).map(|_| (next() >> 32) as u8).collect();
-        let mut m = Vec::with_capacity(16 + size);
-        m.extend_from_slice(&seq.to_be_bytes());
-        m.extend_from_slice(&fnv(&payload).to_be_bytes());
-        m.extend_from_slice(&payload);
-        Message::binary(m)
-    }
-}
-
-/// Checks an echoed frame on its own (sequence number and checksum), then against the one sent as `seq`.
-fn check_echo(seq: u64, got: &Message) -> Result<(), String> {
-    let carried = match got {
-        Message::Text(t) => {
-            let t = t.as_str();
-            let (s, rest) = t.split_at_checked(16).ok_or("short text frame")?;
-            let (sum, payload) = rest
-                .get(1..17)
-                .zip(rest.get(18..))
-                .ok_or_else(|| format!("frame {seq}: malformed text frame"))?;
-            let ok = u64::from_str_radix(sum, 16).ok() == Some(fnv(payload.as_bytes()));
-            (u64::from_str_radix(s, 16).ok(), ok)
-        }
-        Message::Binary(b) if b.len() >= 16 => {
-            let s = u64::from_be_bytes(b[..8].try_into().unwrap());
-            let sum = u64::from_be_bytes(b[8..16].try_into().unwrap());
-            (Some(s), sum == fnv(&b[16..]))
-        }
-        other => return Err(format!("frame {seq}: got {other:?}")),
-    };
-    match carried {
-        (Some(s), _) if s != seq => Err(format!("frame {seq} expected, frame {s} came")),
-        (_, false) => Err(format!("frame {seq}: checksum mismatch")),
-        (None, _) => Err(format!("frame {seq}: no sequence number")),
-        _ if *got != frame(seq) => Err(format!("frame {seq}: not the frame sent")),
-        _ => Ok(()),
-    }
-}
+// The frames (`frame`, `check_echo`) are those of the demo's WebSocket client: examples/support/ws_frames.rs.
 
 #[derive(Default)]
 struct EchoState {
