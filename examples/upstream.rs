@@ -4,16 +4,26 @@
 //!   - `POST` (any path): 200, echoes the request body back;
 //!   - anything else: 200 with the body `hello from upstream\n`;
 //!   - optional query parameter `sleep_ms=N` (capped at 60000): waits N ms before answering, handy for
-//!     in-flight requests across a handoff.
+//!     in-flight requests across a handoff;
+//!   - a WebSocket handshake (HTTP/1.1 `GET /ws` with `Upgrade: websocket`): `101`, then the connection is a
+//!     WebSocket echo: every text and binary message is sent back as it came.
 //! * TCP echo on `--tcp-echo ADDR` (optional): every byte read is written back.
+//! * gRPC on `--grpc ADDR` (optional), h2c: the unary method `/baton.demo.Echo/Echo` answers the request's
+//!   message, raw bytes as they came (no protobuf: `support/grpc_raw.rs`).
 //!
 //! Stdout protocol (each line flushed): the first line is `listening on ADDR` with the actual HTTP address;
-//! with `--tcp-echo` the second line is `tcp echo listening on ADDR`. Nothing else is written to stdout.
-//! Exits 0 on SIGTERM or SIGINT.
+//! with `--tcp-echo` the next line is `tcp echo listening on ADDR`; with `--grpc` the next one is
+//! `grpc listening on ADDR`. Nothing else is written to stdout. Exits 0 on SIGTERM or SIGINT.
 //!
 //! ```text
-//! cargo run --release --example upstream -- --listen 127.0.0.1:8080 --tcp-echo 127.0.0.1:9090
+//! cargo run --release --example upstream -- --listen 127.0.0.1:8080 --tcp-echo 127.0.0.1:9090 --grpc 127.0.0.1:9091
 //! ```
+
+// The codec and the routing of the gRPC service, shared with loadgen and tests/grpc.rs (the client half is
+// not used here).
+#[allow(dead_code)]
+#[path = "support/grpc_raw.rs"]
+mod grpc_raw;
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -23,7 +33,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use clap::Parser;
-use http::{Method, Request, Response, StatusCode};
+use futures_util::{SinkExt as _, StreamExt as _};
+use grpc_raw::{BoxFuture, Methods, RawCodec, Routed};
+use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -33,15 +45,23 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::WebSocketStream;
 
 const HELLO: &str = "hello from upstream\n";
+/// The path of the WebSocket echo.
+const WS_PATH: &str = "/ws";
 /// Longest `sleep_ms` honoured.
 const MAX_SLEEP_MS: u64 = 60_000;
 /// How long open HTTP connections get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
-#[command(about = "Small HTTP/1.1 + h2c upstream (and optional TCP echo) for baton tests and the demo")]
+#[command(
+    about = "Small HTTP/1.1 + h2c upstream with a WebSocket echo (and optional TCP echo and gRPC echo) for baton tests \
+             and the demo"
+)]
 struct Args {
     /// Address of the HTTP listener.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -49,6 +69,9 @@ struct Args {
     /// Also run a TCP echo server on this address.
     #[arg(long, value_name = "ADDR")]
     tcp_echo: Option<SocketAddr>,
+    /// Also run a gRPC server (h2c) of `baton.demo.Echo` on this address.
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<SocketAddr>,
 }
 
 #[tokio::main]
@@ -70,12 +93,23 @@ async fn main() -> Result<()> {
         ),
         None => None,
     };
+    let grpc = match args.grpc {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the gRPC listener on {addr}"))?,
+        ),
+        None => None,
+    };
 
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "listening on {}", http.local_addr()?)?;
         if let Some(echo) = &echo {
             writeln!(out, "tcp echo listening on {}", echo.local_addr()?)?;
+        }
+        if let Some(grpc) = &grpc {
+            writeln!(out, "grpc listening on {}", grpc.local_addr()?)?;
         }
         out.flush()?;
     }
@@ -86,6 +120,7 @@ async fn main() -> Result<()> {
     // `alive_rx.recv()` returns `None` once all of them are gone.
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive, mut alive_rx) = mpsc::channel::<()>(1);
+    let mut grpc_task = grpc.map(|listener| tokio::spawn(grpc_server(listener, stop_rx.clone())));
 
     loop {
         tokio::select! {
@@ -114,18 +149,27 @@ async fn main() -> Result<()> {
     // Let in-flight requests finish, but do not wait for slow clients forever.
     let _ = stop_tx.send(true);
     drop(alive);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, alive_rx.recv()).await;
+    let finished = async {
+        alive_rx.recv().await;
+        if let Some(task) = &mut grpc_task {
+            let _ = task.await;
+        }
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, finished).await;
+    if let Some(task) = grpc_task {
+        task.abort();
+    }
     Ok(())
 }
 
-/// Serves one HTTP connection; on `stop` it finishes the request in flight and closes.
+/// Serves one HTTP connection (upgrades included); on `stop` it finishes the request in flight and closes.
 async fn serve(
     builder: auto::Builder<TokioExecutor>,
     stream: TcpStream,
     mut stop: watch::Receiver<bool>,
     _alive: mpsc::Sender<()>,
 ) {
-    let conn = builder.serve_connection(TokioIo::new(stream), service_fn(handle));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service_fn(handle));
     tokio::pin!(conn);
     // Client resets and the like are normal for a load-test upstream: connection errors are not reported.
     tokio::select! {
@@ -139,7 +183,25 @@ async fn serve(
 }
 
 /// Answers one HTTP request (see the module documentation).
-async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == WS_PATH && req.method() == Method::GET {
+        if let Some(accept) = websocket_accept(req.headers()) {
+            let upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                // A client that goes away before the upgrade completes is none of our business.
+                if let Ok(upgraded) = upgrade.await {
+                    ws_echo(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await).await;
+                }
+            });
+            let mut resp = Response::new(Full::new(Bytes::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let headers = resp.headers_mut();
+            headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
+            headers.insert(header::CONNECTION, header::HeaderValue::from_static("upgrade"));
+            headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+            return Ok(resp);
+        }
+    }
     if let Some(ms) = sleep_ms(req.uri().query()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
@@ -156,6 +218,92 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         Response::new(Full::new(Bytes::from_static(HELLO.as_bytes())))
     };
     Ok(response)
+}
+
+/// The `Sec-WebSocket-Accept` answering a WebSocket handshake request (RFC 6455 §4.2.1), `None` if it is not one.
+fn websocket_accept(headers: &HeaderMap) -> Option<header::HeaderValue> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return None;
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION)?.as_bytes() != b"13" {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    header::HeaderValue::from_str(&derive_accept_key(key.as_bytes())).ok()
+}
+
+/// Echoes every text and binary message until the client closes (tungstenite answers its close frame and pings).
+async fn ws_echo<S>(mut ws: WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    while let Some(Ok(m)) = ws.next().await {
+        if m.is_close() {
+            // tungstenite queued the answering close frame: send it, then read to the end.
+            let _ = ws.flush().await;
+        }
+        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Serves `baton.demo.Echo` (h2c) until `stop`, then lets the calls in flight finish.
+async fn grpc_server(listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopped = async move {
+        let _ = stop.changed().await;
+    };
+    if let Err(err) = tonic::transport::Server::builder()
+        .serve_with_incoming_shutdown(Routed(EchoService), incoming, stopped)
+        .await
+    {
+        let _ = writeln!(std::io::stderr(), "upstream: gRPC server failed: {err}");
+    }
+}
+
+/// The gRPC service `baton.demo.Echo`.
+#[derive(Clone)]
+struct EchoService;
+
+impl Methods for EchoService {
+    const NAME: &'static str = "baton.demo.Echo";
+
+    fn call(
+        &mut self,
+        method: &str,
+        req: http::Request<tonic::body::Body>,
+    ) -> BoxFuture<http::Response<tonic::body::Body>> {
+        let path = req.uri().path().to_owned();
+        let echo = method == "Echo";
+        Box::pin(async move {
+            if echo {
+                tonic::server::Grpc::new(RawCodec).unary(Echo, req).await
+            } else {
+                tonic::Status::unimplemented(format!("no method {path}")).into_http()
+            }
+        })
+    }
+}
+
+/// Unary `Echo`: answers the request's message.
+struct Echo;
+
+impl tonic::server::UnaryService<Bytes> for Echo {
+    type Response = Bytes;
+    type Future = BoxFuture<Result<tonic::Response<Bytes>, tonic::Status>>;
+
+    fn call(&mut self, req: tonic::Request<Bytes>) -> Self::Future {
+        Box::pin(async move { Ok(tonic::Response::new(req.into_inner())) })
+    }
 }
 
 /// Extracts `sleep_ms=N` from a query string (ignored when malformed).
