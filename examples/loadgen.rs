@@ -1,6 +1,7 @@
-//! `loadgen`: an HTTP/1.1 load generator that counts every failed request precisely.
+//! `loadgen`: an HTTP/1.1 load generator that counts every failed request precisely, with an optional WebSocket
+//! client and an optional gRPC client beside it.
 //!
-//! Two kinds of clients run concurrently against `--target ADDR`:
+//! Two kinds of HTTP clients run concurrently against `--target ADDR`:
 //! * `--keepalive N` clients each reuse one keep-alive connection. After a complete response that carries
 //!   `Connection: close`, or when the connection turns out to be closed before the next request was written,
 //!   the client opens a new connection: that is normal connection management, not a failure.
@@ -17,33 +18,71 @@
 //! failed or timed out. Against a server that never closes a keep-alive connection under a busy client,
 //! `keepalive_reopened` is 0 and `keepalive_opened` equals `--keepalive`. Nothing is counted after the stop.
 //!
+//! With `--websocket ADDR`, one WebSocket client opens ONE connection to `ws://ADDR/ws` (the example upstream's
+//! echo, through baton's `http` listener) and keeps it for the whole run: it sends text and binary frames of 0 to
+//! 64 KiB, each carrying its sequence number and the checksum of its payload (`support/ws_frames.rs`), one every
+//! 10 ms with at most 8 not echoed yet, and checks every echo, in order. At the stop it waits for the echoes of
+//! what it sent and completes the close handshake. A frame echoed wrong or not at all (5 s), a connection
+//! refused, cut or closed by the server, a failed handshake: each is an error (`ws_errors`, kinds in
+//! `ws_error_kinds`); the client then opens a new connection, and every connection after the first counts in
+//! `ws_reconnects`. Through baton's upgrades the tunnel is handed over: both stay 0.
+//!
+//! With `--grpc ADDR`, one gRPC client (tonic) on one channel calls the unary `/baton.demo.Echo/Echo` (raw bytes,
+//! `support/grpc_raw.rs`) in a loop, each call with a distinct payload that must come back (5 s deadline). tonic
+//! reconnects the channel by itself when its HTTP/2 connection goes (baton sends GOAWAY at each upgrade: HTTP/2
+//! connections are not handed over); `grpc_connections` counts the TCP connections it opened. A call that tonic
+//! refused unsent at a GOAWAY (`Cancelled` "connection closed" or `Internal` GoAway NO_ERROR: hyperium/hyper#2500)
+//! never reached the server: it is sent again once and counted in `grpc_resent` (reasons in
+//! `grpc_resent_reasons`), not as failed. Any other error, or the resent call failing, counts in `grpc_failed`
+//! (kinds in `grpc_errors`); `grpc_ok` counts the calls answered with their own payload.
+//!
 //! Runs for `--duration` (e.g. `30s`; forever if omitted) or until SIGTERM/SIGINT. Stdout, one JSON object
 //! per line, flushed after each:
 //! * every `--report-interval`:
 //!   `{"t":1.0,"requests":1234,"failed":0,"rps":1200.0,"keepalive_opened":8,"keepalive_reopened":0}`
 //!   (`requests`, `failed` and the connection counts are cumulative; `requests` counts finished requests,
-//!   successful or not; `rps` is over the last interval);
+//!   successful or not; `rps` is over the last interval), then with `--websocket`
+//!   `"ws_frames":F,"ws_errors":0,"ws_reconnects":0` and with `--grpc` `"grpc_ok":N,"grpc_failed":0,"grpc_resent":R`
+//!   (cumulative);
 //! * at the end: `{"summary":true,"requests":N,"failed":F,"errors":{"<kind>":count,...},"keepalive_opened":O,
 //!   "keepalive_reopened":R,"keepalive_reopen_reasons":{"<reason>":count,...}}`, the reasons being
 //!   `server_closed` (closed while idle, seen before the next request was written), `connection_close` (the
-//!   response said so) and `error:<kind>` (the request failed, `<kind>` as in `errors`).
+//!   response said so) and `error:<kind>` (the request failed, `<kind>` as in `errors`); then with `--websocket`
+//!   `"ws_frames":F,"ws_bytes":B,"ws_errors":E,"ws_reconnects":R,"ws_error_kinds":{...}` (`ws_bytes`: the
+//!   payload bytes echoed) and with `--grpc` `"grpc_ok":N,"grpc_failed":F,"grpc_resent":R,"grpc_connections":C,
+//!   "grpc_errors":{...},"grpc_resent_reasons":{...}`.
 //!
-//! Exit code 0 if no request failed, 1 otherwise, 2 on a usage error.
+//! Exit code 0 if no request failed (and no WebSocket error or reconnect, no gRPC call failed), 1 otherwise, 2 on
+//! a usage error.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --target 127.0.0.1:15006 --keepalive 8 --newconn 4 --duration 10s
+//! cargo run --release --example loadgen -- --target 127.0.0.1:15006 --websocket 127.0.0.1:15006 \
+//!     --grpc 127.0.0.1:15007 --duration 10s
 //! ```
+
+// The codec and the test for the calls tonic refuses unsent, shared with upstream and tests/grpc.rs (the server
+// half is not used here).
+#[allow(dead_code)]
+#[path = "support/grpc_raw.rs"]
+mod grpc_raw;
+#[path = "support/ws_frames.rs"]
+mod ws_frames;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
 use bytes::Bytes;
 use clap::Parser;
+use futures_util::{SinkExt as _, StreamExt as _};
+use grpc_raw::{method_path, refused_unsent, BoxFuture, RawCodec};
+use http::uri::PathAndQuery;
 use http::{header, Request, Response};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Incoming;
@@ -52,7 +91,11 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpStream;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::{self, Message};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Status;
+use ws_frames::{check_echo, frame};
 
 /// Deadline for one request: connect (if needed), send, response headers and the whole body.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -60,6 +103,21 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_CLIENTS: usize = 10_000;
 /// Pause after a failed request, so an unreachable target does not turn into a busy loop.
 const FAILURE_BACKOFF: Duration = Duration::from_millis(20);
+/// The path of the WebSocket echo (the example upstream's).
+const WS_PATH: &str = "/ws";
+/// Interval between two WebSocket frames.
+const WS_INTERVAL: Duration = Duration::from_millis(10);
+/// WebSocket frames sent and not echoed yet, at most.
+const WS_WINDOW: usize = 8;
+/// Longest wait for the WebSocket handshake, for the next echo, and for the answer to the close frame.
+const WS_TIMEOUT: Duration = Duration::from_secs(5);
+/// The gRPC service and method called (the example upstream's).
+const GRPC_SERVICE: &str = "baton.demo.Echo";
+const GRPC_METHOD: &str = "Echo";
+/// Deadline for one gRPC call (and for the call sent again).
+const GRPC_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two gRPC calls.
+const GRPC_INTERVAL: Duration = Duration::from_millis(2);
 
 #[derive(Parser, Debug)]
 #[command(about = "HTTP/1.1 load generator with precise failure accounting")]
@@ -82,6 +140,12 @@ struct Args {
     /// Request path (origin form).
     #[arg(long, default_value = "/")]
     path: String,
+    /// Also run one WebSocket client, on one connection to ws://ADDR/ws (the example upstream's echo).
+    #[arg(long, value_name = "ADDR")]
+    websocket: Option<SocketAddr>,
+    /// Also run one gRPC client (tonic, one channel) calling /baton.demo.Echo/Echo on ADDR (h2c).
+    #[arg(long, value_name = "ADDR")]
+    grpc: Option<SocketAddr>,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
@@ -122,6 +186,36 @@ struct Stats {
     /// Keep-alive connections given up, each of which the client then had to reopen.
     keepalive_reopened: AtomicU64,
     keepalive_reopen_reasons: Mutex<BTreeMap<String, u64>>,
+    /// WebSocket frames echoed intact, and their payload bytes.
+    ws_frames: AtomicU64,
+    ws_bytes: AtomicU64,
+    /// WebSocket errors (each ends a connection), by kind.
+    ws_errors: AtomicU64,
+    ws_error_kinds: Mutex<BTreeMap<String, u64>>,
+    /// WebSocket connections opened after the first.
+    ws_reconnects: AtomicU64,
+    /// gRPC calls answered with their own payload.
+    grpc_ok: AtomicU64,
+    /// gRPC calls failed, by kind.
+    grpc_failed: AtomicU64,
+    grpc_errors: Mutex<BTreeMap<String, u64>>,
+    /// gRPC calls refused unsent by tonic at a GOAWAY and sent again, by the refusal's code.
+    grpc_resent: AtomicU64,
+    grpc_resent_reasons: Mutex<BTreeMap<String, u64>>,
+    /// TCP connections the gRPC channel opened.
+    grpc_connections: AtomicU64,
+}
+
+/// Adds one to `key` in a map of counts.
+fn count(map: &Mutex<BTreeMap<String, u64>>, key: String) {
+    // A poisoned lock only means another client panicked mid-insert; the map is still usable.
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    *map.entry(key).or_insert(0) += 1;
+}
+
+/// A copy of a map of counts.
+fn counts(map: &Mutex<BTreeMap<String, u64>>) -> BTreeMap<String, u64> {
+    map.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl Stats {
@@ -145,6 +239,22 @@ impl Stats {
         self.keepalive_reopened.fetch_add(1, Ordering::Relaxed);
         let mut reasons = self.keepalive_reopen_reasons.lock().unwrap_or_else(|e| e.into_inner());
         *reasons.entry(reason).or_insert(0) += 1;
+    }
+
+    fn ws_progress(&self) -> WsProgress {
+        WsProgress {
+            ws_frames: self.ws_frames.load(Ordering::Relaxed),
+            ws_errors: self.ws_errors.load(Ordering::Relaxed),
+            ws_reconnects: self.ws_reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    fn grpc_progress(&self) -> GrpcProgress {
+        GrpcProgress {
+            grpc_ok: self.grpc_ok.load(Ordering::Relaxed),
+            grpc_failed: self.grpc_failed.load(Ordering::Relaxed),
+            grpc_resent: self.grpc_resent.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -170,16 +280,25 @@ async fn main() {
     }
 }
 
-/// Runs the load and prints the reports; returns the number of failed requests.
+/// Runs the load and prints the reports; returns the number of failed requests, WebSocket errors and reconnects,
+/// and failed gRPC calls.
 async fn run(args: Args) -> Result<u64> {
     let newconn = args.newconn.unwrap_or(0);
     let keepalive = args.keepalive.unwrap_or(if args.newconn.is_none() { 8 } else { 0 });
     if keepalive > MAX_CLIENTS || newconn > MAX_CLIENTS {
         bail!("at most {MAX_CLIENTS} clients of each kind");
     }
-    if keepalive + newconn == 0 {
-        bail!("nothing to do: --keepalive and --newconn are both 0");
+    if keepalive + newconn == 0 && args.websocket.is_none() && args.grpc.is_none() {
+        bail!("nothing to do: --keepalive and --newconn are both 0, and neither --websocket nor --grpc is given");
     }
+    let grpc = match args.grpc {
+        Some(addr) => Some(GrpcTarget {
+            endpoint: Endpoint::from_shared(format!("http://{addr}")).context("the gRPC endpoint")?,
+            addr,
+            path: method_path(GRPC_SERVICE, GRPC_METHOD).context("the gRPC method's path")?,
+        }),
+        None => None,
+    };
     args.path
         .parse::<http::uri::PathAndQuery>()
         .ok()
@@ -200,6 +319,14 @@ async fn run(args: Args) -> Result<u64> {
     for _ in 0..newconn {
         clients.spawn(newconn_client(target, path.clone(), stats.clone(), stop_rx.clone()));
     }
+    if let Some(addr) = args.websocket {
+        clients.spawn(websocket_client(addr, stats.clone(), stop_rx.clone()));
+    }
+    let with_grpc = grpc.is_some();
+    if let Some(grpc) = grpc {
+        clients.spawn(grpc_client(grpc, stats.clone(), stop_rx.clone()));
+    }
+    let with_ws = args.websocket.is_some();
 
     let start = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -222,6 +349,8 @@ async fn run(args: Args) -> Result<u64> {
                     rps: round1(rps),
                     keepalive_opened: stats.keepalive_opened.load(Ordering::Relaxed),
                     keepalive_reopened: stats.keepalive_reopened.load(Ordering::Relaxed),
+                    ws: with_ws.then(|| stats.ws_progress()),
+                    grpc: with_grpc.then(|| stats.grpc_progress()),
                 })?;
                 last_requests = requests;
                 last_t = t;
@@ -232,7 +361,8 @@ async fn run(args: Args) -> Result<u64> {
         }
     }
 
-    // Requests still in flight are abandoned and not counted either way.
+    // Requests still in flight are abandoned and not counted either way (the WebSocket client waits for the
+    // echoes of the frames it sent and closes).
     let _ = stop_tx.send(true);
     while clients.join_next().await.is_some() {}
 
@@ -252,8 +382,26 @@ async fn run(args: Args) -> Result<u64> {
         keepalive_opened: stats.keepalive_opened.load(Ordering::Relaxed),
         keepalive_reopened: stats.keepalive_reopened.load(Ordering::Relaxed),
         keepalive_reopen_reasons,
+        ws: with_ws.then(|| WsSummary {
+            ws_frames: stats.ws_frames.load(Ordering::Relaxed),
+            ws_bytes: stats.ws_bytes.load(Ordering::Relaxed),
+            ws_errors: stats.ws_errors.load(Ordering::Relaxed),
+            ws_reconnects: stats.ws_reconnects.load(Ordering::Relaxed),
+            ws_error_kinds: counts(&stats.ws_error_kinds),
+        }),
+        grpc: with_grpc.then(|| GrpcSummary {
+            grpc_ok: stats.grpc_ok.load(Ordering::Relaxed),
+            grpc_failed: stats.grpc_failed.load(Ordering::Relaxed),
+            grpc_resent: stats.grpc_resent.load(Ordering::Relaxed),
+            grpc_connections: stats.grpc_connections.load(Ordering::Relaxed),
+            grpc_errors: counts(&stats.grpc_errors),
+            grpc_resent_reasons: counts(&stats.grpc_resent_reasons),
+        }),
     })?;
-    Ok(failed)
+    Ok(failed
+        + stats.ws_errors.load(Ordering::Relaxed)
+        + stats.ws_reconnects.load(Ordering::Relaxed)
+        + stats.grpc_failed.load(Ordering::Relaxed))
 }
 
 /// Waits until `deadline`, or forever without one.
@@ -277,6 +425,26 @@ struct Report {
     rps: f64,
     keepalive_opened: u64,
     keepalive_reopened: u64,
+    #[serde(flatten)]
+    ws: Option<WsProgress>,
+    #[serde(flatten)]
+    grpc: Option<GrpcProgress>,
+}
+
+/// The WebSocket client's fields of a progress line (with `--websocket` only).
+#[derive(Serialize)]
+struct WsProgress {
+    ws_frames: u64,
+    ws_errors: u64,
+    ws_reconnects: u64,
+}
+
+/// The gRPC client's fields of a progress line (with `--grpc` only).
+#[derive(Serialize)]
+struct GrpcProgress {
+    grpc_ok: u64,
+    grpc_failed: u64,
+    grpc_resent: u64,
 }
 
 /// The final line (new fields go last).
@@ -289,6 +457,31 @@ struct Summary {
     keepalive_opened: u64,
     keepalive_reopened: u64,
     keepalive_reopen_reasons: BTreeMap<String, u64>,
+    #[serde(flatten)]
+    ws: Option<WsSummary>,
+    #[serde(flatten)]
+    grpc: Option<GrpcSummary>,
+}
+
+/// The WebSocket client's fields of the final line (with `--websocket` only).
+#[derive(Serialize)]
+struct WsSummary {
+    ws_frames: u64,
+    ws_bytes: u64,
+    ws_errors: u64,
+    ws_reconnects: u64,
+    ws_error_kinds: BTreeMap<String, u64>,
+}
+
+/// The gRPC client's fields of the final line (with `--grpc` only).
+#[derive(Serialize)]
+struct GrpcSummary {
+    grpc_ok: u64,
+    grpc_failed: u64,
+    grpc_resent: u64,
+    grpc_connections: u64,
+    grpc_errors: BTreeMap<String, u64>,
+    grpc_resent_reasons: BTreeMap<String, u64>,
 }
 
 /// Prints one JSON line and flushes.
@@ -514,5 +707,261 @@ fn io_kind(err: &std::io::Error) -> &'static str {
         TimedOut => "timeout",
         AddrNotAvailable => "addr_not_available",
         _ => "io",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The WebSocket client
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// One WebSocket connection for the whole run; a new one only after an error (counted in `ws_reconnects`).
+async fn websocket_client(addr: SocketAddr, stats: Arc<Stats>, stop: watch::Receiver<bool>) {
+    let mut opened = 0u64;
+    while !*stop.borrow() {
+        let result = match ws_connect(addr).await {
+            Ok(ws) => {
+                opened += 1;
+                if opened > 1 {
+                    stats.ws_reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                ws_session(ws, &stats, stop.clone()).await
+            }
+            Err(kind) => Err(kind),
+        };
+        match result {
+            // Stopped, and closed cleanly.
+            Ok(()) => break,
+            Err(kind) => {
+                stats.ws_errors.fetch_add(1, Ordering::Relaxed);
+                count(&stats.ws_error_kinds, kind);
+                tokio::time::sleep(FAILURE_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Opens a TCP connection and does the WebSocket handshake on it.
+async fn ws_connect(addr: SocketAddr) -> Result<Ws, String> {
+    let attempt = async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|err| format!("connect:{}", io_kind(&err)))?;
+        let _ = stream.set_nodelay(true);
+        let (ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}{WS_PATH}"), stream)
+            .await
+            .map_err(|err| format!("handshake:{}", ws_kind(&err)))?;
+        Ok(ws)
+    };
+    tokio::time::timeout(WS_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err("handshake:timeout".into()))
+}
+
+/// Sends frames on `ws` and checks their echoes until the stop, then waits for the last echoes and closes.
+/// Returns the kind of the first error, which ends the connection.
+async fn ws_session(ws: Ws, stats: &Stats, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    let (mut sink, mut incoming) = ws.split();
+    let window = Semaphore::new(WS_WINDOW);
+    let sent = AtomicU64::new(0);
+    let closing = AtomicBool::new(false);
+    let writer = async {
+        let mut tick = tokio::time::interval(WS_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*stop.borrow() {
+            tokio::select! {
+                // Only `true` is ever sent, and a dropped sender also means "stop".
+                _ = stop.changed() => break,
+                _ = tick.tick() => {}
+            }
+            // The semaphore is never closed; `forget` keeps the permit taken until the echo gives it back.
+            window
+                .acquire()
+                .await
+                .map_err(|_| "window closed".to_string())?
+                .forget();
+            let seq = sent.load(Ordering::Relaxed);
+            sink.send(frame(seq))
+                .await
+                .map_err(|err| format!("send:{}", ws_kind(&err)))?;
+            sent.store(seq + 1, Ordering::Relaxed);
+        }
+        closing.store(true, Ordering::Relaxed);
+        sink.close().await.map_err(|err| format!("close:{}", ws_kind(&err)))
+    };
+    let reader = async {
+        let mut seq = 0u64;
+        loop {
+            let Ok(next) = tokio::time::timeout(WS_TIMEOUT, incoming.next()).await else {
+                let closing = closing.load(Ordering::Relaxed);
+                return Err(if closing { "close:timeout" } else { "echo:timeout" }.to_string());
+            };
+            let closing = closing.load(Ordering::Relaxed);
+            match next {
+                Some(Ok(Message::Close(_))) | None if closing => {
+                    // Every frame sent before the close frame was echoed before the answer to it.
+                    let sent = sent.load(Ordering::Relaxed);
+                    if seq != sent {
+                        let _ = writeln!(
+                            std::io::stderr(),
+                            "loadgen: websocket: {sent} frames sent, {seq} echoed"
+                        );
+                        return Err("close:echoes_missing".into());
+                    }
+                    return Ok(());
+                }
+                Some(Ok(Message::Close(_))) => return Err("closed_by_server".into()),
+                None => return Err("connection_ended".into()),
+                Some(Err(err)) => return Err(format!("read:{}", ws_kind(&err))),
+                Some(Ok(m)) if m.is_text() || m.is_binary() => {
+                    if let Err(what) = check_echo(seq, &m) {
+                        let _ = writeln!(std::io::stderr(), "loadgen: websocket: {what}");
+                        return Err("echo:mismatch".into());
+                    }
+                    seq += 1;
+                    stats.ws_frames.fetch_add(1, Ordering::Relaxed);
+                    stats.ws_bytes.fetch_add(m.len() as u64, Ordering::Relaxed);
+                    window.add_permits(1);
+                }
+                // Pings (answered by tungstenite), pongs.
+                Some(Ok(_)) => {}
+            }
+        }
+    };
+    tokio::try_join!(writer, reader).map(|_| ())
+}
+
+/// A short, stable name for a WebSocket error.
+fn ws_kind(err: &tungstenite::Error) -> String {
+    match err {
+        tungstenite::Error::Io(io) => io_kind(io).into(),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "closed".into(),
+        tungstenite::Error::Protocol(_) => "protocol".into(),
+        tungstenite::Error::Http(resp) => format!("status_{}", resp.status().as_u16()),
+        _ => "other".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The gRPC client
+
+/// Where the gRPC client calls.
+struct GrpcTarget {
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    path: PathAndQuery,
+}
+
+/// Calls Echo in a loop on one channel, sending a call again once when tonic refused it unsent at a GOAWAY.
+async fn grpc_client(target: GrpcTarget, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let connector = CountingConnector {
+        addr: target.addr,
+        stats: stats.clone(),
+    };
+    let mut grpc = tonic::client::Grpc::new(target.endpoint.connect_with_connector_lazy(connector));
+    for n in 0u64.. {
+        let body = grpc_payload(n);
+        let Some(mut result) = unless_stopped(&mut stop, grpc_call(&mut grpc, &target.path, body.clone())).await else {
+            break;
+        };
+        if let Err(CallError::Status(status)) = &result {
+            if refused_unsent(status) {
+                // It never left the client: sending it now is its first time at the server.
+                stats.grpc_resent.fetch_add(1, Ordering::Relaxed);
+                count(&stats.grpc_resent_reasons, format!("{:?}", status.code()));
+                match unless_stopped(&mut stop, grpc_call(&mut grpc, &target.path, body.clone())).await {
+                    Some(again) => result = again,
+                    None => break,
+                }
+            }
+        }
+        let failure = match result {
+            Ok(answer) if answer == body => None,
+            Ok(_) => Some("wrong_answer".to_string()),
+            Err(CallError::Timeout) => Some("timeout".to_string()),
+            Err(CallError::Status(status)) => Some(status_kind(&status)),
+        };
+        match failure {
+            None => {
+                stats.grpc_ok.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(GRPC_INTERVAL).await;
+            }
+            Some(kind) => {
+                stats.grpc_failed.fetch_add(1, Ordering::Relaxed);
+                count(&stats.grpc_errors, kind);
+                tokio::time::sleep(FAILURE_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Why a gRPC call did not answer.
+enum CallError {
+    Status(Status),
+    Timeout,
+}
+
+/// One unary call, within the deadline.
+async fn grpc_call(
+    grpc: &mut tonic::client::Grpc<Channel>,
+    path: &PathAndQuery,
+    body: Bytes,
+) -> Result<Bytes, CallError> {
+    let call = async {
+        grpc.ready()
+            .await
+            .map_err(|err| Status::unavailable(format!("channel not ready: {err}")))?;
+        grpc.unary(tonic::Request::new(body), path.clone(), RawCodec)
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    match tokio::time::timeout(GRPC_TIMEOUT, call).await {
+        Ok(result) => result.map_err(CallError::Status),
+        Err(_) => Err(CallError::Timeout),
+    }
+}
+
+/// The payload of call `n`: its number, then 0 to 4 KiB of bytes derived from it.
+fn grpc_payload(n: u64) -> Bytes {
+    let size = (n.wrapping_mul(7919) % 4096) as usize;
+    let mut payload = format!("loadgen grpc call {n} ").into_bytes();
+    payload.extend((0..size).map(|i| (n as usize).wrapping_add(i.wrapping_mul(31)) as u8));
+    Bytes::from(payload)
+}
+
+/// A short name for a failed call: its code and message (the message cut at 80 characters).
+fn status_kind(status: &Status) -> String {
+    let message: String = status.message().chars().take(80).collect();
+    if message.is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {message}", status.code())
+    }
+}
+
+/// The gRPC channel's connector: TCP to the target, counted in `grpc_connections`.
+#[derive(Clone)]
+struct CountingConnector {
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+}
+
+impl tower_service::Service<http::Uri> for CountingConnector {
+    type Response = TokioIo<TcpStream>;
+    type Error = std::io::Error;
+    type Future = BoxFuture<std::io::Result<TokioIo<TcpStream>>>;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let (addr, stats) = (self.addr, self.stats.clone());
+        Box::pin(async move {
+            let stream = TcpStream::connect(addr).await?;
+            stream.set_nodelay(true)?;
+            stats.grpc_connections.fetch_add(1, Ordering::Relaxed);
+            Ok(TokioIo::new(stream))
+        })
     }
 }
