@@ -6,9 +6,12 @@
 //!
 //! * T0, pod created: `proxy-1` runs v1 (`SIDECARSET_VERSION=1`, `ALT=0`), `proxy-2` the empty image (`0`, `1`);
 //!   each container's postStart hook `baton migrate` runs right after it starts and must exit 0.
-//! * Load starts: `loadgen` (keep-alive and new-connection HTTP clients) against baton's http listener, and
-//!   through baton's tcp listener one TCP echo round trip every 100 ms on a new connection each, plus one every
-//!   100 ms on a single long-lived TCP stream.
+//! * Load starts: `loadgen` (keep-alive and new-connection HTTP clients) against baton's http listener, with
+//!   one WebSocket client on one connection through that same listener (its `101` tunnel to the upstream's
+//!   WebSocket echo: checksummed text and binary frames, every 10 ms) and one gRPC client (tonic, one channel,
+//!   unary calls in a loop) through baton's second http listener, whose cluster is `protocol: h2c`; and through
+//!   baton's tcp listener one TCP echo round trip every 100 ms on a new connection each, plus one every 100 ms on
+//!   a single long-lived TCP stream.
 //! * T1, upgrade v1→v2: kubelet stops the empty `proxy-2` (SIGTERM, must exit 0 promptly) and starts v2 in it
 //!   (`R2`, `1`); its postStart (`baton migrate`) is the handoff and is timed.
 //! * T2, reset: the controller gives `proxy-1` the empty image; kubelet SIGTERMs the old v1 process (it must
@@ -18,14 +21,18 @@
 //! * T3, upgrade v2→v3 the other way round: empty `proxy-1` stopped, v3 started there (`R3`, `R2`), postStart.
 //! * T4, reset: `proxy-2` gets SIGTERM and restarts empty (`0`, `R3`).
 //! * Then the load stops and a summary is printed: requests, failures, keep-alive connections and the TCP
-//!   stream reopened, handoff and drain times, exit codes.
+//!   stream reopened, WebSocket frames echoed, errors and reconnects, gRPC calls ok, failed and resent, handoff
+//!   and drain times, exit codes.
 //!
 //! While running it prints one progress line per second and one line per Kubernetes step. Exit code 0 only
-//! if no HTTP request or TCP round trip failed, no keep-alive connection and not the long-lived TCP stream had
-//! to be reopened while the load ran (the upgrades hand them over; the load is stopped before the pod is
-//! deleted, so its end cannot close any), every baton process exited 0 when told to, `/status` showed
-//! generations 1 → 2 → 3 from the expected processes, and nothing else unexpected happened. Every child
-//! process is killed on any exit path.
+//! if no HTTP request, TCP round trip or gRPC call failed, no keep-alive connection, not the long-lived TCP
+//! stream and not the WebSocket had to be reopened while the load ran and the WebSocket saw no error (the
+//! upgrades hand them over; the load is stopped before the pod is deleted, so its end cannot close any), every
+//! baton process exited 0 when told to, `/status` showed generations 1 → 2 → 3 from the expected processes, and
+//! nothing else unexpected happened. gRPC calls that tonic refused unsent at an old instance's GOAWAY (HTTP/2
+//! connections are not handed over, and hyper does not send such a call on the new connection by itself) are
+//! sent again by the client, once, and shown as resent: they are not failures. Every child process is killed on
+//! any exit path.
 //!
 //! ```text
 //! make demo        # or: cargo build --release --bins --examples && target/release/examples/demo
@@ -411,6 +418,14 @@ struct LoadReport {
     rps: f64,
     /// Keep-alive connections given up so far (`None` from a loadgen that does not count them).
     keepalive_reopened: Option<u64>,
+    /// The WebSocket client's counts so far (`None` without `--websocket`).
+    ws_frames: Option<u64>,
+    ws_errors: Option<u64>,
+    ws_reconnects: Option<u64>,
+    /// The gRPC client's counts so far (`None` without `--grpc`).
+    grpc_ok: Option<u64>,
+    grpc_failed: Option<u64>,
+    grpc_resent: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -424,6 +439,33 @@ struct LoadSummary {
     keepalive_reopened: Option<u64>,
     #[serde(default)]
     keepalive_reopen_reasons: BTreeMap<String, u64>,
+    /// WebSocket frames echoed intact, their payload bytes, errors and connections opened after the first.
+    ws_frames: Option<u64>,
+    ws_bytes: Option<u64>,
+    ws_errors: Option<u64>,
+    ws_reconnects: Option<u64>,
+    #[serde(default)]
+    ws_error_kinds: BTreeMap<String, u64>,
+    /// gRPC calls answered, failed, and refused unsent by tonic at a GOAWAY then sent again; the channel's TCP
+    /// connections.
+    grpc_ok: Option<u64>,
+    grpc_failed: Option<u64>,
+    grpc_resent: Option<u64>,
+    grpc_connections: Option<u64>,
+    #[serde(default)]
+    grpc_errors: BTreeMap<String, u64>,
+    #[serde(default)]
+    grpc_resent_reasons: BTreeMap<String, u64>,
+}
+
+impl LoadSummary {
+    /// Whether loadgen should have exited 0: nothing failed, the WebSocket had no error and no reconnect.
+    fn clean(&self) -> bool {
+        self.failed == 0
+            && self.ws_errors.unwrap_or(0) == 0
+            && self.ws_reconnects.unwrap_or(0) == 0
+            && self.grpc_failed.unwrap_or(0) == 0
+    }
 }
 
 #[derive(Default)]
@@ -445,7 +487,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Prints one progress line per second until aborted. Started with loadgen; ticking half a second out of
-/// phase with loadgen's own reports, each line shows the latest report.
+/// phase with loadgen's own reports, each line shows the latest report: `tcp=` and `stream=` are round trips
+/// ok/failed, `ws=` WebSocket frames echoed/errors and reconnects, `grpc=` calls ok/failed, `resent=` gRPC calls
+/// sent again after tonic refused them unsent at a GOAWAY.
 async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, stream: Arc<TcpStats>, admin: SocketAddr) {
     let period = Duration::from_secs(1);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period / 2, period);
@@ -464,8 +508,19 @@ async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, stream: Arc<TcpStats
             ),
             None => format!("rps={:>7} requests={:>8} failed=- reopened=-", "-", "-"),
         };
+        let streams = match board.load {
+            Some(l) => format!(
+                " ws={}/{} grpc={}/{} resent={}",
+                opt(l.ws_frames),
+                opt(l.ws_errors.zip(l.ws_reconnects).map(|(e, r)| e + r)),
+                opt(l.grpc_ok),
+                opt(l.grpc_failed),
+                opt(l.grpc_resent)
+            ),
+            None => " ws=-/- grpc=-/- resent=-".into(),
+        };
         let tcp_line = format!(
-            "tcp={}/{} stream={}/{}",
+            "tcp={}/{} stream={}/{}{streams}",
             tcp.ok.load(Ordering::Relaxed),
             tcp.failed.load(Ordering::Relaxed),
             stream.ok.load(Ordering::Relaxed),
@@ -481,6 +536,11 @@ async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, stream: Arc<TcpStats
         };
         log(format!("{load} {tcp_line}  phase:{phase}  ({admin_line})"));
     }
+}
+
+/// A count, or `-` when loadgen does not report it.
+fn opt(n: Option<u64>) -> String {
+    n.map_or_else(|| "-".into(), |n| n.to_string())
 }
 
 fn slot_phase(slot: &SlotView, status: Option<&Status>) -> String {
@@ -890,9 +950,13 @@ impl Demo {
         // Every configured listener must be there with the right origin (an admin entry may be listed too).
         let want_origin = if role == "takeover" { "inherited" } else { "bound" };
         let listed = |name: &str| status.listeners.iter().any(|l| l.name == name);
-        if !listed("ingress") || !listed("echo") || status.listeners.iter().any(|l| l.origin != want_origin) {
+        if !listed("ingress")
+            || !listed("echo")
+            || !listed("grpc")
+            || status.listeners.iter().any(|l| l.origin != want_origin)
+        {
             self.problem(format!(
-                "{}: listeners [{}] (expected ingress and echo, all {want_origin})",
+                "{}: listeners [{}] (expected ingress, echo and grpc, all {want_origin})",
                 proc.name,
                 origins.join(" ")
             ));
@@ -1034,14 +1098,18 @@ async fn read_addr(lines: &mut tokio::io::Lines<BufReader<ChildStdout>>, prefix:
         .with_context(|| format!("unexpected upstream output {line:?} (expected `{prefix}ADDR`)"))
 }
 
-fn write_config(
-    dir: &Path,
+/// The addresses in baton's config: its listeners and admin, and the upstream's.
+struct Addrs {
     http: SocketAddr,
     tcp: SocketAddr,
+    grpc: SocketAddr,
     admin: SocketAddr,
-    upstream: SocketAddr,
-    echo: SocketAddr,
-) -> Result<PathBuf> {
+    upstream_http: SocketAddr,
+    upstream_echo: SocketAddr,
+    upstream_grpc: SocketAddr,
+}
+
+fn write_config(dir: &Path, a: &Addrs) -> Result<PathBuf> {
     let uds = dir.join("uds");
     std::fs::create_dir_all(&uds).with_context(|| format!("creating {}", uds.display()))?;
     let uds = uds.to_str().context("temporary directory path is not UTF-8")?;
@@ -1058,6 +1126,10 @@ fn write_config(
          \x20   address: {tcp}\n\
          \x20   protocol: tcp\n\
          \x20   cluster: echo\n\
+         \x20 - name: grpc\n\
+         \x20   address: {grpc}\n\
+         \x20   protocol: http\n\
+         \x20   cluster: grpc\n\
          clusters:\n\
          \x20 - name: app\n\
          \x20   endpoints: [\"{upstream}\"]\n\
@@ -1065,12 +1137,24 @@ fn write_config(
          \x20   request_timeout: 5s\n\
          \x20 - name: echo\n\
          \x20   endpoints: [\"{echo}\"]\n\
+         \x20 - name: grpc\n\
+         \x20   endpoints: [\"{upstream_grpc}\"]\n\
+         \x20   protocol: h2c\n\
+         \x20   connect_timeout: 1s\n\
+         \x20   request_timeout: 5s\n\
          admin:\n\
          \x20 address: {admin}\n\
          handoff:\n\
          \x20 uds_dir: {uds}\n\
          \x20 drain_timeout: {}s\n",
-        DRAIN_TIMEOUT.as_secs()
+        DRAIN_TIMEOUT.as_secs(),
+        http = a.http,
+        tcp = a.tcp,
+        grpc = a.grpc,
+        upstream = a.upstream_http,
+        echo = a.upstream_echo,
+        upstream_grpc = a.upstream_grpc,
+        admin = a.admin,
     );
     let path = dir.join("baton.yaml");
     std::fs::write(&path, config).with_context(|| format!("writing {}", path.display()))?;
@@ -1108,28 +1192,50 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
         );
     }
 
-    // Upstream: HTTP plus TCP echo, on ephemeral ports it reports on stdout.
+    // Upstream: HTTP (and the WebSocket echo on /ws), TCP echo and gRPC, on ephemeral ports it reports on stdout.
     let upstream_log = std::fs::File::create(dir.join("logs").join("upstream.log")).context("creating upstream.log")?;
     let mut cmd = command(&paths.upstream);
-    cmd.args(["--listen", "127.0.0.1:0", "--tcp-echo", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(upstream_log);
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--tcp-echo",
+        "127.0.0.1:0",
+        "--grpc",
+        "127.0.0.1:0",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(upstream_log);
     let (mut upstream, stdout) = Proc::spawn("upstream", &mut cmd)?;
     let mut lines = BufReader::new(stdout.context("upstream stdout not captured")?).lines();
     let upstream_http = read_addr(&mut lines, "listening on ").await?;
     let upstream_echo = read_addr(&mut lines, "tcp echo listening on ").await?;
+    let upstream_grpc = read_addr(&mut lines, "grpc listening on ").await?;
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     log(format!(
-        "upstream (pid {}): http {upstream_http}, tcp echo {upstream_echo}",
+        "upstream (pid {}): http {upstream_http} (WebSocket echo on /ws), tcp echo {upstream_echo}, grpc (h2c) \
+         {upstream_grpc}",
         upstream.pid
     ));
 
     // baton config on free ephemeral ports.
-    let ports = free_ports(3)?;
-    let [http, tcp, admin] = [ports[0], ports[1], ports[2]].map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
-    let config = write_config(dir, http, tcp, admin, upstream_http, upstream_echo)?;
+    let ports = free_ports(4)?;
+    let [http, tcp, grpc, admin] =
+        [ports[0], ports[1], ports[2], ports[3]].map(|p| SocketAddr::from(([127, 0, 0, 1], p)));
+    let config = write_config(
+        dir,
+        &Addrs {
+            http,
+            tcp,
+            grpc,
+            admin,
+            upstream_http,
+            upstream_echo,
+            upstream_grpc,
+        },
+    )?;
     log(format!(
-        "config {}: http {http} -> {upstream_http}, tcp {tcp} -> {upstream_echo}, admin {admin}, drain_timeout {}s",
+        "config {}: http {http} -> {upstream_http}, tcp {tcp} -> {upstream_echo}, http {grpc} -> h2c \
+         {upstream_grpc}, admin {admin}, drain_timeout {}s",
         config.display(),
         DRAIN_TIMEOUT.as_secs()
     ));
@@ -1173,11 +1279,12 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     let (slot2, _) = demo.start_slot(2, "empty", 0, 1).await?;
     demo.check_idle(&slot2, &slot1).await;
 
-    // Load: HTTP through the http listener, TCP round trips through the tcp listener, live progress.
+    // Load: HTTP and a WebSocket through the http listener, gRPC through the h2c one, TCP round trips through
+    // the tcp listener, live progress.
     let mut cmd = command(&demo.paths.loadgen);
     let loadgen_args = format!(
-        "--target {http} --keepalive {KEEPALIVE_CLIENTS} --newconn {NEWCONN_CLIENTS} --duration 120s \
-         --report-interval 1s"
+        "--target {http} --keepalive {KEEPALIVE_CLIENTS} --newconn {NEWCONN_CLIENTS} --websocket {http} \
+         --grpc {grpc} --duration 120s --report-interval 1s"
     );
     cmd.args(loadgen_args.split_whitespace())
         .stdout(Stdio::piped())
@@ -1230,10 +1337,14 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     match (&load, loadgen_exit) {
         (None, _) => demo.problem("loadgen printed no summary"),
         (Some(s), _) if s.requests == 0 => demo.problem("loadgen completed no request"),
-        (Some(s), Some(e)) if (s.failed == 0) != e.success() => demo.problem(format!(
-            "loadgen {} does not match {} failed requests",
+        (Some(s), Some(e)) if s.clean() != e.success() => demo.problem(format!(
+            "loadgen {} does not match {} failed requests, {} WebSocket errors and {} reconnects, {} failed gRPC \
+             calls",
             e.describe(),
-            s.failed
+            s.failed,
+            opt(s.ws_errors),
+            opt(s.ws_reconnects),
+            opt(s.grpc_failed)
         )),
         _ => {}
     }
@@ -1268,6 +1379,34 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
                 }
             }
             _ => demo.problem("loadgen did not report its keep-alive connections (keepalive_opened/_reopened)"),
+        }
+        match (s.ws_frames, s.ws_errors, s.ws_reconnects) {
+            (Some(frames), Some(errors), Some(reconnects)) => {
+                if errors > 0 || reconnects > 0 {
+                    demo.problem(format!(
+                        "the WebSocket saw {errors} errors and was reopened {reconnects} times (the upgrades should \
+                         have handed its tunnel over): {:?}",
+                        s.ws_error_kinds
+                    ));
+                } else if frames == 0 {
+                    demo.problem("no WebSocket frame was echoed");
+                }
+            }
+            _ => demo.problem("loadgen did not report its WebSocket client (ws_frames/_errors/_reconnects)"),
+        }
+        match (s.grpc_ok, s.grpc_failed) {
+            (Some(ok), Some(failed)) => {
+                if failed > 0 {
+                    demo.problem(format!(
+                        "{failed} of {} gRPC calls failed: {:?}",
+                        ok + failed,
+                        s.grpc_errors
+                    ));
+                } else if ok == 0 {
+                    demo.problem("no gRPC call completed");
+                }
+            }
+            _ => demo.problem("loadgen did not report its gRPC client (grpc_ok/_failed)"),
         }
     }
     let tcp_ok = tcp_stats.ok.load(Ordering::Relaxed);
@@ -1374,6 +1513,34 @@ fn print_report(outcome: &Outcome) {
             if !s.keepalive_reopen_reasons.is_empty() {
                 say!("HTTP keep-alive reopen reasons        {:?}", s.keepalive_reopen_reasons);
             }
+            say!(
+                "WebSocket frames echoed               {} ({} bytes each way, text and binary, on one connection)",
+                opt(s.ws_frames),
+                opt(s.ws_bytes)
+            );
+            say!("WebSocket reconnects                  {}", opt(s.ws_reconnects));
+            say!("WebSocket errors                      {}", opt(s.ws_errors));
+            if !s.ws_error_kinds.is_empty() {
+                say!("WebSocket error kinds                 {:?}", s.ws_error_kinds);
+            }
+            say!(
+                "gRPC calls ok                         {} (one channel, {} HTTP/2 connections: GOAWAY at each upgrade)",
+                opt(s.grpc_ok),
+                opt(s.grpc_connections)
+            );
+            say!("gRPC calls failed                     {}", opt(s.grpc_failed));
+            if !s.grpc_errors.is_empty() {
+                say!("gRPC failure kinds                    {:?}", s.grpc_errors);
+            }
+            say!(
+                "gRPC calls resent                     {} (refused unsent by tonic at a GOAWAY, sent again{})",
+                opt(s.grpc_resent),
+                if s.grpc_resent_reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {:?}", s.grpc_resent_reasons)
+                }
+            );
         }
         None => say!("HTTP requests                         (no loadgen summary)"),
     }
@@ -1509,8 +1676,8 @@ fn main() -> ExitCode {
             print_report(outcome);
             if outcome.problems.is_empty() {
                 say!(
-                    "RESULT: PASS - no failed request, no connection reopened, every old slot exited 0, \
-                     generations 1 -> 2 -> 3"
+                    "RESULT: PASS - no failed request or gRPC call, no connection or WebSocket reopened, every old \
+                     slot exited 0, generations 1 -> 2 -> 3"
                 );
                 true
             } else {
