@@ -219,3 +219,26 @@ fn version_flag() {
         out.stdout
     );
 }
+
+/// `--log-level` takes a level and `target=level` pairs (the documented syntax); anything else is a usage error
+/// naming the flag, before any work is done.
+#[test]
+fn log_level_syntax() {
+    let dir = TestDir::new();
+    let path = valid_config().write_yaml(&dir, "good.yaml").display().to_string();
+    for good in [
+        "debug",
+        "info,baton_migrate=debug",
+        "warn,baton=trace,baton_migrate=off",
+    ] {
+        let args = ["--log-level", good, "check", "--config", &path];
+        let out = run_baton(&dir, "log-level-good", &args, &Env::fresh(), LIMIT);
+        assert_eq!(out.code, Some(0), "{good}: stderr:\n{}", out.stderr);
+    }
+    for bad in ["baton=nonsense", "info,baton=7"] {
+        let args = ["--log-level", bad, "check", "--config", &path];
+        let out = run_baton(&dir, "log-level-bad", &args, &Env::fresh(), LIMIT);
+        assert_eq!(out.code, Some(2), "{bad}: stderr:\n{}", out.stderr);
+        assert!(out.stderr.contains("--log-level"), "{bad}: stderr:\n{}", out.stderr);
+    }
+}
