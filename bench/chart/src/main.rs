@@ -212,6 +212,25 @@ impl Report {
         });
     }
 
+    /// An HTTP/2 throughput row held to the HTTP/2 target: at least 1.10× the best peer.
+    fn throughput_target(&mut self, metric: &str, vals: [Option<f64>; 4]) {
+        let ratio = ratio_against_peers(&vals, Better::Higher);
+        self.metric(
+            metric,
+            vals,
+            0,
+            Better::Higher,
+            "≥ 1.10× best peer",
+            ratio.map(|x| x >= 1.1),
+        );
+    }
+
+    /// An HTTP/2 p99 row held to the HTTP/2 target: no worse than the best peer.
+    fn p99_target(&mut self, metric: &str, vals: [Option<f64>; 4]) {
+        let ratio = ratio_against_peers(&vals, Better::Lower);
+        self.metric(metric, vals, 3, Better::Lower, "≤ best peer", ratio.map(|x| x <= 1.0));
+    }
+
     fn push(&mut self, row: Row) {
         if row.status == Some(false) {
             self.missed.push(format!("{}: {}", row.metric, row.target));
@@ -321,24 +340,19 @@ fn h2c_upstream(r: &mut Results, rep: &mut Report, h2c_baton: Option<f64>) {
     if rps[1].is_none() {
         r.problems.push("h2c_upstream/baton/rps: missing".into());
     }
+    rep.throughput_target("3b h2c → h2c upstream (h2load): req/s", rps);
     rep.metric(
-        "3b h2c → h2c upstream (h2load): req/s",
-        rps,
-        0,
-        Better::Higher,
+        "3b h2c → h2c upstream: mean request time (ms)",
+        PROXIES.map(|p| r.opt(&format!("h2c_upstream/{p}/mean_ms"))),
+        3,
+        Better::Lower,
         "",
         None,
     );
-    for (label, field) in [("mean request time", "mean_ms"), ("latency p99", "p99_ms")] {
-        rep.metric(
-            &format!("3b h2c → h2c upstream: {label} (ms)"),
-            PROXIES.map(|p| r.opt(&format!("h2c_upstream/{p}/{field}"))),
-            3,
-            Better::Lower,
-            "",
-            None,
-        );
-    }
+    rep.p99_target(
+        "3b h2c → h2c upstream: latency p99 (ms)",
+        PROXIES.map(|p| r.opt(&format!("h2c_upstream/{p}/p99_ms"))),
+    );
     rep.push(upstream_conns_row(
         r,
         "h2c_upstream",
@@ -376,24 +390,19 @@ fn grpc_unary(r: &mut Results, rep: &mut Report) {
     if calls[1].is_none() {
         r.problems.push("grpc_unary/baton/calls_per_s: missing".into());
     }
+    rep.throughput_target("3c gRPC unary calls (grpcload): successful calls/s", calls);
     rep.metric(
-        "3c gRPC unary calls (grpcload): successful calls/s",
-        calls,
-        0,
-        Better::Higher,
+        "3c gRPC unary: latency mean (ms)",
+        PROXIES.map(|p| r.opt(&format!("grpc_unary/{p}/mean_ms"))),
+        3,
+        Better::Lower,
         "",
         None,
     );
-    for (label, field) in [("mean", "mean_ms"), ("p99", "p99_ms")] {
-        rep.metric(
-            &format!("3c gRPC unary: latency {label} (ms)"),
-            PROXIES.map(|p| r.opt(&format!("grpc_unary/{p}/{field}"))),
-            3,
-            Better::Lower,
-            "",
-            None,
-        );
-    }
+    rep.p99_target(
+        "3c gRPC unary: latency p99 (ms)",
+        PROXIES.map(|p| r.opt(&format!("grpc_unary/{p}/p99_ms"))),
+    );
     let mut cells: [String; 4] = Default::default();
     for (i, p) in PROXIES.iter().enumerate() {
         let failed = r.opt(&format!("grpc_unary/{p}/failed"));
@@ -532,7 +541,7 @@ fn build_report(r: &mut Results) -> Report {
     if h2[1].is_none() {
         r.problems.push("h2c/baton/rps: missing".into());
     }
-    rep.metric("3 h2c (h2load): req/s", h2, 0, Better::Higher, "", None);
+    rep.throughput_target("3 h2c (h2load): req/s", h2);
     rep.metric(
         "3 h2c mean request time (ms)",
         PROXIES.map(|p| r.opt(&format!("h2c/{p}/mean_ms"))),
@@ -544,7 +553,7 @@ fn build_report(r: &mut Results) -> Report {
     // From h2load's per-request log (results.json of older runs have no p99).
     let h2_p99 = PROXIES.map(|p| r.opt(&format!("h2c/{p}/p99_ms")));
     if h2_p99.iter().any(Option::is_some) {
-        rep.metric("3 h2c latency p99 (ms)", h2_p99, 3, Better::Lower, "", None);
+        rep.p99_target("3 h2c latency p99 (ms)", h2_p99);
     }
     let h2_failed: f64 = PROXIES.iter().filter_map(|p| r.opt(&format!("h2c/{p}/failed"))).sum();
     if h2_failed > 0.0 {
