@@ -15,7 +15,6 @@
 mod common;
 #[path = "../examples/support/grpc_raw.rs"]
 mod grpc_raw;
-mod hot_upgrade;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,7 +27,6 @@ use bytes::{Buf, Bytes};
 use common::*;
 use futures_util::{stream, Stream};
 use grpc_raw::{method_path, refused_unsent, BoxFuture, Methods, RawCodec, Routed};
-use hot_upgrade::*;
 use http::uri::PathAndQuery;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;

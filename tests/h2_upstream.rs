@@ -23,33 +23,17 @@ use tokio::net::{TcpListener, TcpStream};
 /// Starts baton with one `http` listener whose cluster speaks h2c to `upstream`; returns it, serving, and the
 /// listener's address.
 async fn baton_to_h2c(dir: &TestDir, upstream: SocketAddr, request_timeout: &str) -> (Baton, SocketAddr) {
-    for _ in 0..5 {
-        let (listen, admin) = (free_addr(), free_addr());
-        let config = Config::default()
-            .listener("ingress", listen, "http", "grpc")
+    let first = start_first(dir, 1, |listeners, admin, uds| {
+        Config::default()
+            .listener("ingress", listeners[0], "http", "grpc")
             .cluster("grpc", &[upstream])
             .upstream("h2c", request_timeout)
             .admin(admin)
-            .uds_dir(&dir.subdir("uds"))
-            .write_yaml(dir, "baton.yaml");
-        let c = config.display().to_string();
-        let mut b = Baton::spawn(dir, "baton", &["run", "--config", &c], &Env::fresh());
-        if wait_until(Duration::from_secs(10), || async {
-            ready_code(admin).await.ok() == Some(200)
-        })
-        .await
-        {
-            return (b, listen);
-        }
-        // A free port can be taken between free_addr() and baton's bind: start over with others.
-        assert!(
-            b.stderr().contains("Address already in use"),
-            "baton did not start: {}",
-            b.stderr()
-        );
-        b.kill();
-    }
-    panic!("baton could not bind free ports 5 times in a row");
+            .uds_dir(uds)
+            .to_yaml()
+    })
+    .await;
+    (first.baton, first.listeners[0])
 }
 
 /// An h2 server (the `h2` crate) that answers `200 ok` and, after `per_conn` requests on a connection, sends an
@@ -259,17 +243,17 @@ fn count_x(bytes: &[u8]) -> usize {
 async fn an_http2_only_upstream_of_an_http1_cluster_is_named_in_the_warning() {
     let (upstream, _, _) = goaway_upstream(u64::MAX).await;
     let dir = TestDir::new();
-    let (listen, hyper_listen, admin) = (free_addr(), free_addr(), free_addr());
-    let config = Config::default()
-        .listener("engine", listen, "http", "app")
-        .listener("hyper", hyper_listen, "http", "app")
-        .cluster("app", &[upstream])
-        .admin(admin)
-        .uds_dir(&dir.subdir("uds"))
-        .write_yaml(&dir, "baton.yaml");
-    let c = config.display().to_string();
-    let mut baton = Baton::spawn(&dir, "baton", &["run", "--config", &c], &Env::fresh());
-    baton.wait_ready(admin, Duration::from_secs(10)).await;
+    let first = start_first(&dir, 2, |listeners, admin, uds| {
+        Config::default()
+            .listener("engine", listeners[0], "http", "app")
+            .listener("hyper", listeners[1], "http", "app")
+            .cluster("app", &[upstream])
+            .admin(admin)
+            .uds_dir(uds)
+            .to_yaml()
+    })
+    .await;
+    let (baton, listen, hyper_listen) = (first.baton, first.listeners[0], first.listeners[1]);
     // The engine's path (a plain GET) on one listener, hyper's (a field named in `Connection` sends it there) on
     // the other: each listener has its own warnings.
     let plain = http_get(listen, "/x").await.expect("an answer");

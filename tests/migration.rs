@@ -38,66 +38,12 @@ use tokio::task::JoinHandle;
 
 /// A request that has no complete response by then is a failure.
 const IO_DEADLINE: Duration = Duration::from_secs(5);
-/// How long an old instance may take to exit after `baton migrate` returned, when everything it holds can be
-/// handed over. The tests that use it give the old a drain timeout well beyond this, so an old instance that only
-/// exits at its drain deadline (because it kept its connections) fails them.
-const OLD_EXIT: Duration = Duration::from_secs(10);
 /// Pause between two requests of one load client.
 const PACE: Duration = Duration::from_millis(2);
 
 // ---------------------------------------------------------------------------------------------------------------
 // upgrades
 // ---------------------------------------------------------------------------------------------------------------
-
-/// The env of the instance of generation `g` ≥ 2: VERSION > ALT, the takeover role (as Kruise starts the new slot).
-fn takeover_env(g: u64) -> Env {
-    Env::versions(&(7_340_000 + g).to_string(), &(7_340_000 + g - 1).to_string())
-}
-
-/// Spawns `baton run` (named `name`) with `config` in the takeover role `env` and runs its postStart hook (`baton
-/// migrate` with the same config and env), which must report the handoff complete (exit 0). Returns the new
-/// instance, serving.
-async fn take_over(dir: &TestDir, config: &Path, uds: &Path, name: &str, env: &Env) -> Baton {
-    let (c, u) = (config.display().to_string(), uds.display().to_string());
-    let mut new = Baton::spawn(dir, name, &["run", "--config", &c, "--uds-dir", &u], env);
-    let out = run_baton_async(
-        dir,
-        &format!("{name}-migrate"),
-        &["migrate", "--config", &c, "--uds-dir", &u, "--timeout", "10s"],
-        env,
-        Duration::from_secs(15),
-    )
-    .await;
-    assert_eq!(
-        out.code,
-        Some(0),
-        "baton migrate for {name} should exit 0 (handoff complete); stderr:\n{}",
-        out.stderr
-    );
-    new.assert_running();
-    new
-}
-
-/// Waits up to `within` for the old instance to exit on its own, and asserts it exited 0. `why` says why it should
-/// have exited by then.
-async fn expect_old_exits(old: &mut Baton, within: Duration, why: &str) {
-    match old.wait_timeout(within).await {
-        Some(s) => assert_eq!(
-            s.code(),
-            Some(0),
-            "{} (pid {}) exited with {s}; stderr:\n{}",
-            old.name,
-            old.pid(),
-            old.stderr()
-        ),
-        None => panic!(
-            "{} (pid {}) was still running {within:?} after the handoff, but {why}; stderr:\n{}",
-            old.name,
-            old.pid(),
-            old.stderr()
-        ),
-    }
-}
 
 /// Attempts to start generation 1 (fresh role) with `config` and waits until it serves. `None` if it could not
 /// bind: [`free_addr`] releases a port before baton binds it, and the many client connections of these tests take
@@ -160,13 +106,6 @@ async fn one_keepalive_request_each(conns: &mut [H1], label: &str) -> Vec<String
         }
     }
     failures
-}
-
-/// Asserts that `/status` on `admin` is answered by `pid`, at `generation`.
-async fn assert_serving(admin: SocketAddr, pid: u32, generation: u64) {
-    let st = status(admin).await.expect("GET /status");
-    assert_eq!(st["pid"].as_u64(), Some(pid as u64), "/status pid: {st}");
-    assert_eq!(st["generation"].as_u64(), Some(generation), "/status generation: {st}");
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@
 //! | `inspect` | [`status`], [`metrics`], [`listening_tcp_sockets`]: observing a running baton |
 //! | `load` | [`Load`]: concurrent clients that count every failure |
 //! | `setup` | [`Setup`]: upstreams, ports, uds dir and config of the standard scene |
+//! | `upgrade` | [`start_first`], [`take_over`], [`expect_old_exits`], [`assert_serving`]: Kruise-style hot upgrades |
 #![allow(dead_code)]
 
 mod config;
@@ -28,12 +29,16 @@ mod ports;
 mod process;
 mod requests;
 mod setup;
+mod upgrade;
 mod upstream;
 mod wait;
 
 // Each test binary uses its own part of the kit: the rest of it is unused there, by design.
 #[allow(unused_imports)]
-pub use {config::*, dir::*, inspect::*, load::*, ports::*, process::*, requests::*, setup::*, upstream::*, wait::*};
+pub use {
+    config::*, dir::*, inspect::*, load::*, ports::*, process::*, requests::*, setup::*, upgrade::*, upstream::*,
+    wait::*,
+};
 
 /// Versions used by the tests, shaped like the Kruise SidecarSet resourceVersions (see the Kruise env table).
 pub const R2: &str = "7340032";

@@ -1,15 +1,12 @@
-//! Hot-upgrade steps shared by `tests/grpc.rs` and `tests/websocket.rs`: the first instance, started from a config
-//! the test writes itself, then Kruise-style takeovers.
-//!
-//! [`takeover_env`], [`take_over`], [`expect_old_exits`] and [`assert_serving`] are copies of the helpers of the
-//! same names in `tests/migration.rs`, kept here until `tests/common` offers them.
-#![allow(dead_code)]
+//! Hot upgrades as Kruise drives them: the first instance ([`start_first`], from a config the test writes itself),
+//! then takeovers ([`take_over`] with [`takeover_env`]), the old instance's exit ([`expect_old_exits`]) and who
+//! serves afterwards ([`assert_serving`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::common::*;
+use super::*;
 
 /// How long an old instance may take to exit after `baton migrate` returned, when everything it holds can be handed
 /// over or has finished. Tests give the old instance a drain timeout well beyond this, so one that only exits at its
