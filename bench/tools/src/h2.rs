@@ -116,6 +116,52 @@ pub fn strip<'a>(head: &Head, payload: &'a [u8]) -> Result<&'a [u8], String> {
     Ok(&p[..p.len() - pad])
 }
 
+/// A header block, which a HEADERS frame may leave to CONTINUATION frames to finish (RFC 9113 §6.10).
+#[derive(Debug, Default)]
+pub struct HeaderBlocks {
+    /// The block begun and not finished: its stream, whether it ends the stream, the bytes so far.
+    open: Option<(u32, bool, Vec<u8>)>,
+}
+
+/// A complete header block: its stream, whether it ends the stream, its bytes.
+pub type Block<'a> = (u32, bool, std::borrow::Cow<'a, [u8]>);
+
+impl HeaderBlocks {
+    /// Refuses any frame but a CONTINUATION of the same stream while a block is open.
+    pub fn check(&self, head: &Head) -> Result<(), String> {
+        match &self.open {
+            Some((stream, _, _)) if head.kind != CONTINUATION || head.stream != *stream => {
+                Err("a frame other than CONTINUATION inside a header block".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes a HEADERS or CONTINUATION frame: the block once complete (borrowed when one frame carried it all).
+    pub fn feed<'a>(&mut self, head: &Head, payload: &'a [u8]) -> Result<Option<Block<'a>>, String> {
+        let complete = head.flags & END_HEADERS != 0;
+        if head.kind == HEADERS {
+            let block = strip(head, payload)?;
+            let end = head.flags & END_STREAM != 0;
+            if complete {
+                return Ok(Some((head.stream, end, std::borrow::Cow::Borrowed(block))));
+            }
+            self.open = Some((head.stream, end, block.to_vec()));
+            return Ok(None);
+        }
+        let Some((stream, end, mut block)) = self.open.take() else {
+            return Err("CONTINUATION without HEADERS".into());
+        };
+        block.extend_from_slice(payload);
+        if complete {
+            Ok(Some((stream, end, std::borrow::Cow::Owned(block))))
+        } else {
+            self.open = Some((stream, end, block));
+            Ok(None)
+        }
+    }
+}
+
 /// The (identifier, value) pairs of a SETTINGS payload.
 pub fn settings(payload: &[u8]) -> Result<Vec<(u16, u32)>, String> {
     if !payload.len().is_multiple_of(6) {
@@ -322,6 +368,38 @@ mod tests {
         assert_eq!((out[3], out[4]), (HEADERS, END_STREAM));
         assert_eq!((out[9 + 16 + 3], out[9 + 16 + 4]), (CONTINUATION, 0));
         assert_eq!((out[2 * 25 + 3], out[2 * 25 + 4]), (CONTINUATION, END_HEADERS));
+    }
+
+    #[test]
+    fn a_header_block_split_over_continuation_frames_is_assembled() {
+        let head = |kind, flags, stream, len| Head {
+            len,
+            kind,
+            flags,
+            stream,
+        };
+        let mut blocks = HeaderBlocks::default();
+        // Whole in one HEADERS frame: borrowed as it is.
+        let one = blocks
+            .feed(&head(HEADERS, END_HEADERS | END_STREAM, 1, 3), b"abc")
+            .unwrap();
+        assert_eq!(one, Some((1, true, std::borrow::Cow::Borrowed(&b"abc"[..]))));
+        // Split: nothing until END_HEADERS, and no other frame in between.
+        assert_eq!(blocks.feed(&head(HEADERS, 0, 3, 2), b"ab").unwrap(), None);
+        assert!(blocks.check(&head(DATA, 0, 3, 0)).is_err());
+        assert!(blocks.check(&head(CONTINUATION, 0, 5, 0)).is_err());
+        assert!(blocks.check(&head(CONTINUATION, 0, 3, 0)).is_ok());
+        assert_eq!(blocks.feed(&head(CONTINUATION, 0, 3, 1), b"c").unwrap(), None);
+        let done = blocks.feed(&head(CONTINUATION, END_HEADERS, 3, 1), b"d").unwrap();
+        assert_eq!(
+            done.map(|(s, e, b)| (s, e, b.into_owned())),
+            Some((3, false, b"abcd".to_vec()))
+        );
+        assert!(blocks.check(&head(DATA, 0, 3, 0)).is_ok());
+        assert!(
+            blocks.feed(&head(CONTINUATION, END_HEADERS, 3, 1), b"x").is_err(),
+            "CONTINUATION without HEADERS"
+        );
     }
 
     #[test]

@@ -201,7 +201,7 @@ struct Conn {
     going_away: bool,
     blocked: VecDeque<u32>,
     recv_unacked: u32,
-    cont: Option<(u32, bool, Vec<u8>)>,
+    blocks: h2::HeaderBlocks,
     retry_at: Instant,
     block: Vec<u8>,
 }
@@ -222,7 +222,7 @@ impl Conn {
             going_away: false,
             blocked: VecDeque::new(),
             recv_unacked: 0,
-            cont: None,
+            blocks: h2::HeaderBlocks::default(),
             retry_at: now,
             block: Vec::with_capacity(256),
         }
@@ -343,11 +343,7 @@ impl Conn {
         ctx: &mut Ctx,
         now: Instant,
     ) -> Result<(), String> {
-        if let Some((stream, _, _)) = &self.cont {
-            if head.kind != h2::CONTINUATION || head.stream != *stream {
-                return Err("a frame other than CONTINUATION inside a header block".into());
-            }
-        }
+        self.blocks.check(&head)?;
         match head.kind {
             h2::DATA => {
                 let data = h2::strip(&head, payload)?;
@@ -371,28 +367,10 @@ impl Conn {
                 }
                 Ok(())
             }
-            h2::HEADERS => {
-                let block = h2::strip(&head, payload)?;
-                let end = head.flags & h2::END_STREAM != 0;
-                if head.flags & h2::END_HEADERS != 0 {
-                    self.headers(head.stream, end, block, ctx, now)
-                } else {
-                    self.cont = Some((head.stream, end, block.to_vec()));
-                    Ok(())
-                }
-            }
-            h2::CONTINUATION => {
-                let Some((stream, end, mut block)) = self.cont.take() else {
-                    return Err("CONTINUATION without HEADERS".into());
-                };
-                block.extend_from_slice(payload);
-                if head.flags & h2::END_HEADERS != 0 {
-                    self.headers(stream, end, &block, ctx, now)
-                } else {
-                    self.cont = Some((stream, end, block));
-                    Ok(())
-                }
-            }
+            h2::HEADERS | h2::CONTINUATION => match self.blocks.feed(&head, payload)? {
+                Some((stream, end, block)) => self.headers(stream, end, &block, ctx, now),
+                None => Ok(()),
+            },
             h2::SETTINGS => {
                 if head.flags & h2::ACK != 0 {
                     return Ok(());

@@ -74,7 +74,7 @@ struct State {
     peer_max_frame: usize,
     recv_unacked: u32,
     /// A header block still expecting CONTINUATION frames: stream, END_STREAM, the block so far.
-    cont: Option<(u32, bool, Vec<u8>)>,
+    blocks: h2::HeaderBlocks,
     block: Vec<u8>,
 }
 
@@ -97,44 +97,22 @@ impl State {
             window: h2::DEFAULT_WINDOW,
             peer_max_frame: h2::MAX_FRAME,
             recv_unacked: 0,
-            cont: None,
+            blocks: h2::HeaderBlocks::default(),
             block: Vec::with_capacity(256),
         }
     }
 
     fn frame(&mut self, head: Head, payload: &[u8], out: &mut Vec<u8>, counts: &mut Counts) -> Result<(), String> {
-        if let Some((stream, _, _)) = &self.cont {
-            if head.kind != h2::CONTINUATION || head.stream != *stream {
-                return Err("a frame other than CONTINUATION inside a header block".into());
-            }
-        }
+        self.blocks.check(&head)?;
         match head.kind {
             h2::DATA => self.data(head, payload, out, counts),
-            h2::HEADERS => {
-                if head.stream == 0 || head.stream.is_multiple_of(2) {
-                    return Err(format!("HEADERS on stream {}", head.stream));
-                }
-                let block = h2::strip(&head, payload)?;
-                let end_stream = head.flags & h2::END_STREAM != 0;
-                if head.flags & h2::END_HEADERS != 0 {
-                    self.headers(head.stream, end_stream, block, out, counts)
-                } else {
-                    self.cont = Some((head.stream, end_stream, block.to_vec()));
-                    Ok(())
-                }
+            h2::HEADERS if head.stream == 0 || head.stream.is_multiple_of(2) => {
+                Err(format!("HEADERS on stream {}", head.stream))
             }
-            h2::CONTINUATION => {
-                let Some((stream, end_stream, mut block)) = self.cont.take() else {
-                    return Err("CONTINUATION without HEADERS".into());
-                };
-                block.extend_from_slice(payload);
-                if head.flags & h2::END_HEADERS != 0 {
-                    self.headers(stream, end_stream, &block, out, counts)
-                } else {
-                    self.cont = Some((stream, end_stream, block));
-                    Ok(())
-                }
-            }
+            h2::HEADERS | h2::CONTINUATION => match self.blocks.feed(&head, payload)? {
+                Some((stream, end_stream, block)) => self.headers(stream, end_stream, &block, out, counts),
+                None => Ok(()),
+            },
             h2::SETTINGS => {
                 if head.flags & h2::ACK != 0 {
                     return Ok(());
