@@ -116,6 +116,17 @@ pub fn strip<'a>(head: &Head, payload: &'a [u8]) -> Result<&'a [u8], String> {
     Ok(&p[..p.len() - pad])
 }
 
+/// Answers a PING (RFC 9113 §6.7): the same 8 bytes back with ACK; a PING's own ACK needs nothing.
+pub fn answer_ping(head: &Head, payload: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    if payload.len() != 8 {
+        return Err("PING of a length other than 8".into());
+    }
+    if head.flags & ACK == 0 {
+        put_frame(out, PING, ACK, 0, payload);
+    }
+    Ok(())
+}
+
 /// A header block, which a HEADERS frame may leave to CONTINUATION frames to finish (RFC 9113 §6.10).
 #[derive(Debug, Default)]
 pub struct HeaderBlocks {

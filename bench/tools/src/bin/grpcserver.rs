@@ -141,15 +141,7 @@ impl State {
                 self.unblock(out);
                 Ok(())
             }
-            h2::PING => {
-                if payload.len() != 8 {
-                    return Err("PING of a length other than 8".into());
-                }
-                if head.flags & h2::ACK == 0 {
-                    h2::put_frame(out, h2::PING, h2::ACK, 0, payload);
-                }
-                Ok(())
-            }
+            h2::PING => h2::answer_ping(&head, payload, out),
             h2::WINDOW_UPDATE => {
                 let inc = i64::from(h2::u32_at(payload, 0)? & 0x7fff_ffff);
                 if head.stream == 0 {
