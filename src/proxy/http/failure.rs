@@ -88,6 +88,9 @@ fn speaks_http2(why: &str) -> bool {
     why.contains("invalid HTTP version") || why.contains(HTTP2_FRAMES)
 }
 
+/// The reason given for a `101` the request did not ask for (both HTTP paths answer it 502).
+pub const UNASKED_101: &str = "101 Switching Protocols to a request that asked for no upgrade";
+
 /// The engine's reason for a response that starts with HTTP/2 frames.
 pub const HTTP2_FRAMES: &str = "the upstream sent HTTP/2 frames";
 

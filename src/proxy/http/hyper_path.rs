@@ -21,7 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::config::UpstreamProtocol;
-use crate::proxy::http::failure::{grpc_message, is_grpc, Answer, Failure};
+use crate::proxy::http::failure::{grpc_message, is_grpc, Answer, Failure, UNASKED_101};
 use crate::proxy::http::fields::{tokens, Field};
 use crate::proxy::http::quiescence::{ConnCtl, Tracked};
 use crate::proxy::http::{depart, MAX_REQUEST_HEAD};
@@ -208,9 +208,7 @@ async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx)
         // No request on this path asks for an upgrade (`Upgrade` is hop-by-hop and removed above): a 101 is an
         // upstream error, as on the engine's path. Passed on, it would switch an HTTP/1.1 client's connection to
         // nothing (and hyper's HTTP/2 server resets the stream of an h2c client).
-        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
-            Failure::Exchange("101 Switching Protocols to a request that asked for no upgrade".into())
-        }
+        Ok(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => Failure::Exchange(UNASKED_101.into()),
         Ok(Ok(resp)) => {
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();

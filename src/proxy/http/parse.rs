@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::proxy::http::failure::HTTP2_FRAMES;
+use crate::proxy::http::failure::{HTTP2_FRAMES, UNASKED_101};
 use crate::proxy::http::fields::{tokens, Field};
 
 /// Largest request or response head handled here: hyper's limit, which answers a larger request head 431.
@@ -95,7 +95,7 @@ pub(super) fn parse_response(
             };
         let status = resp.code.unwrap_or(0);
         if status == 101 && !upgrade {
-            return Err("101 Switching Protocols to a request that asked for no upgrade");
+            return Err(UNASKED_101);
         }
         if (100..200).contains(&status) && status != 101 {
             buf.drain(..head_len);
