@@ -14,6 +14,10 @@ pub enum ConnKind {
     /// An HTTP connection upgraded by a `101` (WebSocket, ...): a byte relay like [`ConnKind::Tcp`], adopted by an
     /// HTTP listener.
     Tunnel,
+    /// An HTTP/1 connection in the middle of an exchange (a request or response body, or waiting for the response
+    /// head): fds client then upstream; buffers: the exchange's state, then its unprocessed bytes (the HTTP engine
+    /// gives them their meaning).
+    Exchange,
 }
 
 impl ConnKind {
@@ -23,6 +27,7 @@ impl ConnKind {
             ConnKind::Http1 => "http1",
             ConnKind::Tcp => "tcp",
             ConnKind::Tunnel => "tunnel",
+            ConnKind::Exchange => "http1-exchange",
         }
     }
 
@@ -32,6 +37,7 @@ impl ConnKind {
             "http1" => Some(ConnKind::Http1),
             "tcp" => Some(ConnKind::Tcp),
             "tunnel" => Some(ConnKind::Tunnel),
+            "http1-exchange" => Some(ConnKind::Exchange),
             _ => None,
         }
     }
@@ -98,7 +104,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_their_wire_tags() {
-        for k in [ConnKind::Http1, ConnKind::Tcp, ConnKind::Tunnel] {
+        for k in [ConnKind::Http1, ConnKind::Tcp, ConnKind::Tunnel, ConnKind::Exchange] {
             assert_eq!(ConnKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(ConnKind::parse("h2"), None);

@@ -118,6 +118,15 @@ impl ListenerProxy {
                 });
                 Ok(())
             }
+            (Protocol::Http, ConnKind::Exchange) => {
+                let resumed = http::engine::resume(fds.collect(), buffers.collect(), ctx.clone())?;
+                let guard = ConnectionGuard::adopted(&ctx.metrics);
+                self.ctx.drain.spawn(async move {
+                    resumed.await;
+                    drop(guard);
+                });
+                Ok(())
+            }
             _ => Err("another kind of connection than this listener serves"),
         }
     }

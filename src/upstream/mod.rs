@@ -112,6 +112,11 @@ impl Cluster {
         &self.endpoints[i % self.endpoints.len()]
     }
 
+    /// The endpoint at `addr`, if this cluster has it.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
+
     /// Sends a request (already shaped for the cluster's protocol) to `endpoint`, on a pooled connection or a new
     /// one, and returns the response head; its body gives the connection or stream back when it ends.
     pub async fn send(

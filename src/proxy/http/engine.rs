@@ -1,50 +1,62 @@
 //! The HTTP/1.1 proxy engine for the common case, in one task per client connection.
 //!
-//! A request is read whole (head and a body of at most 64 KiB), rewritten in one buffer ([`super::parse`]), and
-//! written to a pooled upstream connection owned by this task for the exchange. The response head is parsed and
-//! rewritten, and its body is passed through with its own framing ([`super::framing`]: `Content-Length`, chunked
-//! or until close), so a small response costs one read and one write on each side and no other task.
+//! A request head is parsed and rewritten in one buffer ([`super::parse`]), with its body if it is small (at most
+//! 64 KiB, read whole); a larger or chunked body is streamed after it. The request goes to a pooled upstream
+//! connection owned by this task for the exchange. The response head is parsed and rewritten, and its body is
+//! passed through with its own framing ([`super::framing`]: `Content-Length`, chunked or until close), so a small
+//! response costs one read and one write on each side and no other task. The exchange itself is a state machine
+//! ([`super::exchange`]).
 //!
 //! Anything else leaves this path before a byte of it is forwarded: the connection goes on under hyper
 //! ([`super::hyper_path`]) with the bytes read so far. That covers requests that are malformed (hyper answers 400
-//! or 431), chunked or large request bodies (streamed by hyper), `Expect`, `Upgrade`, `CONNECT`, absolute-form
-//! targets, HTTP/1.0 clients and fields named in `Connection`.
+//! or 431), `Expect`, `CONNECT` and absolute-form requests, HTTP/1.0 clients, fields named in `Connection`, and
+//! transfer codings other than `chunked`.
 //!
-//! Between two exchanges nothing of the connection is anywhere but in the client buffer, so a migration hands the
-//! connection over there, with the bytes read and not forwarded (even a whole pipelined request).
+//! A migration takes the connection where it is: between two exchanges, with the bytes read and not forwarded
+//! (even a whole pipelined request), or in the middle of one, at its next read or blocked write, with the
+//! exchange's state ([`ConnKind::Exchange`](crate::drain::ConnKind::Exchange)).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::http::failure::Failure;
-use crate::proxy::http::framing::{BodyEnd, BODY_CHUNK};
-use crate::proxy::http::parse::{
-    canonical_reason, parse_request, parse_response, Framing, Parsed, Request, ResponseHead,
-};
+use crate::proxy::http::exchange::{Buffers, Exchange, Step, READ_ROOM};
+use crate::proxy::http::parse::{canonical_reason, parse_request, Parsed};
 use crate::proxy::http::{depart, hyper_path};
 use crate::proxy::io::ClientIo;
 use crate::proxy::tcp;
 use crate::proxy::ListenerCtx;
 use crate::telemetry::metrics::ListenerMetrics;
-use crate::upstream::Endpoint;
-
-/// Room kept free in a buffer before each read.
-const READ_ROOM: usize = 8 * 1024;
 
 /// Serves HTTP/1 on an accepted connection whose first bytes (`read`) are not an HTTP/2 preface.
 /// `may_migrate: false` means the successor refused it once already: serve on, closing after the next response.
 pub async fn serve(client: TcpStream, read: Vec<u8>, peer: SocketAddr, ctx: Arc<ListenerCtx>, may_migrate: bool) {
     tokio::select! {
         biased;
-        _ = run(client, read, peer, &ctx, may_migrate) => {}
+        _ = run(client, read, peer, &ctx, may_migrate, None) => {}
         _ = ctx.drain.deadline() => {}
     }
+}
+
+/// Serves a connection handed over in the middle of an exchange ([`ConnKind::Exchange`](crate::drain::ConnKind)):
+/// carries the exchange on, then the connection. `Err` (the fds closed) if its state is malformed.
+pub fn resume(
+    fds: Vec<std::os::fd::OwnedFd>,
+    buffers: Vec<Vec<u8>>,
+    ctx: Arc<ListenerCtx>,
+) -> Result<impl std::future::Future<Output = ()>, &'static str> {
+    let (client, cbuf, exchange) = Exchange::restore(fds, buffers)?;
+    Ok(async move {
+        let Ok(peer) = client.peer_addr() else { return };
+        tokio::select! {
+            biased;
+            _ = run(client, cbuf, peer, &ctx, true, Some(exchange)) => {}
+            _ = ctx.drain.deadline() => {}
+        }
+    })
 }
 
 async fn run(
@@ -53,95 +65,151 @@ async fn run(
     peer: SocketAddr,
     ctx: &Arc<ListenerCtx>,
     mut may_migrate: bool,
+    mut resumed: Option<Exchange>,
 ) {
     let metrics = &ctx.metrics;
     let cluster = &ctx.cluster;
     let forwarded_for = peer.ip().to_string();
     let mut out = Vec::with_capacity(1024);
-    let mut ubuf = Vec::new();
-    let mut head = Vec::with_capacity(1024);
-    let migration = ctx.drain.migration();
-    tokio::pin!(migration);
+    let mut bufs = Buffers::default();
+    let mut migration = ctx.drain.migration();
     let timer = tokio::time::sleep(cluster.request_timeout);
     tokio::pin!(timer);
     'conn: loop {
-        if may_migrate && ctx.drain.is_migrating() {
-            // Between two exchanges: everything not forwarded is in `cbuf`, and travels with the socket.
-            match depart(ctx, client, std::mem::take(&mut cbuf)).await {
-                None => return,
-                Some((back, bytes)) => {
-                    (client, cbuf) = (back, bytes);
-                    may_migrate = false;
+        let mut ex = match resumed.take() {
+            Some(ex) => ex,
+            None => {
+                if may_migrate && ctx.drain.is_migrating() {
+                    // Between two exchanges: everything not forwarded is in `cbuf`, and travels with the socket.
+                    match depart(ctx, client, std::mem::take(&mut cbuf)).await {
+                        None => return,
+                        Some((back, bytes)) => {
+                            (client, cbuf) = (back, bytes);
+                            may_migrate = false;
+                        }
+                    }
                 }
-            }
-        }
-        let req = loop {
-            out.clear();
-            match parse_request(&cbuf, &forwarded_for, &mut out) {
-                Parsed::Ready(r) => break r,
-                Parsed::Elsewhere => {
-                    let io = ClientIo::new(Bytes::from(cbuf), client, metrics.clone());
-                    return hyper_path::serve_h1(io, peer, ctx.clone(), may_migrate).await;
-                }
-                Parsed::Partial => {}
-            }
-            cbuf.reserve(READ_ROOM);
-            let got = tokio::select! {
-                biased;
-                r = client.read_buf(&mut cbuf) => r,
-                _ = &mut migration, if may_migrate => continue 'conn,
-            };
-            match got {
-                Ok(0) | Err(_) => return,
-                Ok(n) => {
-                    metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                let req = loop {
+                    out.clear();
+                    match parse_request(&cbuf, &forwarded_for, &mut out) {
+                        Parsed::Ready(r) => break r,
+                        Parsed::Elsewhere => {
+                            let io = ClientIo::new(Bytes::from(cbuf), client, metrics.clone());
+                            return hyper_path::serve_h1(io, peer, ctx.clone(), may_migrate).await;
+                        }
+                        Parsed::Partial => {}
+                    }
+                    cbuf.reserve(READ_ROOM);
+                    let got = tokio::select! {
+                        biased;
+                        r = client.read_buf(&mut cbuf) => r,
+                        _ = &mut migration, if may_migrate => continue 'conn,
+                    };
+                    match got {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            metrics
+                                .bytes_in
+                                .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                };
+                out.extend_from_slice(&cbuf[req.head_len..req.len]);
+                cbuf.drain(..req.len);
+                let closing = req.close || !may_migrate || ctx.drain.is_graceful();
+                let endpoint = cluster.pick();
+                let started = std::time::Instant::now();
+                match Exchange::start(ctx, endpoint, &out, &req, closing, std::mem::take(&mut bufs)).await {
+                    Ok(ex) => ex,
+                    Err((failure, back)) => {
+                        bufs = back;
+                        if answer_failure(&mut client, failure, endpoint.addr, closing, started, ctx).await {
+                            continue;
+                        }
+                        return shutdown(client).await;
+                    }
                 }
             }
         };
-        out.extend_from_slice(&cbuf[req.head_len..req.len]);
-        cbuf.drain(..req.len);
-        let start = Instant::now();
-        let closing = req.close || !may_migrate || ctx.drain.is_graceful();
-        let endpoint = cluster.pick();
-        timer
-            .as_mut()
-            .reset(tokio::time::Instant::from_std(start) + cluster.request_timeout);
-        let exchanged = tokio::select! {
-            biased;
-            r = exchange(endpoint, cluster.connect_timeout, &out, &req, closing, &mut ubuf, &mut head) => r,
-            _ = &mut timer => Err(Failure::Timeout),
-        };
-        let answer = match exchanged {
-            Ok(ok) => ok,
-            Err(failure) => {
-                let answer = failure.answer(ctx, endpoint.addr);
-                metrics.response(answer.status, start.elapsed());
-                out.clear();
-                our_response(&mut out, answer.status, answer.message, closing);
-                if write(&mut client, &out, metrics).await.is_err() || closing {
+        let stop = may_migrate.then_some(&mut migration);
+        match ex.drive(&mut client, &mut cbuf, ctx, stop, timer.as_mut()).await {
+            Step::Done => {
+                let close = ex.closes_client();
+                let reuse = ex.reusable().then(|| cluster.endpoint(ex.endpoint)).flatten();
+                let (up, back) = ex.into_parts();
+                bufs = back;
+                if let Some(endpoint) = reuse {
+                    endpoint.raw.put(up);
+                }
+                if close {
                     return shutdown(client).await;
                 }
-                continue;
             }
-        };
-        metrics.response(answer.head.status, start.elapsed());
-        if answer.head.framing == Framing::Tunnel {
-            return tunnel(client, answer, &ubuf, &head, cbuf, ctx, may_migrate).await;
-        }
-        let close_client = answer.head.close;
-        match relay_body(answer, &mut ubuf, &mut head, &mut client, metrics).await {
-            Ok(Some(up)) => endpoint.raw.put(up),
-            Ok(None) => {}
-            Err(e) => {
+            Step::Failed(failure) => {
+                let closing = ex.closes_client();
+                let (endpoint, started) = (ex.endpoint, ex.started());
+                bufs = ex.into_parts().1;
+                if !answer_failure(&mut client, failure, endpoint, closing, started, ctx).await {
+                    return shutdown(client).await;
+                }
+            }
+            Step::BadRequest(why) => {
+                tracing::debug!(%peer, reason = why, "malformed request body; answering 400");
+                out.clear();
+                our_response(&mut out, 400, "baton: malformed request body", true);
+                let _ = write(&mut client, &out, metrics).await;
+                return shutdown(client).await;
+            }
+            Step::Cut(why) => {
                 // Nothing else can be said on this connection.
-                tracing::debug!(cluster = %cluster.name, endpoint = %endpoint.addr, error = %e, "response body cut short");
+                tracing::debug!(cluster = %cluster.name, endpoint = %ex.endpoint, error = %why, "exchange cut short");
                 return;
             }
-        }
-        if close_client {
-            return shutdown(client).await;
+            Step::Tunnel => return tunnel(client, ex, cbuf, ctx, may_migrate).await,
+            Step::Depart => {
+                let detached = match ex.detach(client, std::mem::take(&mut cbuf), ctx.listener.clone()) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot detach an exchange for migration; closing it");
+                        return;
+                    }
+                };
+                let Some(back) = ctx.drain.depart(detached).await else {
+                    return; // the successor carries it on
+                };
+                // Not taken: carry it on here, then close.
+                match Exchange::restore(back.fds, back.buffers) {
+                    Ok((c, b, e)) => {
+                        (client, cbuf, resumed) = (c, b, Some(e));
+                        may_migrate = false;
+                    }
+                    Err(why) => {
+                        tracing::debug!(
+                            reason = why,
+                            "cannot resume an exchange the successor gave back; closing it"
+                        );
+                        return;
+                    }
+                }
+            }
         }
     }
+}
+
+/// Answers a request that got no response head with baton's own response: whether the connection goes on.
+async fn answer_failure(
+    client: &mut TcpStream,
+    failure: crate::proxy::http::failure::Failure,
+    endpoint: SocketAddr,
+    closing: bool,
+    started: std::time::Instant,
+    ctx: &ListenerCtx,
+) -> bool {
+    let answer = failure.answer(ctx, endpoint);
+    ctx.metrics.response(answer.status, started.elapsed());
+    let mut out = Vec::with_capacity(256);
+    our_response(&mut out, answer.status, answer.message, closing);
+    write(client, &out, &ctx.metrics).await.is_ok() && !closing
 }
 
 async fn shutdown(mut client: TcpStream) {
@@ -150,7 +218,9 @@ async fn shutdown(mut client: TcpStream) {
 
 async fn write(client: &mut TcpStream, bytes: &[u8], metrics: &ListenerMetrics) -> std::io::Result<()> {
     client.write_all(bytes).await?;
-    metrics.bytes_out.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    metrics
+        .bytes_out
+        .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
     Ok(())
 }
 
@@ -167,165 +237,19 @@ fn our_response(out: &mut Vec<u8>, status: u16, message: &str, close: bool) {
     );
 }
 
-/// Sends the request and reads the response head into `ubuf`, writing the client's head to `head`. A reused
-/// connection that turns out closed before answering is replaced by a new one once, if nothing can have been
-/// processed twice: the write failed, or the request is idempotent and not a byte of response came.
-async fn exchange(
-    endpoint: &Endpoint,
-    connect_timeout: Duration,
-    request: &[u8],
-    req: &Request,
-    closing: bool,
-    ubuf: &mut Vec<u8>,
-    head: &mut Vec<u8>,
-) -> Result<Answer, Failure> {
-    let mut pooled = endpoint.raw.take();
-    loop {
-        let reused = pooled.is_some();
-        let mut up = match pooled.take() {
-            Some(s) => s,
-            None => crate::upstream::connect(endpoint.addr, connect_timeout)
-                .await
-                .map_err(Failure::Connect)?,
-        };
-        if let Err(e) = up.write_all(request).await {
-            if reused {
-                continue;
-            }
-            return Err(Failure::Exchange(format!("writing the request: {e}").into()));
-        }
-        ubuf.clear();
-        // Any byte of response, an informational one included, rules out sending the request again.
-        let mut answered = false;
-        loop {
-            ubuf.reserve(READ_ROOM);
-            let n = match up.read_buf(ubuf).await {
-                Ok(n) => n,
-                Err(e) if !answered && reused && req.idempotent => {
-                    tracing::trace!(error = %e, "reused upstream connection failed; retrying on a new one");
-                    break;
-                }
-                Err(e) => return Err(Failure::Exchange(format!("reading the response: {e}").into())),
-            };
-            if n == 0 {
-                if !answered && reused && req.idempotent {
-                    break;
-                }
-                return Err(Failure::Exchange(
-                    "the upstream closed before a complete response head".into(),
-                ));
-            }
-            answered = true;
-            head.clear();
-            match parse_response(ubuf, req.is_head, req.upgrade, closing, head) {
-                Ok(Some(parsed)) => {
-                    // Framing errors in what came with the head are still the upstream's to answer for:
-                    // nothing was sent to the client yet.
-                    let mut body = BodyEnd::new(parsed.framing);
-                    let first = body
-                        .feed(&ubuf[parsed.head_len..])
-                        .map_err(|why| Failure::Exchange(why.into()))?;
-                    return Ok(Answer {
-                        up,
-                        head: parsed,
-                        body,
-                        first,
-                    });
-                }
-                Ok(None) => {}
-                Err(why) => return Err(Failure::Exchange(why.into())),
-            }
-        }
-    }
-}
-
-/// An upstream response whose head arrived: the connection, the parsed head, and how its body ends.
-struct Answer {
-    up: TcpStream,
-    head: ResponseHead,
-    body: BodyEnd,
-    /// Of the bytes read past the head: how many are body, and whether the body ends there.
-    first: (usize, bool),
-}
-
-/// After a `101` to an upgrade request: writes the head (`out`) to the client and relays bytes both ways, like a
-/// TCP listener's stream (and migrated like one), first passing on what each side sent past the heads.
+/// After a `101` to an upgrade request: writes the head to the client and relays bytes both ways, like a TCP
+/// listener's stream (and migrated like one), first passing on what each side sent past the heads.
 async fn tunnel(
     mut client: TcpStream,
-    answer: Answer,
-    ubuf: &[u8],
-    out: &[u8],
+    mut ex: Exchange,
     from_client: Vec<u8>,
     ctx: &Arc<ListenerCtx>,
     may_migrate: bool,
 ) {
-    if write(&mut client, out, &ctx.metrics).await.is_err() {
+    if write(&mut client, ex.client_head(), &ctx.metrics).await.is_err() {
         return;
     }
-    let from_upstream = ubuf[answer.head.head_len..].to_vec();
-    tcp::serve_tunnel(
-        client,
-        answer.up,
-        (from_client, from_upstream),
-        ctx.clone(),
-        may_migrate,
-    )
-    .await
-}
-
-/// Why a response body could not be passed on to its end (the client connection must close).
-#[derive(Debug, thiserror::Error)]
-enum BodyError {
-    #[error("writing to the client: {0}")]
-    Client(#[source] std::io::Error),
-    #[error("reading from the upstream: {0}")]
-    Upstream(#[source] std::io::Error),
-    #[error("the upstream closed before the end of the body")]
-    Truncated,
-    #[error("malformed body from the upstream: {0}")]
-    Framing(&'static str),
-}
-
-/// Writes the client head (`out`) and the response body: `Ok(Some)` gives back the upstream connection if it
-/// can carry another exchange; `Err` if either side failed part-way (the client connection must close).
-async fn relay_body(
-    answer: Answer,
-    ubuf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    client: &mut TcpStream,
-    metrics: &ListenerMetrics,
-) -> Result<Option<TcpStream>, BodyError> {
-    let Answer {
-        mut up,
-        head,
-        mut body,
-        first: (taken, mut done),
-    } = answer;
-    let after = &ubuf[head.head_len..];
-    let extra = after.len() - taken;
-    out.extend_from_slice(&after[..taken]);
-    write(client, out, metrics).await.map_err(BodyError::Client)?;
-    if !done {
-        ubuf.clear();
-        ubuf.resize(BODY_CHUNK, 0);
-        while !done {
-            let n = up.read(&mut ubuf[..body.want()]).await.map_err(BodyError::Upstream)?;
-            if n == 0 {
-                return if head.framing == Framing::Close {
-                    Ok(None)
-                } else {
-                    Err(BodyError::Truncated)
-                };
-            }
-            let (k, end) = body.feed(&ubuf[..n]).map_err(BodyError::Framing)?;
-            write(client, &ubuf[..k], metrics).await.map_err(BodyError::Client)?;
-            if k < n {
-                // Bytes after the chunked body's end: the upstream is not speaking HTTP/1.1 properly.
-                return Ok(None);
-            }
-            done = end;
-        }
-        ubuf.truncate(0);
-    }
-    Ok((head.keep_alive && extra == 0).then_some(up))
+    let from_upstream = ex.upstream_rest();
+    let (up, _) = ex.into_parts();
+    tcp::serve_tunnel(client, up, (from_client, from_upstream), ctx.clone(), may_migrate).await
 }

@@ -1,12 +1,14 @@
-//! Where an HTTP/1 response body ends, found while it is passed through with its own framing.
+//! Where an HTTP/1 body ends (a response's, or a streamed request's), found while it is passed through with its own
+//! framing.
 
 use crate::proxy::http::parse::Framing;
 
-/// Read size while relaying a response body.
+/// Read size while relaying a body.
 pub(super) const BODY_CHUNK: usize = 64 * 1024;
 
-/// Where a response body ends, fed its bytes as they arrive.
-#[derive(Debug)]
+/// Where a message body ends, fed its bytes as they arrive. Serializable: an exchange handed over in the middle of
+/// a body carries it (see [`super::exchange`]).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) enum BodyEnd {
     Empty,
     /// Bytes left.
@@ -40,6 +42,14 @@ impl BodyEnd {
         }
     }
 
+    /// Whether a state received from another instance is one this decoder can reach.
+    pub(super) fn is_valid(&self) -> bool {
+        match self {
+            BodyEnd::Chunked(d) => d.digits <= 15 && d.line <= MAX_CHUNK_LINE,
+            _ => true,
+        }
+    }
+
     /// The most bytes worth reading next (never past a known length).
     pub(super) fn want(&self) -> usize {
         match self {
@@ -50,7 +60,7 @@ impl BodyEnd {
 }
 
 /// Finds the end of a chunked body passed through as it is (RFC 9112 §7.1), trailers included.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(super) struct ChunkedDecoder {
     state: ChunkState,
     /// Chunk size read so far, or bytes of chunk data left.
@@ -60,7 +70,7 @@ pub(super) struct ChunkedDecoder {
     line: usize,
 }
 
-#[derive(Debug, Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 enum ChunkState {
     #[default]
     Size,

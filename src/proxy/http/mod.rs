@@ -9,6 +9,7 @@
 //! forwarded; hyper: at a response boundary, see [`quiescence`]); HTTP/2 gets GOAWAY and finishes here.
 
 pub mod engine;
+pub mod exchange;
 pub mod failure;
 pub mod fields;
 pub mod framing;

@@ -8,7 +8,7 @@ use crate::proxy::http::fields::{tokens, Field};
 
 /// Largest request or response head handled here: hyper's limit, which answers a larger request head 431.
 const MAX_HEAD: usize = crate::proxy::http::MAX_REQUEST_HEAD;
-/// Largest request body read whole before it is forwarded; a larger one is streamed by hyper.
+/// Largest request body read whole before it is forwarded; a larger one, or a chunked one, is streamed.
 const MAX_BUFFERED_BODY: usize = 64 * 1024;
 /// Request fields parsed here; a request with more goes to hyper (which allows 100).
 const REQUEST_FIELDS: usize = 64;
@@ -20,8 +20,11 @@ const RESPONSE_FIELDS: usize = 100;
 pub(super) struct Request {
     /// Bytes of the client buffer its head takes.
     pub(super) head_len: usize,
-    /// Bytes of the client buffer it takes, head and body.
+    /// Bytes of the client buffer it takes: head, and body if read whole.
     pub(super) len: usize,
+    /// A body streamed after the head (`Framing::Length` over 64 KiB, or `Framing::Chunked`): its bytes follow
+    /// `len` in the client buffer as they arrive. `None`: the body, if any, is within `len`.
+    pub(super) streamed: Option<Framing>,
     /// `HEAD`: the response has no body whatever its fields say.
     pub(super) is_head: bool,
     /// Safe to send again if a reused upstream connection closed before answering (RFC 9110 §9.2.2).
@@ -256,7 +259,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut hosts, mut length, mut close, mut prior) = (0, None, false, None);
-    let (mut upgrade, mut upgrade_named) = (None, false);
+    let (mut upgrade, mut upgrade_named, mut chunked) = (None, false, false);
     for f in req.headers.iter() {
         match Field::of(f.name) {
             Field::Other => {}
@@ -265,6 +268,11 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
                 (None, Some(n)) => length = Some(n),
                 _ => return Parsed::Elsewhere,
             },
+            // Exactly `chunked`, once: any other coding, or a list, is hyper's to judge (RFC 9112 §6.3).
+            Field::TransferEncoding if !chunked && f.value.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
+                chunked = true;
+                continue;
+            }
             Field::TransferEncoding | Field::Expect => return Parsed::Elsewhere,
             Field::Upgrade if upgrade.is_none() => {
                 upgrade = Some(f.value);
@@ -292,11 +300,12 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
         }
         push_field(out, f.name.as_bytes(), f.value);
     }
-    if hosts != 1 {
+    // Both framings at once is a smuggling attempt or a broken client: hyper answers 400.
+    if hosts != 1 || (chunked && length.is_some()) {
         return Parsed::Elsewhere;
     }
     let upgrade = match upgrade {
-        Some(protocols) if upgrade_named && length.unwrap_or(0) == 0 => {
+        Some(protocols) if upgrade_named && length.unwrap_or(0) == 0 && !chunked => {
             push_field(out, b"upgrade", protocols);
             out.extend_from_slice(b"connection: upgrade\r\n");
             true
@@ -311,11 +320,16 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
         out.extend_from_slice(b", ");
     }
     out.extend_from_slice(forwarded_for.as_bytes());
-    out.extend_from_slice(b"\r\n\r\n");
-    let body = match length {
-        Some(n) if n > MAX_BUFFERED_BODY as u64 => return Parsed::Elsewhere,
-        Some(n) => n as usize,
-        None => 0,
+    out.extend_from_slice(b"\r\n");
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let (body, streamed) = match length {
+        _ if chunked => (0, Some(Framing::Chunked)),
+        Some(n) if n > MAX_BUFFERED_BODY as u64 => (0, Some(Framing::Length(n))),
+        Some(n) => (n as usize, None),
+        None => (0, None),
     };
     if buf.len() < head_len + body {
         return Parsed::Partial;
@@ -323,6 +337,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
     Parsed::Ready(Request {
         head_len,
         len: head_len + body,
+        streamed,
         is_head: method == "HEAD",
         idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"),
         close,
@@ -354,7 +369,8 @@ mod tests {
                 is_head: false,
                 idempotent: true,
                 close: false,
-                upgrade: false
+                upgrade: false,
+                streamed: None,
             })
         );
         assert_eq!(
@@ -376,6 +392,25 @@ mod tests {
     }
 
     #[test]
+    fn large_and_chunked_bodies_are_streamed_after_the_head() {
+        let raw = "POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\nabc";
+        let (parsed, out) = request(raw);
+        let Parsed::Ready(r) = parsed else {
+            panic!("not ready: {parsed:?}")
+        };
+        assert_eq!((r.len, r.streamed), (raw.len() - 3, Some(Framing::Length(65537))));
+        assert!(out.contains("Content-Length: 65537\r\n"), "{out}");
+        let raw = "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked \r\n\r\n5\r\nhello";
+        let (parsed, out) = request(raw);
+        let Parsed::Ready(r) = parsed else {
+            panic!("not ready: {parsed:?}")
+        };
+        assert_eq!((r.len, r.streamed), (raw.len() - 8, Some(Framing::Chunked)));
+        assert!(out.ends_with("transfer-encoding: chunked\r\n\r\n"), "{out}");
+        assert_eq!(out.matches("ransfer-").count(), 1, "{out}");
+    }
+
+    #[test]
     fn everything_unusual_goes_to_hyper() {
         for raw in [
             "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
@@ -384,10 +419,12 @@ mod tests {
             "GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n",
             "GET / HTTP/1.1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
-            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nab",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nab",
-            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 65537\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\na",

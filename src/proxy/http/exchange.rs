@@ -1,0 +1,607 @@
+//! One exchange of the HTTP/1 engine, from the request to the end of the response body, as a state machine that
+//! can stop between any two reads and go on in another instance.
+//!
+//! Three stages: the request (its head and what of its body was read with it, then a streamed body as it
+//! arrives), the response head, the response body. At every await the exchange holds only its two sockets, the
+//! bytes read and not yet written in each direction, the upstream bytes of an incomplete response head, and where
+//! each body ends ([`BodyEnd`]). At a migration that is what travels ([`Exchange::detach`]), and the successor
+//! continues the same exchange ([`Exchange::restore`]), then the keep-alive connection.
+
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+use crate::drain::detached::{fd_stream, stream_fd};
+use crate::drain::latch::Wait;
+use crate::drain::{ConnKind, Detached};
+use crate::proxy::http::failure::Failure;
+use crate::proxy::http::framing::{BodyEnd, BODY_CHUNK};
+use crate::proxy::http::parse::{parse_response, Framing, Request};
+use crate::proxy::ListenerCtx;
+
+/// Room kept free in a buffer before each read.
+pub(super) const READ_ROOM: usize = 8 * 1024;
+
+/// Where an exchange is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) enum Stage {
+    /// Sending the request: the pending bytes, then (`body`: `Some`) the rest of a streamed body as the client
+    /// sends it.
+    Request {
+        /// Where the streamed body ends; `None` once all of it was read.
+        body: Option<BodyEnd>,
+    },
+    /// Waiting for the response head.
+    Head {
+        /// The upstream answered before the request body was all read: the client connection closes after the
+        /// response, and the upstream connection is not reused.
+        body_unread: bool,
+    },
+    /// Passing the response body on.
+    Body {
+        /// Where it ends.
+        end: BodyEnd,
+        /// Its last byte was read.
+        done: bool,
+        /// It ends when the upstream closes.
+        until_close: bool,
+        /// The upstream connection can carry another exchange afterwards.
+        reuse: bool,
+        /// The client connection closes afterwards.
+        close_client: bool,
+    },
+}
+
+/// What [`Exchange::parse_head`] found.
+enum Head {
+    /// More bytes needed.
+    Incomplete,
+    /// The head, and the stage is now [`Stage::Body`].
+    Body,
+    /// A `101`: see [`Step::Tunnel`].
+    Tunnel,
+}
+
+/// What the successor needs of an exchange besides its sockets and bytes (the first buffer of a
+/// [`ConnKind::Exchange`], as JSON).
+#[derive(Debug, Serialize, Deserialize)]
+struct Resume {
+    endpoint: SocketAddr,
+    is_head: bool,
+    upgrade: bool,
+    closing: bool,
+    /// Time spent waiting for the response head so far, in milliseconds (`request_timeout` counts it).
+    waited_ms: u64,
+    stage: Stage,
+}
+
+/// How a stage loop ended.
+pub(super) enum Step {
+    /// The response was passed on to its end.
+    Done,
+    /// No response head: the client gets baton's answer.
+    Failed(Failure),
+    /// A `101` to an upgrade request: the client's head is [`Exchange::client_head`], and the bytes the upstream
+    /// sent past it are [`Exchange::upstream_rest`].
+    Tunnel,
+    /// A migration started: the exchange stopped between two reads, ready for [`Exchange::detach`].
+    Depart,
+    /// The client's streamed body is malformed, before any response: it gets a 400.
+    BadRequest(&'static str),
+    /// A side failed part-way: the client connection must close.
+    Cut(Cut),
+}
+
+/// Why an exchange could not be carried to its end (the client connection must close).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Cut {
+    #[error("writing to the client: {0}")]
+    Client(#[source] std::io::Error),
+    #[error("the client closed in the middle of its request body")]
+    ClientGone,
+    #[error("reading from the upstream: {0}")]
+    Upstream(#[source] std::io::Error),
+    #[error("writing the request body to the upstream: {0}")]
+    UpstreamWrite(#[source] std::io::Error),
+    #[error("the upstream closed before the end of the body")]
+    Truncated,
+    #[error("malformed body from the upstream: {0}")]
+    Framing(&'static str),
+}
+
+/// One exchange in flight, owning its upstream connection.
+pub(super) struct Exchange {
+    pub(super) up: TcpStream,
+    pub(super) endpoint: SocketAddr,
+    is_head: bool,
+    upgrade: bool,
+    /// The client connection closes after this exchange.
+    closing: bool,
+    /// The upstream connection came from the pool and nothing was written to it since: a write that fails may be
+    /// the upstream having closed it while idle, and the request goes again on a new one.
+    reused: bool,
+    /// If the upstream closes before a byte of response, the whole request (still in `to_up`) can be sent again
+    /// on a new connection: a reused connection, an idempotent request, no streamed body.
+    resend: bool,
+    pub(super) stage: Stage,
+    /// For the upstream, from `sent` on.
+    to_up: Vec<u8>,
+    sent: usize,
+    /// For the client, `written..filled`.
+    to_client: Vec<u8>,
+    written: usize,
+    filled: usize,
+    /// From the upstream, not processed yet: an incomplete response head (or, after a `101`, the tunnel's first
+    /// bytes).
+    ubuf: Vec<u8>,
+    /// When the request started (latency metrics).
+    started: Instant,
+    /// Since when the response head is awaited (set on entering [`Stage::Head`]).
+    head_since: Option<Instant>,
+}
+
+/// Reusable buffers of a connection's exchanges.
+#[derive(Default)]
+pub(super) struct Buffers {
+    to_up: Vec<u8>,
+    to_client: Vec<u8>,
+    ubuf: Vec<u8>,
+}
+
+impl Exchange {
+    /// Starts an exchange of `req` (its rewritten head and read body in `request`) on a pooled connection to
+    /// `endpoint` or a new one.
+    pub(super) async fn start(
+        ctx: &ListenerCtx,
+        endpoint: &crate::upstream::Endpoint,
+        request: &[u8],
+        req: &Request,
+        closing: bool,
+        mut bufs: Buffers,
+    ) -> Result<Exchange, (Failure, Buffers)> {
+        let pooled = endpoint.raw.take();
+        let reused = pooled.is_some();
+        let up = match pooled {
+            Some(s) => s,
+            None => match crate::upstream::connect(endpoint.addr, ctx.cluster.connect_timeout).await {
+                Ok(s) => s,
+                Err(e) => return Err((Failure::Connect(e), bufs)),
+            },
+        };
+        bufs.to_up.clear();
+        bufs.to_up.extend_from_slice(request);
+        bufs.to_client.clear();
+        bufs.ubuf.clear();
+        Ok(Exchange {
+            up,
+            endpoint: endpoint.addr,
+            is_head: req.is_head,
+            upgrade: req.upgrade,
+            closing,
+            reused,
+            resend: reused && req.idempotent && req.streamed.is_none(),
+            stage: Stage::Request {
+                body: req.streamed.map(BodyEnd::new),
+            },
+            to_up: bufs.to_up,
+            sent: 0,
+            to_client: bufs.to_client,
+            written: 0,
+            filled: 0,
+            ubuf: bufs.ubuf,
+            started: Instant::now(),
+            head_since: None,
+        })
+    }
+
+    /// The buffers, for the connection's next exchange.
+    pub(super) fn into_parts(self) -> (TcpStream, Buffers) {
+        let bufs = Buffers {
+            to_up: self.to_up,
+            to_client: self.to_client,
+            ubuf: self.ubuf,
+        };
+        (self.up, bufs)
+    }
+
+    /// When the request started.
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The client connection closes after this exchange.
+    pub(super) fn closes_client(&self) -> bool {
+        match &self.stage {
+            Stage::Body { close_client, .. } => *close_client,
+            // A failure: the connection goes on if the whole request was read.
+            Stage::Request { body } => self.closing || body.is_some(),
+            Stage::Head { body_unread } => self.closing || *body_unread,
+        }
+    }
+
+    /// The upstream connection can carry another exchange.
+    pub(super) fn reusable(&self) -> bool {
+        matches!(
+            self.stage,
+            Stage::Body {
+                reuse: true,
+                done: true,
+                ..
+            }
+        )
+    }
+
+    /// After [`Step::Tunnel`]: the head the client gets.
+    pub(super) fn client_head(&self) -> &[u8] {
+        &self.to_client[self.written..self.filled]
+    }
+
+    /// After [`Step::Tunnel`]: what the upstream sent past its head.
+    pub(super) fn upstream_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.ubuf)
+    }
+
+    /// Carries the exchange on until the response has been passed on, something fails, or (`stop` given) a
+    /// migration starts. `timer` is reset to the response-head deadline and must be polled by nobody else.
+    pub(super) async fn drive(
+        &mut self,
+        client: &mut TcpStream,
+        cbuf: &mut Vec<u8>,
+        ctx: &ListenerCtx,
+        mut stop: Option<&mut Wait<'_>>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Step {
+        loop {
+            let step = match self.stage {
+                Stage::Request { .. } => self.request(client, cbuf, ctx, &mut stop).await,
+                Stage::Head { body_unread } => self.head(body_unread, ctx, &mut stop, timer.as_mut()).await,
+                Stage::Body { .. } => self.body(client, ctx, &mut stop).await,
+            };
+            if let Some(step) = step {
+                return step;
+            }
+        }
+    }
+
+    /// The request stage: `None` once it is over (the stage is then [`Stage::Head`]).
+    async fn request(
+        &mut self,
+        client: &mut TcpStream,
+        cbuf: &mut Vec<u8>,
+        ctx: &ListenerCtx,
+        stop: &mut Option<&mut Wait<'_>>,
+    ) -> Option<Step> {
+        let Stage::Request { body } = &mut self.stage else {
+            return None;
+        };
+        loop {
+            if self.sent < self.to_up.len() {
+                match self.up.try_write(&self.to_up[self.sent..]) {
+                    Ok(n) => self.sent += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        let mut probe = [0u8; 1];
+                        tokio::select! {
+                            biased;
+                            _ = stopped(stop) => return Some(Step::Depart),
+                            r = self.up.writable() => {
+                                if let Err(e) = r {
+                                    return Some(Step::Cut(Cut::UpstreamWrite(e)));
+                                }
+                            }
+                            // The upstream answers (or closes) before taking the whole request.
+                            _ = self.up.peek(&mut probe) => {
+                                let unread = body.is_some();
+                                self.enter_head(unread);
+                                return None;
+                            }
+                        }
+                    }
+                    Err(e) if self.reused => {
+                        // Closed while idle in the pool: the same request on a new connection.
+                        tracing::trace!(error = %e, "pooled upstream connection closed; sending on a new one");
+                        match crate::upstream::connect(self.endpoint, ctx.cluster.connect_timeout).await {
+                            Ok(up) => self.up = up,
+                            Err(e) => return Some(Step::Failed(Failure::Connect(e))),
+                        }
+                        (self.reused, self.resend, self.sent) = (false, false, 0);
+                    }
+                    Err(e) if body.is_none() && self.sent == 0 => {
+                        return Some(Step::Failed(Failure::Exchange(
+                            format!("writing the request: {e}").into(),
+                        )));
+                    }
+                    Err(e) => {
+                        // Part of the request went: whatever the upstream says next is the answer.
+                        tracing::debug!(error = %e, "upstream stopped taking the request; reading its answer");
+                        let unread = body.is_some();
+                        self.enter_head(unread);
+                        return None;
+                    }
+                }
+                continue;
+            }
+            let Some(end) = body else {
+                self.enter_head(false);
+                return None;
+            };
+            if !cbuf.is_empty() {
+                let (k, ended) = match end.feed(cbuf) {
+                    Ok(fed) => fed,
+                    Err(why) => return Some(Step::BadRequest(why)),
+                };
+                self.to_up.clear();
+                self.to_up.extend(cbuf.drain(..k));
+                (self.sent, self.reused) = (0, false);
+                if ended {
+                    *body = None;
+                }
+                continue;
+            }
+            cbuf.reserve(BODY_CHUNK);
+            let mut probe = [0u8; 1];
+            let got = tokio::select! {
+                biased;
+                _ = stopped(stop) => return Some(Step::Depart),
+                r = client.read_buf(cbuf) => r,
+                _ = self.up.peek(&mut probe) => {
+                    self.enter_head(true);
+                    return None;
+                }
+            };
+            match got {
+                Ok(0) | Err(_) => return Some(Step::Cut(Cut::ClientGone)),
+                Ok(n) => {
+                    ctx.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn enter_head(&mut self, body_unread: bool) {
+        self.stage = Stage::Head { body_unread };
+        self.head_since.get_or_insert_with(Instant::now);
+        self.ubuf.clear();
+    }
+
+    /// The response-head stage: `None` once it is over (the stage is then [`Stage::Body`], or back to
+    /// [`Stage::Request`] to send the request again on a new connection).
+    async fn head(
+        &mut self,
+        body_unread: bool,
+        ctx: &ListenerCtx,
+        stop: &mut Option<&mut Wait<'_>>,
+        mut timer: Pin<&mut Sleep>,
+    ) -> Option<Step> {
+        let since = *self.head_since.get_or_insert_with(Instant::now);
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::from_std(since + ctx.cluster.request_timeout));
+        loop {
+            self.ubuf.reserve(READ_ROOM);
+            let got = tokio::select! {
+                biased;
+                _ = stopped(stop) => return Some(Step::Depart),
+                _ = timer.as_mut() => return Some(Step::Failed(Failure::Timeout)),
+                r = self.up.read_buf(&mut self.ubuf) => r,
+            };
+            let why = match got {
+                Ok(0) => "the upstream closed before a complete response head".into(),
+                Ok(_) => match self.parse_head(body_unread, ctx) {
+                    Ok(Head::Incomplete) => continue,
+                    Ok(Head::Body) => return None,
+                    Ok(Head::Tunnel) => return Some(Step::Tunnel),
+                    Err(why) => return Some(Step::Failed(Failure::Exchange(why.into()))),
+                },
+                Err(e) => format!("reading the response: {e}"),
+            };
+            // Any byte of response, an informational one included, rules out sending the request again.
+            if self.resend && self.ubuf.is_empty() {
+                tracing::trace!(error = %why, "reused upstream connection failed; retrying on a new one");
+                match crate::upstream::connect(self.endpoint, ctx.cluster.connect_timeout).await {
+                    Ok(up) => self.up = up,
+                    Err(e) => return Some(Step::Failed(Failure::Connect(e))),
+                }
+                (self.reused, self.resend, self.sent) = (false, false, 0);
+                self.stage = Stage::Request { body: None };
+                return None;
+            }
+            return Some(Step::Failed(Failure::Exchange(why.into())));
+        }
+    }
+
+    /// Parses the response head in `ubuf` if it is complete, and writes the client's head.
+    fn parse_head(&mut self, body_unread: bool, ctx: &ListenerCtx) -> Result<Head, &'static str> {
+        self.to_client.clear();
+        let closing = self.closing || body_unread;
+        let Some(parsed) = parse_response(&mut self.ubuf, self.is_head, self.upgrade, closing, &mut self.to_client)?
+        else {
+            return Ok(Head::Incomplete);
+        };
+        (self.written, self.filled) = (0, self.to_client.len());
+        if parsed.framing == Framing::Tunnel {
+            ctx.metrics.response(parsed.status, self.started.elapsed());
+            self.ubuf.drain(..parsed.head_len);
+            return Ok(Head::Tunnel);
+        }
+        // Framing errors in what came with the head are still the upstream's to answer for: nothing was sent
+        // to the client yet.
+        let mut end = BodyEnd::new(parsed.framing);
+        let after = &self.ubuf[parsed.head_len..];
+        let (k, done) = end.feed(after)?;
+        ctx.metrics.response(parsed.status, self.started.elapsed());
+        let extra = after.len() - k;
+        self.to_client.extend_from_slice(&after[..k]);
+        self.filled = self.to_client.len();
+        self.ubuf.clear();
+        self.stage = Stage::Body {
+            end,
+            done,
+            until_close: parsed.framing == Framing::Close,
+            reuse: parsed.keep_alive && extra == 0 && !body_unread,
+            close_client: parsed.close || body_unread,
+        };
+        Ok(Head::Body)
+    }
+
+    /// The response-body stage, to its end.
+    async fn body(
+        &mut self,
+        client: &mut TcpStream,
+        ctx: &ListenerCtx,
+        stop: &mut Option<&mut Wait<'_>>,
+    ) -> Option<Step> {
+        let Stage::Body {
+            end,
+            done,
+            until_close,
+            reuse,
+            ..
+        } = &mut self.stage
+        else {
+            return None;
+        };
+        loop {
+            if self.written < self.filled {
+                match client.try_write(&self.to_client[self.written..self.filled]) {
+                    Ok(n) => {
+                        self.written += n;
+                        ctx.metrics.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        tokio::select! {
+                            biased;
+                            _ = stopped(stop) => return Some(Step::Depart),
+                            r = client.writable() => {
+                                if let Err(e) = r {
+                                    return Some(Step::Cut(Cut::Client(e)));
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => return Some(Step::Cut(Cut::Client(e))),
+                }
+                continue;
+            }
+            if *done {
+                return Some(Step::Done);
+            }
+            let want = end.want();
+            if self.to_client.len() < want {
+                self.to_client.resize(want, 0);
+            }
+            let got = tokio::select! {
+                biased;
+                _ = stopped(stop) => return Some(Step::Depart),
+                r = self.up.read(&mut self.to_client[..want]) => r,
+            };
+            let n = match got {
+                Ok(0) if *until_close => {
+                    (*done, *reuse) = (true, false);
+                    continue;
+                }
+                Ok(0) => return Some(Step::Cut(Cut::Truncated)),
+                Ok(n) => n,
+                Err(e) => return Some(Step::Cut(Cut::Upstream(e))),
+            };
+            let (k, ended) = match end.feed(&self.to_client[..n]) {
+                Ok(fed) => fed,
+                Err(why) => return Some(Step::Cut(Cut::Framing(why))),
+            };
+            if k < n {
+                // Bytes after the chunked body's end: the upstream is not speaking HTTP/1.1 properly.
+                *reuse = false;
+            }
+            (self.written, self.filled, *done) = (0, k, ended);
+        }
+    }
+
+    /// Takes the exchange out of the runtime for a migration, with the client connection and `cbuf` (client bytes
+    /// read and not forwarded).
+    pub(super) fn detach(
+        self,
+        client: TcpStream,
+        cbuf: Vec<u8>,
+        listener: std::sync::Arc<str>,
+    ) -> std::io::Result<Detached> {
+        let resume = Resume {
+            endpoint: self.endpoint,
+            is_head: self.is_head,
+            upgrade: self.upgrade,
+            closing: self.closing,
+            waited_ms: self
+                .head_since
+                .map_or(0, |t| u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)),
+            stage: self.stage,
+        };
+        let state = serde_json::to_vec(&resume).map_err(std::io::Error::other)?;
+        let to_up = self.to_up[self.sent.min(self.to_up.len())..].to_vec();
+        let to_client = self.to_client[self.written..self.filled].to_vec();
+        Ok(Detached {
+            kind: ConnKind::Exchange,
+            listener,
+            fds: vec![stream_fd(client)?, stream_fd(self.up)?],
+            buffers: vec![state, cbuf, to_up, to_client, self.ubuf],
+        })
+    }
+
+    /// The exchange of a [`ConnKind::Exchange`] connection (handed over by the predecessor, or given back by the
+    /// successor): the client connection, its unforwarded bytes, and the exchange to carry on.
+    pub(super) fn restore(
+        fds: Vec<std::os::fd::OwnedFd>,
+        buffers: Vec<Vec<u8>>,
+    ) -> Result<(TcpStream, Vec<u8>, Exchange), &'static str> {
+        let [client, up]: [std::os::fd::OwnedFd; 2] = fds.try_into().map_err(|_| "an exchange has two sockets")?;
+        let [state, cbuf, to_up, to_client, ubuf]: [Vec<u8>; 5] =
+            buffers.try_into().map_err(|_| "an exchange has five buffers")?;
+        let resume: Resume = serde_json::from_slice(&state).map_err(|_| "malformed exchange state")?;
+        let valid = match &resume.stage {
+            Stage::Request { body } => body.as_ref().is_none_or(BodyEnd::is_valid),
+            Stage::Head { .. } => true,
+            Stage::Body { end, .. } => end.is_valid(),
+        };
+        if !valid {
+            return Err("impossible body state");
+        }
+        let (Ok(client), Ok(up)) = (fd_stream(client), fd_stream(up)) else {
+            return Err("unusable sockets");
+        };
+        let waited = Duration::from_millis(resume.waited_ms);
+        let now = Instant::now();
+        let since = now.checked_sub(waited).unwrap_or(now);
+        let filled = to_client.len();
+        let exchange = Exchange {
+            up,
+            endpoint: resume.endpoint,
+            is_head: resume.is_head,
+            upgrade: resume.upgrade,
+            closing: resume.closing,
+            reused: false,
+            resend: false,
+            head_since: matches!(resume.stage, Stage::Head { .. }).then_some(since),
+            stage: resume.stage,
+            to_up,
+            sent: 0,
+            to_client,
+            written: 0,
+            filled,
+            ubuf,
+            started: since,
+        };
+        Ok((client, cbuf, exchange))
+    }
+}
+
+/// Resolves when `stop` fires; never without one.
+async fn stopped(stop: &mut Option<&mut Wait<'_>>) {
+    match stop {
+        Some(wait) => (&mut **wait).await,
+        None => std::future::pending().await,
+    }
+}
