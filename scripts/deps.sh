@@ -17,6 +17,7 @@ unit_needs=(
   "procps kill"           # tests/common/process.rs, library_example.rs, manifests.rs: kill -TERM
   "util-linux prlimit"    # tests/common/process.rs: Baton::spawn_with_nofile
   "python3-grpcio /usr/lib/python3/dist-packages/grpc/__init__.py"  # tests/grpc.rs: a gRPC C-core client
+  "curl curl"             # tests/streams.rs: a real HTTP/1.1 client for streams and uploads
 )
 test_pod_needs=(          # scripts/pod-test.sh
   "podman podman"
