@@ -1,7 +1,7 @@
 //! The HTTP/1.1 engine (src/h1.rs) through the real `baton` binary: response framing (Content-Length, chunked
 //! passed through verbatim, close-delimited, bodiless responses), informational responses, pipelining, the raw
-//! upstream pool (stale connections, retries), bad upstream framing, request bodies (buffered here, or streamed by
-//! the hyper fallback), request rewriting and metrics.
+//! upstream pool (stale connections, retries), bad upstream framing, request bodies (read whole up to 64 KiB,
+//! streamed beyond, and chunked ones streamed with their framing checked), request rewriting and metrics.
 //!
 //! Raw TCP clients parse what baton sends themselves, and a scripted raw upstream answers every request with bytes
 //! the test chooses (in as many writes as it likes) and records every request it framed, with the upstream
@@ -819,15 +819,16 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(seen, ["/p1", "/p2", "/p3"]);
 }
 
-/// Pipelined requests where the second is not the engine's (a chunked body): the first is answered by the
-/// engine, and hyper takes the connection from there with the bytes already read, the third request included.
+/// Pipelined requests where the second is not the engine's (an absolute-form target, with a chunked body): the
+/// first is answered by the engine, and hyper takes the connection from there with the bytes already read, the
+/// third request included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_fall_back_to_hyper_midway() {
     let rig = Rig::start(|r| ok(format!("{} {}", r.path(), String::from_utf8_lossy(&r.body)))).await;
     let mut c = rig.client().await;
     let mut all = get("/e1");
     all.extend_from_slice(
-        b"POST /streamed HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        b"POST http://test/streamed HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     );
     all.extend_from_slice(&get("/h3"));
     c.send(&all).await;
@@ -1066,8 +1067,9 @@ async fn a_silent_upstream_times_out_with_504() {
 // requests
 // ---------------------------------------------------------------------------------------------------------------
 
-/// A 10 KiB body (read whole by the engine, arriving in two writes), a 64 KiB one (the engine's limit) and a 200 KiB one (streamed by the hyper fallback)
-/// reach the upstream byte-exact, and the client connection carries the next request after each.
+/// A 10 KiB body (read whole by the engine, arriving in two writes), a 64 KiB one (the largest read whole) and a
+/// 200 KiB one (streamed by the engine) reach the upstream byte-exact, and the client connection carries the next
+/// request after each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_bodies_arrive_byte_exact() {
     let rig = Rig::start(|r| ok(format!("{} {}", r.path(), r.body.len()))).await;
@@ -1103,12 +1105,50 @@ async fn request_bodies_arrive_byte_exact() {
 
     let large = pattern(200 * 1024, 2);
     let r = c.roundtrip(&post("/large", &large)).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "/large 204800"), "{}", r.head);
+    assert_eq!(
+        String::from_utf8_lossy(&r.raw),
+        "HTTP/1.1 200 X\r\ncontent-length: 13\r\n\r\n/large 204800",
+        "streamed by the engine"
+    );
     assert_same_bytes(&rig.up.one("/large").body, &large, "200 KiB request body");
 
     let r = c.roundtrip(&get("/after")).await;
     assert_eq!((r.status, r.text().as_str()), (200, "/after 0"));
     rig.up.one("/after");
+}
+
+/// A chunked request body (with a chunk extension and a trailer, arriving in pieces) is streamed by the engine
+/// with its framing as it is, the pipelined request after it included; a malformed one gets a 400 and the
+/// connection closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_request_bodies_are_streamed_with_their_framing() {
+    let rig = Rig::start(|r| ok(format!("{} {}", r.path(), String::from_utf8_lossy(&r.body)))).await;
+    let mut c = rig.client().await;
+    c.send(b"POST /chunked HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n5;x=1\r\nhel")
+        .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut rest = b"lo\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n".to_vec();
+    rest.extend_from_slice(&get("/after"));
+    c.send(&rest).await;
+    let r = c.response(false).await;
+    assert_eq!(
+        String::from_utf8_lossy(&r.raw),
+        "HTTP/1.1 200 X\r\ncontent-length: 20\r\n\r\n/chunked hello world",
+        "answered through the engine"
+    );
+    let got = rig.up.one("/chunked");
+    assert_eq!(got.header("transfer-encoding"), ["chunked"], "{}", got.head);
+    assert_eq!(got.body, b"hello world");
+    let r = c.response(false).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/after "), "{}", r.head);
+
+    let mut c = rig.client().await;
+    c.send(b"POST /bad HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.says_close(), "{r:?}");
+    c.expect_eof().await;
 }
 
 /// The upstream gets `X-Forwarded-For` extended with the client address and no hop-by-hop fields; the client gets

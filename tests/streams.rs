@@ -462,3 +462,58 @@ async fn long_exchanges_move_through_3_upgrades() {
     eprintln!("old instances exited {exits:?} after their successors' postStart hooks returned");
     closer_task.abort();
 }
+
+/// An upstream that answers `413` as soon as it has a request head, and closes: the client gets that answer in the
+/// middle of its upload (not a `502`), and its connection closes after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_answer_ends_an_upload() {
+    let dir = TestDir::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let upstream = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo long",
+                    )
+                    .await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    let first = start_first(&dir, 2, |l, admin, uds| yaml(l, admin, uds, up, up)).await;
+    let mut c = TcpStream::connect(first.listeners[0]).await.unwrap();
+    c.write_all(b"PUT /big HTTP/1.1\r\nHost: test\r\nContent-Length: 4194304\r\n\r\n")
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = c.split();
+    let sender = async {
+        // Keeps sending until baton stops taking the body; the error is expected then.
+        for i in 0..64 {
+            if wr.write_all(&pattern_range(i * 65536, 65536)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let reader = async {
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rd.read_to_end(&mut got)).await;
+        got
+    };
+    let ((), got) = tokio::join!(sender, reader);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413 "), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    assert!(text.ends_with("too long"), "{text}");
+    upstream.abort();
+}

@@ -135,22 +135,30 @@ async fn run(
         match ex.drive(&mut client, &mut cbuf, ctx, stop, timer.as_mut()).await {
             Step::Done => {
                 let close = ex.closes_client();
+                let linger = ex.left_body_unread();
                 let reuse = ex.reusable().then(|| cluster.endpoint(ex.endpoint)).flatten();
                 let (up, back) = ex.into_parts();
                 bufs = back;
                 if let Some(endpoint) = reuse {
                     endpoint.raw.put(up);
                 }
+                if linger {
+                    return lingering_close(client).await;
+                }
                 if close {
                     return shutdown(client).await;
                 }
             }
             Step::Failed(failure) => {
-                let closing = ex.closes_client();
+                let (closing, linger) = (ex.closes_client(), ex.left_body_unread());
                 let (endpoint, started) = (ex.endpoint, ex.started());
                 bufs = ex.into_parts().1;
                 if !answer_failure(&mut client, failure, endpoint, closing, started, ctx).await {
-                    return shutdown(client).await;
+                    return if linger {
+                        lingering_close(client).await
+                    } else {
+                        shutdown(client).await
+                    };
                 }
             }
             Step::BadRequest(why) => {
@@ -214,6 +222,25 @@ async fn answer_failure(
 
 async fn shutdown(mut client: TcpStream) {
     let _ = client.shutdown().await;
+}
+
+/// Longest a client connection is read and discarded after its response, when its request body was not read.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Closes a connection whose client may still be sending a request body nobody will read: after the response,
+/// says EOF and discards what still comes for up to [`LINGER`], so that closing does not reset the connection
+/// (a reset can destroy the response before the client has read it).
+async fn lingering_close(mut client: TcpStream) {
+    let _ = client.shutdown().await;
+    let mut sink = vec![0u8; 16 * 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 async fn write(client: &mut TcpStream, bytes: &[u8], metrics: &ListenerMetrics) -> std::io::Result<()> {

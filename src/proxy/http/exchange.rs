@@ -56,6 +56,9 @@ pub(super) enum Stage {
         reuse: bool,
         /// The client connection closes afterwards.
         close_client: bool,
+        /// The request body was not read to its end (the upstream answered early).
+        #[serde(default)]
+        unread: bool,
     },
 }
 
@@ -226,6 +229,15 @@ impl Exchange {
         }
     }
 
+    /// The client may still be sending a request body nobody reads: its connection needs a lingering close.
+    pub(super) fn left_body_unread(&self) -> bool {
+        match &self.stage {
+            Stage::Request { body } => body.is_some(),
+            Stage::Head { body_unread } => *body_unread,
+            Stage::Body { unread, .. } => *unread,
+        }
+    }
+
     /// The upstream connection can carry another exchange.
     pub(super) fn reusable(&self) -> bool {
         matches!(
@@ -393,16 +405,19 @@ impl Exchange {
             };
             let why = match got {
                 Ok(0) => "the upstream closed before a complete response head".into(),
-                Ok(_) => match self.parse_head(body_unread, ctx) {
-                    Ok(Head::Incomplete) => continue,
-                    Ok(Head::Body) => return None,
-                    Ok(Head::Tunnel) => return Some(Step::Tunnel),
-                    Err(why) => return Some(Step::Failed(Failure::Exchange(why.into()))),
-                },
+                Ok(_) => {
+                    // Any byte of response, an informational one included, rules out sending the request again.
+                    self.resend = false;
+                    match self.parse_head(body_unread, ctx) {
+                        Ok(Head::Incomplete) => continue,
+                        Ok(Head::Body) => return None,
+                        Ok(Head::Tunnel) => return Some(Step::Tunnel),
+                        Err(why) => return Some(Step::Failed(Failure::Exchange(why.into()))),
+                    }
+                }
                 Err(e) => format!("reading the response: {e}"),
             };
-            // Any byte of response, an informational one included, rules out sending the request again.
-            if self.resend && self.ubuf.is_empty() {
+            if self.resend {
                 tracing::trace!(error = %why, "reused upstream connection failed; retrying on a new one");
                 match crate::upstream::connect(self.endpoint, ctx.cluster.connect_timeout).await {
                     Ok(up) => self.up = up,
@@ -446,6 +461,7 @@ impl Exchange {
             until_close: parsed.framing == Framing::Close,
             reuse: parsed.keep_alive && extra == 0 && !body_unread,
             close_client: parsed.close || body_unread,
+            unread: body_unread,
         };
         Ok(Head::Body)
     }
@@ -603,5 +619,103 @@ async fn stopped(stop: &mut Option<&mut Wait<'_>>) {
     match stop {
         Some(wait) => (&mut **wait).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    /// Two connected TCP sockets: what a handed-over exchange carries (client, upstream).
+    fn sockets() -> Vec<OwnedFd> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (up, _) = listener.accept().expect("accept");
+        vec![OwnedFd::from(client), OwnedFd::from(up)]
+    }
+
+    fn state(stage: Stage, waited_ms: u64) -> Vec<u8> {
+        let resume = Resume {
+            endpoint: "127.0.0.1:9".parse().expect("addr"),
+            is_head: false,
+            upgrade: false,
+            closing: true,
+            waited_ms,
+            stage,
+        };
+        serde_json::to_vec(&resume).expect("json")
+    }
+
+    #[tokio::test]
+    async fn an_exchange_survives_detach_and_restore() {
+        let mut end = BodyEnd::new(Framing::Chunked);
+        end.feed(b"10\r\n0123").expect("valid");
+        let stage = Stage::Body {
+            end,
+            done: false,
+            until_close: false,
+            reuse: true,
+            close_client: false,
+            unread: false,
+        };
+        let buffers = vec![
+            state(stage.clone(), 0),
+            b"GET /next HTTP/1.1\r\n".to_vec(),
+            Vec::new(),
+            b"456789abcdef\r\n".to_vec(),
+            Vec::new(),
+        ];
+        let (client, cbuf, exchange) = Exchange::restore(sockets(), buffers.clone()).expect("restore");
+        assert!(exchange.closing && !exchange.resend && !exchange.reused);
+        let detached = exchange.detach(client, cbuf, "web".into()).expect("detach");
+        assert_eq!(detached.kind, ConnKind::Exchange);
+        assert_eq!(detached.fds.len(), 2);
+        assert_eq!(detached.buffers[1..], buffers[1..]);
+        let resumed: Resume = serde_json::from_slice(&detached.buffers[0]).expect("state");
+        assert_eq!(resumed.stage, stage);
+
+        // The time already spent waiting for the response head travels too.
+        let waiting = vec![
+            state(Stage::Head { body_unread: false }, 1500),
+            vec![],
+            vec![],
+            vec![],
+            b"HTTP/1.1 2".to_vec(),
+        ];
+        let (client, cbuf, exchange) = Exchange::restore(sockets(), waiting).expect("restore");
+        let detached = exchange.detach(client, cbuf, "web".into()).expect("detach");
+        let resumed: Resume = serde_json::from_slice(&detached.buffers[0]).expect("state");
+        assert!(resumed.waited_ms >= 1500, "{}", resumed.waited_ms);
+        assert_eq!(detached.buffers[4], b"HTTP/1.1 2");
+    }
+
+    #[tokio::test]
+    async fn malformed_exchanges_are_refused() {
+        let good = || state(Stage::Request { body: None }, 0);
+        let five = |first: Vec<u8>| vec![first, vec![], vec![], vec![], vec![]];
+        assert!(Exchange::restore(sockets(), five(good())).is_ok());
+        let mut one = sockets();
+        one.pop();
+        assert_eq!(
+            Exchange::restore(one, five(good())).err(),
+            Some("an exchange has two sockets")
+        );
+        assert_eq!(
+            Exchange::restore(sockets(), vec![good()]).err(),
+            Some("an exchange has five buffers")
+        );
+        assert_eq!(
+            Exchange::restore(sockets(), five(b"{\"stage\":".to_vec())).err(),
+            Some("malformed exchange state")
+        );
+        let impossible = br#"{"endpoint":"127.0.0.1:9","is_head":false,"upgrade":false,"closing":false,"waited_ms":0,
+            "stage":{"Body":{"end":{"Chunked":{"state":"Size","size":0,"digits":16,"line":0}},"done":false,
+            "until_close":false,"reuse":true,"close_client":false}}}"#;
+        assert_eq!(
+            Exchange::restore(sockets(), five(impossible.to_vec())).err(),
+            Some("impossible body state")
+        );
     }
 }
