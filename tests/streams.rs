@@ -4,7 +4,8 @@
 //! - Server-Sent Events (a chunked response, one event every 40 ms), read by `curl -N`;
 //! - a 2 MiB `Content-Length` download and a close-delimited one, sent slowly;
 //! - a response whose head comes only after 2.5 s (a long poll);
-//! - a slow chunked upload (`curl -T -` from a pipe) and a slow 1.5 MiB `Content-Length` upload (hyper's client).
+//! - slow chunked uploads (`curl -T -` from a pipe, one of them with `Expect: 100-continue`) and a slow 1.5 MiB
+//!   `Content-Length` upload (hyper's client).
 //!
 //! Each must arrive byte-exact on the connection it started on (curl's `num_connects` is 1; the upstream accepted
 //! one connection per exchange), and each old instance must exit before its drain deadline.
@@ -387,16 +388,36 @@ async fn long_exchanges_move_through_3_upgrades() {
     let close_delimited = curl(&format!("http://{raw}/stream"), &[]);
     let late = curl(&format!("http://{web}/late"), &[]);
     let mut chunked_upload = curl(&format!("http://{web}/upload"), &["-T", "-", "-H", "Expect:"]);
-    let mut stdin = chunked_upload.stdin.take().unwrap();
-    let feeder = tokio::spawn(async move {
-        let mut at = 0;
-        while at < UPLOAD {
-            stdin.write_all(&pattern_range(at, UP_CHUNK)).await.unwrap();
-            stdin.flush().await.unwrap();
-            at += UP_CHUNK;
-            tokio::time::sleep(CHUNK_EVERY).await;
-        }
-    });
+    // The same with `Expect: 100-continue`: curl sends no byte of the body before the upstream's `100 Continue`
+    // reaches it, or 30 s pass; it gives up after 20 s.
+    let mut expecting_upload = curl(
+        &format!("http://{web}/upload"),
+        &[
+            "-T",
+            "-",
+            "-H",
+            "Expect: 100-continue",
+            "--expect100-timeout",
+            "30",
+            "--max-time",
+            "20",
+        ],
+    );
+    let feeders: Vec<_> = [&mut chunked_upload, &mut expecting_upload]
+        .into_iter()
+        .map(|child| {
+            let mut stdin = child.stdin.take().unwrap();
+            tokio::spawn(async move {
+                let mut at = 0;
+                while at < UPLOAD {
+                    stdin.write_all(&pattern_range(at, UP_CHUNK)).await.unwrap();
+                    stdin.flush().await.unwrap();
+                    at += UP_CHUNK;
+                    tokio::time::sleep(CHUNK_EVERY).await;
+                }
+            })
+        })
+        .collect();
     let hyper_up = tokio::spawn(hyper_upload(web));
 
     // Three upgrades while everything is in flight.
@@ -438,7 +459,9 @@ async fn long_exchanges_move_through_3_upgrades() {
         &pattern_range(0, DOWNLOAD),
     );
     check("long poll", &curled(late).await, b"late");
-    feeder.await.unwrap();
+    for feeder in feeders {
+        feeder.await.unwrap();
+    }
     let uploaded = pattern_range(0, UPLOAD);
     let want = format!("{} {:016x}", UPLOAD, fnv(&uploaded));
     check(
@@ -446,6 +469,8 @@ async fn long_exchanges_move_through_3_upgrades() {
         &curled(chunked_upload).await,
         want.as_bytes(),
     );
+    let expecting = curled(expecting_upload).await;
+    check("chunked upload with Expect: 100-continue", &expecting, want.as_bytes());
     let got = hyper_up.await.unwrap();
     if got.as_deref() != Ok(&format!("200 OK {want}")) {
         panic!(
@@ -455,7 +480,7 @@ async fn long_exchanges_move_through_3_upgrades() {
     }
     assert_eq!(
         app.accepted.load(Ordering::Relaxed),
-        5,
+        6,
         "connections the upstream accepted: each exchange should have kept its one upstream connection"
     );
     assert_eq!(closer_accepted.load(Ordering::Relaxed), 1);

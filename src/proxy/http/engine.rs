@@ -9,8 +9,8 @@
 //!
 //! Anything else leaves this path before a byte of it is forwarded: the connection goes on under hyper
 //! ([`super::hyper_path`]) with the bytes read so far. That covers requests that are malformed (hyper answers 400
-//! or 431), `Expect`, `CONNECT` and absolute-form requests, HTTP/1.0 clients, fields named in `Connection`, and
-//! transfer codings other than `chunked`.
+//! or 431), expectations other than `100-continue`, `CONNECT` and absolute-form requests, HTTP/1.0 clients, fields
+//! named in `Connection`, and transfer codings other than `chunked`.
 //!
 //! A migration takes the connection where it is: between two exchanges, with the bytes read and not forwarded
 //! (even a whole pipelined request), or in the middle of one, at its next read or blocked write, with the

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
@@ -23,7 +23,7 @@ use crate::drain::latch::Wait;
 use crate::drain::{ConnKind, Detached};
 use crate::proxy::http::failure::Failure;
 use crate::proxy::http::framing::{BodyEnd, BODY_CHUNK};
-use crate::proxy::http::parse::{parse_response, Framing, Request};
+use crate::proxy::http::parse::{interim, parse_response, Framing, Request};
 use crate::proxy::ListenerCtx;
 
 /// Room kept free in a buffer before each read.
@@ -307,11 +307,13 @@ impl Exchange {
                                     return Some(Step::Cut(Cut::UpstreamWrite(e)));
                                 }
                             }
-                            // The upstream answers (or closes) before taking the whole request.
+                            // The upstream says something (or closes) before taking the whole request.
                             _ = self.up.peek(&mut probe) => {
                                 let unread = body.is_some();
-                                self.enter_head(unread);
-                                return None;
+                                if upstream_spoke(&self.up, &mut self.ubuf, client, ctx).await {
+                                    self.enter_head(unread);
+                                    return None;
+                                }
                             }
                         }
                     }
@@ -363,8 +365,11 @@ impl Exchange {
                 _ = stopped(stop) => return Some(Step::Depart),
                 r = client.read_buf(cbuf) => r,
                 _ = self.up.peek(&mut probe) => {
-                    self.enter_head(true);
-                    return None;
+                    if upstream_spoke(&self.up, &mut self.ubuf, client, ctx).await {
+                        self.enter_head(true);
+                        return None;
+                    }
+                    continue;
                 }
             };
             match got {
@@ -379,7 +384,6 @@ impl Exchange {
     fn enter_head(&mut self, body_unread: bool) {
         self.stage = Stage::Head { body_unread };
         self.head_since.get_or_insert_with(Instant::now);
-        self.ubuf.clear();
     }
 
     /// The response-head stage: `None` once it is over (the stage is then [`Stage::Body`], or back to
@@ -396,6 +400,17 @@ impl Exchange {
             .as_mut()
             .reset(tokio::time::Instant::from_std(since + ctx.cluster.request_timeout));
         loop {
+            // Bytes may be here already: what came while the request was still going, or from the predecessor.
+            if !self.ubuf.is_empty() {
+                // Any byte of response, an informational one included, rules out sending the request again.
+                self.resend = false;
+                match self.parse_head(body_unread, ctx) {
+                    Ok(Head::Incomplete) => {}
+                    Ok(Head::Body) => return None,
+                    Ok(Head::Tunnel) => return Some(Step::Tunnel),
+                    Err(why) => return Some(Step::Failed(Failure::Exchange(why.into()))),
+                }
+            }
             self.ubuf.reserve(READ_ROOM);
             let got = tokio::select! {
                 biased;
@@ -405,16 +420,7 @@ impl Exchange {
             };
             let why = match got {
                 Ok(0) => "the upstream closed before a complete response head".into(),
-                Ok(_) => {
-                    // Any byte of response, an informational one included, rules out sending the request again.
-                    self.resend = false;
-                    match self.parse_head(body_unread, ctx) {
-                        Ok(Head::Incomplete) => continue,
-                        Ok(Head::Body) => return None,
-                        Ok(Head::Tunnel) => return Some(Step::Tunnel),
-                        Err(why) => return Some(Step::Failed(Failure::Exchange(why.into()))),
-                    }
-                }
+                Ok(_) => continue,
                 Err(e) => format!("reading the response: {e}"),
             };
             if self.resend {
@@ -611,6 +617,40 @@ impl Exchange {
             started: since,
         };
         Ok((client, cbuf, exchange))
+    }
+}
+
+/// The upstream sent bytes (or closed) while the request is still going: reads them. A `100 Continue` (the
+/// answer to `Expect: 100-continue`) is passed on to the client and the request goes on (`false`); other
+/// informational responses are dropped. Anything else is the response, early (`true`: on to its head).
+async fn upstream_spoke(up: &TcpStream, ubuf: &mut Vec<u8>, client: &mut TcpStream, ctx: &ListenerCtx) -> bool {
+    ubuf.reserve(READ_ROOM);
+    match up.try_read_buf(ubuf) {
+        Ok(0) => return true,
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+        Err(_) => return true,
+    }
+    loop {
+        match interim(ubuf) {
+            Ok(Some((n, is_continue))) => {
+                ubuf.drain(..n);
+                if is_continue {
+                    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+                    if client.write_all(CONTINUE).await.is_err() {
+                        return true;
+                    }
+                    ctx.metrics
+                        .bytes_out
+                        .fetch_add(CONTINUE.len() as u64, Ordering::Relaxed);
+                }
+            }
+            // Part of a head: wait for the rest while the request goes on.
+            Ok(None) if !ubuf.windows(4).any(|w| w == b"\r\n\r\n") && ubuf.len() < READ_ROOM => {
+                return false;
+            }
+            Ok(None) | Err(_) => return true,
+        }
     }
 }
 

@@ -188,6 +188,22 @@ pub(super) fn parse_response(
     }
 }
 
+/// An informational response (1xx but `101`) complete at the start of `buf`: its length, and whether it is a
+/// `100 Continue` (which a client that sent `Expect: 100-continue` waits for). `Ok(None)`: incomplete, or not an
+/// informational response.
+pub(super) fn interim(buf: &[u8]) -> Result<Option<(usize, bool)>, &'static str> {
+    let mut fields = [MaybeUninit::<httparse::Header>::uninit(); RESPONSE_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut fields) {
+        Ok(httparse::Status::Complete(n)) => match resp.code {
+            Some(code) if (100..200).contains(&code) && code != 101 => Ok(Some((n, code == 100))),
+            _ => Ok(None),
+        },
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err("malformed response head"),
+    }
+}
+
 /// Whether a `Connection` field of `fields` names `name`.
 fn connection_names(fields: &[httparse::Header], name: &str) -> bool {
     fields
@@ -259,7 +275,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let (mut hosts, mut length, mut close, mut prior) = (0, None, false, None);
-    let (mut upgrade, mut upgrade_named, mut chunked) = (None, false, false);
+    let (mut upgrade, mut upgrade_named, mut chunked, mut expect) = (None, false, false, false);
     for f in req.headers.iter() {
         match Field::of(f.name) {
             Field::Other => {}
@@ -272,6 +288,11 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
             Field::TransferEncoding if !chunked && f.value.trim_ascii().eq_ignore_ascii_case(b"chunked") => {
                 chunked = true;
                 continue;
+            }
+            // The client waits for `100 Continue` before its body: the head goes at once, the body is streamed,
+            // and the upstream's `100` is passed on (see `interim`).
+            Field::Expect if !expect && f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") => {
+                expect = true;
             }
             Field::TransferEncoding | Field::Expect => return Parsed::Elsewhere,
             Field::Upgrade if upgrade.is_none() => {
@@ -305,7 +326,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
         return Parsed::Elsewhere;
     }
     let upgrade = match upgrade {
-        Some(protocols) if upgrade_named && length.unwrap_or(0) == 0 && !chunked => {
+        Some(protocols) if upgrade_named && length.unwrap_or(0) == 0 && !chunked && !expect => {
             push_field(out, b"upgrade", protocols);
             out.extend_from_slice(b"connection: upgrade\r\n");
             true
@@ -327,7 +348,7 @@ pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) 
     out.extend_from_slice(b"\r\n");
     let (body, streamed) = match length {
         _ if chunked => (0, Some(Framing::Chunked)),
-        Some(n) if n > MAX_BUFFERED_BODY as u64 => (0, Some(Framing::Length(n))),
+        Some(n) if n > MAX_BUFFERED_BODY as u64 || (expect && n > 0) => (0, Some(Framing::Length(n))),
         Some(n) => (n as usize, None),
         None => (0, None),
     };
@@ -425,7 +446,8 @@ mod tests {
             "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nab",
             "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\nab",
-            "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue, x\r\nContent-Length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n",
             "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: foo\r\nConnection: upgrade\r\nContent-Length: 1\r\n\r\na",
             "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: a\r\nUpgrade: b\r\nConnection: upgrade\r\n\r\n",
