@@ -432,6 +432,29 @@ mod tests {
     }
 
     #[test]
+    fn expect_continue_streams_the_body_and_interim_responses_are_found() {
+        let raw = "PUT /up HTTP/1.1\r\nHost: x\r\nExpect: 100-Continue\r\nContent-Length: 10\r\n\r\n";
+        let (parsed, out) = request(raw);
+        let Parsed::Ready(r) = parsed else {
+            panic!("not ready: {parsed:?}")
+        };
+        assert_eq!((r.len, r.streamed), (raw.len(), Some(Framing::Length(10))));
+        assert!(out.contains("Expect: 100-Continue\r\n"), "{out}");
+        assert_eq!(
+            interim(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"),
+            Ok(Some((25, true)))
+        );
+        assert_eq!(
+            interim(b"HTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"),
+            Ok(Some((37, false)))
+        );
+        assert_eq!(interim(b"HTTP/1.1 200 OK\r\n\r\n"), Ok(None));
+        assert_eq!(interim(b"HTTP/1.1 101 Switching Protocols\r\n\r\n"), Ok(None));
+        assert_eq!(interim(b"HTTP/1.1 100 Cont"), Ok(None));
+        assert!(interim(b"\x00\x00\x12\x04").is_err());
+    }
+
+    #[test]
     fn everything_unusual_goes_to_hyper() {
         for raw in [
             "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
