@@ -9,6 +9,7 @@ pub mod splice;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -68,6 +69,24 @@ pub async fn serve_adopted(
     run(client, upstream, pending, ctx, kind, true).await
 }
 
+/// First wait before a relay that held too much to travel is offered again; doubled each time, up to
+/// [`OFFER_AGAIN_MAX`].
+const OFFER_AGAIN_FIRST: Duration = Duration::from_secs(1);
+/// Longest wait between two offers of a relay that held too much to travel.
+const OFFER_AGAIN_MAX: Duration = Duration::from_secs(16);
+
+/// When a relay stops to depart.
+#[derive(Clone, Copy)]
+enum Stop {
+    /// When the migration starts.
+    Migration,
+    /// Never: the successor refused it, or is gone.
+    Never,
+    /// After this long: it came back because it held too much to travel, and will hold less once the receivers
+    /// read (each direction holds at most [`splice::MAX_HELD`] once it has written what it brought along).
+    After(Duration),
+}
+
 async fn run(
     mut client: TcpStream,
     mut upstream: TcpStream,
@@ -76,13 +95,8 @@ async fn run(
     kind: ConnKind,
     may_migrate: bool,
 ) {
-    // Stops the relay for a migration; once the successor refused the stream, a latch that never fires.
     let never = Latch::default();
-    let mut stop = if may_migrate {
-        ctx.drain.migration_latch()
-    } else {
-        &never
-    };
+    let mut when = if may_migrate { Stop::Migration } else { Stop::Never };
     loop {
         let metrics = &ctx.metrics;
         let up = |n| {
@@ -91,8 +105,22 @@ async fn run(
         let down = |n| {
             metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
         };
+        let later = Latch::default();
+        let stop = match when {
+            Stop::Migration => ctx.drain.migration_latch(),
+            Stop::Never => &never,
+            Stop::After(_) => &later,
+        };
+        let timer = async {
+            if let Stop::After(wait) = when {
+                tokio::time::sleep(wait).await;
+                later.fire();
+            }
+            std::future::pending::<()>().await
+        };
         let ended = tokio::select! {
             r = splice::relay(&client, &upstream, up, down, pending, stop) => r,
+            _ = timer => return,
             _ = ctx.drain.deadline() => return,
         };
         let (to_upstream, to_client) = match ended {
@@ -116,9 +144,14 @@ async fn run(
         let Some(back) = ctx.drain.depart(conn).await else {
             return; // the successor relays it now
         };
-        // Not taken: relay on here until the stream ends or the drain deadline.
-        let mut fds = back.fds.into_iter();
-        let mut buffers = back.buffers.into_iter();
+        // Not taken: relay on here, until the stream ends or the drain deadline, or until it is offered again.
+        when = match (back.offer_again, when) {
+            (false, _) => Stop::Never,
+            (true, Stop::After(wait)) => Stop::After((wait * 2).min(OFFER_AGAIN_MAX)),
+            (true, _) => Stop::After(OFFER_AGAIN_FIRST),
+        };
+        let mut fds = back.conn.fds.into_iter();
+        let mut buffers = back.conn.buffers.into_iter();
         let (Some(c), Some(u)) = (fds.next(), fds.next()) else {
             return;
         };
@@ -127,6 +160,5 @@ async fn run(
         };
         (client, upstream) = (c, u);
         pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
-        stop = &never;
     }
 }
