@@ -162,3 +162,103 @@ async fn run(
         pending = (buffers.next().unwrap_or_default(), buffers.next().unwrap_or_default());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+    use tokio::net::{TcpListener, TcpSocket};
+
+    use super::*;
+    use crate::config::{ClusterConfig, Protocol, UpstreamProtocol};
+    use crate::drain::Drain;
+    use crate::proxy::ListenerProxy;
+    use crate::telemetry::metrics::ListenerMetrics;
+    use crate::upstream::Cluster;
+
+    /// A connected pair: (the far end, with a small receive buffer; the relay's end, with a small send buffer), so
+    /// that what the relay writes without the far end reading stays with the relay.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let far = TcpSocket::new_v4().expect("socket");
+        far.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        let far = far
+            .connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (near, _) = listener.accept().await.expect("accept");
+        socket2::SockRef::from(&near)
+            .set_send_buffer_size(16 * 1024)
+            .expect("SO_SNDBUF");
+        (far, near)
+    }
+
+    /// Reads `far` to its end; the byte count.
+    async fn read_all(mut far: TcpStream) -> usize {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0;
+        while let Ok(n @ 1..) = far.read(&mut buf).await {
+            total += n;
+        }
+        total
+    }
+
+    /// A relay that comes back because it held too much for one frame is offered again later, and then, its
+    /// receivers having read what it held, it fits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_relay_too_large_to_travel_is_offered_again() {
+        let drain = Arc::new(Drain::default());
+        let cluster = Arc::new(Cluster::new(&ClusterConfig {
+            name: "nowhere".into(),
+            endpoints: vec![],
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            protocol: UpstreamProtocol::Http1,
+        }));
+        let metrics = Arc::new(ListenerMetrics::new("raw", "tcp"));
+        let proxy = ListenerProxy::new("raw", Protocol::Tcp, cluster, metrics, drain.clone());
+        let (client_far, client) = pair().await;
+        let (upstream_far, upstream) = pair().await;
+        // More than one frame carries, brought along from an earlier instance (as an older build could).
+        let brought = vec![7u8; 700 * 1024];
+        let mut departures = drain.begin_migration().expect("a first migration");
+        let relay = tokio::spawn(serve_adopted(
+            client,
+            upstream,
+            (brought.clone(), brought.clone()),
+            proxy.ctx.clone(),
+            ConnKind::Tcp,
+        ));
+
+        let first = tokio::time::timeout(Duration::from_secs(5), departures.recv())
+            .await
+            .expect("the relay departs once the flush grace is over")
+            .expect("a departure");
+        let held: Vec<usize> = first.conn().buffers.iter().map(Vec::len).collect();
+        assert!(
+            !baton_migrate::conn_fits(&held),
+            "the relay should hold too much to travel: {held:?}"
+        );
+        first.returned(true); // what the hub does with ConnVerdict::TooLarge
+
+        // Its receivers read again: what it held drains, and at the next offer it holds nothing.
+        let readers = tokio::spawn(async { tokio::join!(read_all(client_far), read_all(upstream_far)) });
+        let again = tokio::time::timeout(Duration::from_secs(10), departures.recv())
+            .await
+            .expect("the relay is offered again")
+            .expect("a departure");
+        let held: Vec<usize> = again.conn().buffers.iter().map(Vec::len).collect();
+        assert!(baton_migrate::conn_fits(&held), "held at the second offer: {held:?}");
+        again.returned(false); // refused: relayed here to its end, never offered again
+
+        drop(departures);
+        let (to_client, to_upstream) = tokio::time::timeout(Duration::from_secs(10), async {
+            // Both far ends have read everything: close them, and the relay ends.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            relay.abort();
+            readers.await.expect("readers")
+        })
+        .await
+        .expect("the relay ends");
+        assert_eq!((to_client, to_upstream), (brought.len(), brought.len()));
+    }
+}
