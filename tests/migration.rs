@@ -784,7 +784,7 @@ async fn renamed_listener_keeps_its_connections() {
 
 /// A listener kept at its address but switched from http to tcp: the new instance must not relay an HTTP
 /// keep-alive connection as a byte stream. It refuses it and says why in its log (the listener, both protocols);
-/// the old instance serves the connection on and then exits.
+/// the old instance logs each connection it kept and why, serves it on, and then exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protocol_change_at_same_address_refuses_connections() {
     let (s, mut old) = setup_serving("10s", "30s").await;
@@ -829,6 +829,16 @@ async fn protocol_change_at_same_address_refuses_connections() {
     }
     drop(pool);
     expect_old_exits(&mut old, OLD_EXIT, "its refused connections were closed").await;
+    // The old instance said, for each, why it kept it.
+    let kept = warn_lines(&old.stderr(), "not handed over");
+    assert!(
+        kept.len() == 2
+            && kept
+                .iter()
+                .all(|l| l.contains("refused by the successor") && l.contains("ingress")),
+        "the old instance should log a WARN for each of the 2 connections it kept, with why; it logged:\n{}",
+        kept.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
