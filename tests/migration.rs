@@ -2,7 +2,9 @@
 //! instance hands its client connections to the new one. Idle HTTP/1.1 keep-alive connections move (fd passing)
 //! with any bytes already read but not yet parsed; a connection with a request in flight finishes that response on
 //! the old and moves at the response boundary; TCP relay streams move at a quiescent point with every byte intact;
-//! h2c connections get a GOAWAY at commit. The new instance's counters continue the old one's,
+//! h2c connections get a GOAWAY at commit. A connection belongs to the listener at its local address: a listener
+//! renamed at the same address keeps its connections, one switched to another protocol refuses them (and says
+//! why). The new instance's counters continue the old one's,
 //! `handoff.inherit_config: true` makes the new serve the old's effective config, and the old exits as soon as
 //! everything is handed over or drained. If the new instance dies while receiving connections (failpoint `conns-before-ack`),
 //! the old resumes them.
@@ -727,6 +729,116 @@ async fn unused_connections_survive_upgrade() {
         failures.join("\n")
     );
     assert_serving(s.admin, new.pid(), 2).await;
+}
+
+/// An http listener renamed in the new config but kept at its address: the new instance adopts its socket (by
+/// address) and also its 16 idle keep-alive connections, which belong to the listener it serves at their local
+/// address whatever its name. Each connection's next request succeeds on that same connection (no close, no
+/// reconnect), served by the new instance's renamed listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renamed_listener_keeps_its_connections() {
+    const CLIENTS: usize = 16;
+    let (s, mut old) = setup_serving("10s", "30s").await;
+    let mut pool = idle_pool(s.http, CLIENTS).await;
+    let before: Vec<SocketAddr> = pool.iter().map(|c| c.stream.local_addr().unwrap()).collect();
+
+    let mut renamed = s.cfg.clone();
+    for l in renamed.listeners.iter_mut().filter(|l| l.name == "ingress") {
+        l.name = "edge".into();
+    }
+    let config = renamed.write_yaml(&s.dir, "renamed.yaml");
+    let new = take_over(&s.dir, &config, &s.uds_dir, "gen-2", &takeover_env(2)).await;
+    expect_old_exits(
+        &mut old,
+        OLD_EXIT,
+        "its 16 idle connections belong to a listener the new instance serves at the same address (renamed), and \
+         should have been handed over (its drain timeout is 30 s)",
+    )
+    .await;
+
+    let failures = one_keepalive_request_each(&mut pool, "keep-alive client").await;
+    assert!(
+        failures.is_empty(),
+        "{} of {CLIENTS} idle connections of the renamed listener failed their request after the upgrade (new pid \
+         {}):\n{}\nnew instance stderr:\n{}",
+        failures.len(),
+        new.pid(),
+        failures.join("\n"),
+        new.stderr()
+    );
+    let after: Vec<SocketAddr> = pool.iter().map(|c| c.stream.local_addr().unwrap()).collect();
+    assert_eq!(
+        before, after,
+        "the clients' connections (local addresses) before and after the upgrade"
+    );
+    let served = sample(
+        &metrics(s.admin).await,
+        "baton_requests_total{listener=\"edge\",protocol=\"http\",class=\"2xx\"}",
+    );
+    assert!(
+        served >= CLIENTS as f64,
+        "the new instance's renamed listener `edge` counts {served} requests, not the {CLIENTS} sent after the upgrade"
+    );
+    assert_serving(s.admin, new.pid(), 2).await;
+}
+
+/// A listener kept at its address but switched from http to tcp: the new instance must not relay an HTTP
+/// keep-alive connection as a byte stream. It refuses it and says why in its log (the listener, both protocols);
+/// the old instance logs each connection it kept and why, serves it on, and then exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protocol_change_at_same_address_refuses_connections() {
+    let (s, mut old) = setup_serving("10s", "30s").await;
+    let mut pool = idle_pool(s.http, 2).await;
+
+    let mut switched = s.cfg.clone();
+    for l in switched.listeners.iter_mut().filter(|l| l.name == "ingress") {
+        l.protocol = "tcp".into();
+        l.cluster = "echo".into();
+    }
+    let config = switched.write_yaml(&s.dir, "switched.yaml");
+    let new = take_over(&s.dir, &config, &s.uds_dir, "gen-2", &takeover_env(2)).await;
+
+    let said_why = |log: &str| {
+        log.lines().any(|l| {
+            (l.contains("INFO") || l.contains("WARN"))
+                && l.contains("refused")
+                && l.contains("ingress")
+                && l.contains("http")
+                && l.contains("tcp")
+                && l.contains("protocol")
+        })
+    };
+    let logged = wait_until(Duration::from_secs(10), || {
+        let log = new.stderr();
+        async move { said_why(&log) }
+    })
+    .await;
+    assert!(
+        logged,
+        "the new instance did not log why it refused the connections of `ingress` (http before, tcp now); its \
+         stderr:\n{}",
+        new.stderr()
+    );
+    // The old instance still serves them: the next request is answered by it (asking to close), then it exits.
+    for (i, c) in pool.iter_mut().enumerate() {
+        if c.closed_while_idle().unwrap_or(true) {
+            continue;
+        }
+        let r = c.get("/").await.unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+        r.expect_ok().unwrap_or_else(|e| panic!("connection {i}: {e:#}"));
+    }
+    drop(pool);
+    expect_old_exits(&mut old, OLD_EXIT, "its refused connections were closed").await;
+    // The old instance said, for each, why it kept it.
+    let kept = warn_lines(&old.stderr(), "not handed over");
+    assert!(
+        kept.len() == 2
+            && kept
+                .iter()
+                .all(|l| l.contains("refused by the successor") && l.contains("ingress")),
+        "the old instance should log a WARN for each of the 2 connections it kept, with why; it logged:\n{}",
+        kept.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------------------------

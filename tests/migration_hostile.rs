@@ -12,7 +12,9 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use baton_migrate::{hand_over_live, Identity, ListenerTag, Offer, Offered, OutgoingConn, SuccessorWatch, UdsDir};
+use baton_migrate::{
+    hand_over_live, ConnVerdict, Identity, ListenerTag, Offer, Offered, OutgoingConn, SuccessorWatch, UdsDir,
+};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,10 +90,11 @@ async fn bad_connections_from_a_predecessor_are_refused_good_ones_served() {
         departing("websocket", "ingress", vec![served.as_fd()], vec![]),
         departing("http1", "ingress", vec![served.as_fd()], vec![request]),
     ];
-    let taken = migration.send(&batch).await.expect("acknowledged");
+    let verdicts = migration.send(&batch).await.expect("acknowledged");
+    let refused = ConnVerdict::Refused;
     assert_eq!(
-        taken,
-        [false, false, false, false, false, false, true],
+        verdicts,
+        [refused, refused, refused, refused, refused, refused, ConnVerdict::Taken],
         "only the connected TCP socket of a known listener and kind may be adopted"
     );
     migration

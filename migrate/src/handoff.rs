@@ -384,23 +384,24 @@ impl std::fmt::Debug for ConnSender {
 }
 
 impl ConnSender {
-    /// Sends `batch` and waits for the successor's acknowledgement. Returns, per connection and in order,
-    /// whether the successor now serves it (`true`: close your copies without touching the socket again) or not
-    /// (`false`: resume it; it was refused, or is too large for one frame).
+    /// Sends `batch` and waits for the successor's acknowledgement. Returns, per connection and in order, its
+    /// [`ConnVerdict`]: [`ConnVerdict::Taken`] means the successor now serves it (close your copies without
+    /// touching the socket again); any other verdict means it is still yours (resume it), and says why.
+    ///
+    /// A connection the protocol cannot carry is not sent at all: [`ConnVerdict::BadFds`] (not
+    /// 1..=[`MAX_FDS_PER_CONN`] fds) or [`ConnVerdict::TooLarge`] (its buffers do not fit one frame: see
+    /// [`conn_fits`]). The others of the batch are sent all the same.
     ///
     /// On `Err` the successor is gone or misbehaving: resume every connection of `batch`, and do not call
     /// `send` again.
-    pub async fn send(&mut self, batch: &[OutgoingConn<'_>]) -> Result<Vec<bool>, HandoffError> {
-        let mut taken = vec![false; batch.len()];
-        // What the protocol can carry: 1..=MAX_FDS_PER_CONN fds, buffers within one frame. The rest stays with
-        // the caller (taken = false).
+    pub async fn send(&mut self, batch: &[OutgoingConn<'_>]) -> Result<Vec<ConnVerdict>, HandoffError> {
+        let mut verdicts: Vec<ConnVerdict> = batch.iter().map(ConnVerdict::unsendable).collect();
+        // What the protocol can carry is sent; the rest keeps its verdict and stays with the caller.
         let sendable: Vec<(usize, usize)> = batch
             .iter()
             .enumerate()
+            .filter(|&(i, _)| verdicts[i] == ConnVerdict::Refused)
             .map(|(i, c)| (i, payload_size(c)))
-            .filter(|&(i, size)| {
-                (1..=usize::from(MAX_FDS_PER_CONN)).contains(&batch[i].fds.len()) && size <= MAX_CONN_FRAME_BYTES
-            })
             .collect();
         let mut rest = &sendable[..];
         while !rest.is_empty() {
@@ -414,10 +415,10 @@ impl ConnSender {
                 (fds, bytes, n) = (fds + more, bytes + size, n + 1);
             }
             let (frame, later) = rest.split_at(n);
-            self.send_frame(batch, frame, &mut taken).await?;
+            self.send_frame(batch, frame, &mut verdicts).await?;
             rest = later;
         }
-        Ok(taken)
+        Ok(verdicts)
     }
 
     /// Sends one CONNS frame of `batch[i]` for each `(i, _)` of `frame`, and records the acknowledgement.
@@ -425,7 +426,7 @@ impl ConnSender {
         &mut self,
         batch: &[OutgoingConn<'_>],
         frame: &[(usize, usize)],
-        taken: &mut [bool],
+        verdicts: &mut [ConnVerdict],
     ) -> Result<(), HandoffError> {
         let mut tags = Vec::with_capacity(frame.len());
         let mut attached: Vec<BorrowedFd<'_>> = Vec::new();
@@ -458,7 +459,7 @@ impl ConnSender {
                 )));
             }
             // Unmentioned means not taken: the successor closed what it did not acknowledge.
-            taken[i] = acc;
+            verdicts[i] = if acc { ConnVerdict::Taken } else { ConnVerdict::Refused };
         }
         Ok(())
     }
@@ -471,9 +472,73 @@ impl ConnSender {
     }
 }
 
+/// What became of one connection offered with [`ConnSender::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnVerdict {
+    /// The successor acknowledged it: it serves it now. Close your copies without touching the socket again.
+    Taken,
+    /// Sent, and refused by the successor (or left out of its acknowledgement, which means the same: it closed
+    /// its copies). Resume it; the successor would refuse it again.
+    Refused,
+    /// Not sent: its buffers do not fit one CONNS frame ([`conn_fits`]). Resume it; once it has written out some
+    /// of what it holds it can be offered again.
+    TooLarge,
+    /// Not sent: it carries no fd, or more than [`MAX_FDS_PER_CONN`]. Resume it; it cannot be handed over.
+    BadFds,
+}
+
+impl ConnVerdict {
+    /// Why `c` cannot be sent at all, or `Refused` (the verdict of a sendable connection until the successor
+    /// acknowledges it).
+    fn unsendable(c: &OutgoingConn<'_>) -> ConnVerdict {
+        if !(1..=usize::from(MAX_FDS_PER_CONN)).contains(&c.fds.len()) {
+            ConnVerdict::BadFds
+        } else if payload_size(c) > MAX_CONN_FRAME_BYTES {
+            ConnVerdict::TooLarge
+        } else {
+            ConnVerdict::Refused
+        }
+    }
+
+    /// Whether the successor took it.
+    pub fn taken(self) -> bool {
+        self == ConnVerdict::Taken
+    }
+}
+
+impl std::fmt::Display for ConnVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ConnVerdict::Taken => "taken by the successor",
+            ConnVerdict::Refused => "refused by the successor",
+            ConnVerdict::TooLarge => "its buffers are too large for one frame",
+            ConnVerdict::BadFds => "it carries no fd or too many",
+        })
+    }
+}
+
+/// Whether a connection whose buffers have these lengths fits one CONNS frame, whatever its kind and listener
+/// name (up to 128 bytes each): [`ConnSender::send`] answers [`ConnVerdict::TooLarge`] for one that does not. A
+/// `const fn`, so that an application can check at compile time that what its connections may hold always fits.
+pub const fn conn_fits(buffer_lens: &[usize]) -> bool {
+    buffers_size(buffer_lens) <= MAX_CONN_FRAME_BYTES
+}
+
+/// Bytes a connection's buffers take in a CONNS frame, over-estimated: in base64, plus room for its tag.
+const fn buffers_size(buffer_lens: &[usize]) -> usize {
+    let mut size = 256;
+    let mut i = 0;
+    while i < buffer_lens.len() {
+        size += buffer_lens[i] * 4 / 3 + 8;
+        i += 1;
+    }
+    size
+}
+
 /// Bytes a connection takes in a CONNS frame, over-estimated: its buffers in base64 plus room for its tag.
 fn payload_size(c: &OutgoingConn<'_>) -> usize {
-    c.buffers.iter().map(|b| b.len() * 4 / 3 + 8).sum::<usize>() + 256
+    let lens: Vec<usize> = c.buffers.iter().map(Vec::len).collect();
+    buffers_size(&lens) + c.kind.len().saturating_sub(128) + c.listener.len().saturating_sub(128)
 }
 
 /// Largest payload budget of one CONNS frame (the frame limit is [`crate::wire::MAX_FRAME`]).
@@ -1227,4 +1292,32 @@ fn failpoint(crash_at: &Option<String>, step: &'static str) -> Result<(), StepEr
         return Err(HandoffError::Failpoint(step).at(step));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::MAX_FRAME;
+
+    /// The largest buffers `conn_fits` accepts, with the longest names it allows, encode within one frame: the
+    /// estimate over-estimates, so a connection `send` sends is never refused by the encoder.
+    #[test]
+    fn what_conn_fits_accepts_encodes_within_one_frame() {
+        let mut half = MAX_CONN_FRAME_BYTES / 2;
+        while !conn_fits(&[half, half]) {
+            half -= 1;
+        }
+        assert!(!conn_fits(&[half + 1, half + 1]));
+        let tag = ConnTag {
+            id: u64::MAX,
+            kind: "k".repeat(128),
+            listener: "l".repeat(128),
+            fds: 2,
+            buffers: vec![vec![0xff; half], vec![0; half]],
+        };
+        let frame = Message::Conns(vec![tag]).encode().expect("encodes");
+        assert!(frame.len() <= MAX_FRAME, "{} bytes", frame.len());
+        assert!(conn_fits(&[256 * 1024, 256 * 1024]), "baton's relay: 256 KiB each way");
+        assert!(!conn_fits(&[512 * 1024, 512 * 1024]));
+    }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use baton_migrate::wire::{self, Hello, Message, PeerRole};
 use baton_migrate::{
-    hand_over, watch_takeover, Identity, Inheritance, ListenerTag, Offered, Ready, SuccessorWatch, Takeover,
-    TakeoverOptions, UdsDir,
+    conn_fits, hand_over, watch_takeover, ConnVerdict, Identity, Inheritance, ListenerTag, Offered, Ready,
+    SuccessorWatch, Takeover, TakeoverOptions, UdsDir,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -314,7 +314,7 @@ async fn live_connections_move_after_the_commit() {
     }
     let (generation, taken, served_a, mut served_b) = old.await.expect("old side");
     assert_eq!(generation, 8);
-    assert_eq!(taken, [true, false]);
+    assert_eq!(taken, [ConnVerdict::Taken, ConnVerdict::Refused]);
     drop(served_a); // the old closes its copy of what was taken: the connection lives on in the new
                     // The adopted connection is the same socket: bytes flow both ways with the new instance.
     client_a.write_all(b"ping").expect("write");
@@ -330,6 +330,90 @@ async fn live_connections_move_after_the_commit() {
         .read_exact(&mut got)
         .expect("the old still serves the refused connection");
     assert_eq!(&got, b"back");
+}
+
+/// What the protocol cannot carry is not sent, and `send` says why per connection: buffers too large for one frame
+/// ([`ConnVerdict::TooLarge`]), no fd ([`ConnVerdict::BadFds`]); the rest of the batch goes all the same, and the
+/// successor sees only that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsendable_connections_are_named_not_sent() {
+    use baton_migrate::{hand_over_live, Offer, OutgoingConn, Received};
+
+    let (_tmp, dir, serving, l, mut conns) = old_with_connections(2);
+    let (_client_b, served_b) = conns.pop().expect("b");
+    let (_client_a, served_a) = conns.pop().expect("a");
+    let big = 500 * 1024;
+    assert!(conn_fits(&[big]) && !conn_fits(&[big, big]));
+
+    let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover");
+    let mut watch = SuccessorWatch::new(&dir);
+    let stream = tokio::time::timeout(Duration::from_secs(2), watch.next())
+        .await
+        .expect("successor seen");
+    let old = tokio::spawn(async move {
+        let offered = [Offered {
+            tag: tag("a", &l),
+            fd: l.as_fd(),
+        }];
+        let offer = Offer {
+            listeners: &offered,
+            state: serde_json::Value::Null,
+            timeout: Duration::from_secs(5),
+            crash_at: None,
+        };
+        let (_, sender) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
+        drop(serving);
+        let mut sender = sender.expect("protocol 2");
+        let batch = [
+            OutgoingConn {
+                kind: "tcp".into(),
+                listener: "a".into(),
+                fds: vec![served_a.as_fd(), served_b.as_fd()],
+                buffers: vec![vec![7; big], vec![8; big]],
+            },
+            OutgoingConn {
+                kind: "tcp".into(),
+                listener: "a".into(),
+                fds: vec![],
+                buffers: vec![],
+            },
+            OutgoingConn {
+                kind: "tcp".into(),
+                listener: "a".into(),
+                fds: vec![served_b.as_fd()],
+                buffers: vec![vec![9; big]],
+            },
+        ];
+        let verdicts = sender.send(&batch).await.expect("acknowledged");
+        sender.end(serde_json::Value::Null).await.expect("end");
+        verdicts
+    });
+
+    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
+        panic!("a live peer holds serving.lock");
+    };
+    let inherited = session.listeners.pop().expect("listener");
+    let ready = Ready {
+        adopted: vec![inherited.tag.name.clone()],
+        ..Ready::default()
+    };
+    let mut receiver = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let Received::Conns(conns) = receiver.next(deadline).await.expect("conns") else {
+        panic!("expected connections first");
+    };
+    assert_eq!(conns.len(), 1, "only the connection that fits is sent");
+    assert_eq!(conns[0].tag.buffers, [vec![9; big]]);
+    receiver
+        .ack(vec![conns[0].tag.id], vec![], deadline)
+        .await
+        .expect("ack");
+    assert!(matches!(receiver.next(deadline).await, Ok(Received::End(_))));
+    let verdicts = old.await.expect("old side");
+    assert_eq!(
+        verdicts,
+        [ConnVerdict::TooLarge, ConnVerdict::BadFds, ConnVerdict::Taken]
+    );
 }
 
 /// A successor that dies before acknowledging: the old side gets an error and still owns every connection.

@@ -115,11 +115,14 @@ impl Drain {
     }
 
     /// Offers a quiescent connection to the successor. `None`: it is the successor's now (our copies are
-    /// closed). `Some`: it came back; serve it on.
-    pub async fn depart(&self, conn: Detached) -> Option<Detached> {
+    /// closed). `Some`: it came back; serve it on (and offer it again later if [`Returned::offer_again`]).
+    pub async fn depart(&self, conn: Detached) -> Option<Returned> {
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError(d)) = self.departures.send(Departure { conn, reply }) {
-            return Some(d.conn);
+            return Some(Returned {
+                conn: d.conn,
+                offer_again: false,
+            });
         }
         // The hub answers every departure it received; a dropped answer means the process is going down.
         answer.await.unwrap_or(None)
@@ -140,11 +143,21 @@ impl Drain {
     }
 }
 
+/// A connection the successor did not take, back with its task.
+#[derive(Debug)]
+pub struct Returned {
+    /// The connection, to serve on.
+    pub conn: Detached,
+    /// It could not be sent as it was (it held more than one frame carries): offer it again once it holds less.
+    /// False when the successor refused it or is gone: serve it on to its end.
+    pub offer_again: bool,
+}
+
 /// A connection offered to the successor, waiting for its verdict.
 #[derive(Debug)]
 pub struct Departure {
     conn: Detached,
-    reply: oneshot::Sender<Option<Detached>>,
+    reply: oneshot::Sender<Option<Returned>>,
 }
 
 impl Departure {
@@ -158,9 +171,12 @@ impl Departure {
         let _ = self.reply.send(None);
     }
 
-    /// The successor did not take it: its task serves it on.
-    pub fn returned(self) {
-        let _ = self.reply.send(Some(self.conn));
+    /// The successor did not take it: its task serves it on, and offers it again later if `offer_again`.
+    pub fn returned(self, offer_again: bool) {
+        let _ = self.reply.send(Some(Returned {
+            conn: self.conn,
+            offer_again,
+        }));
     }
 }
 

@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 use std::sync::Arc;
 
-use baton_migrate::{ConnSender, OutgoingConn};
+use baton_migrate::{ConnSender, ConnVerdict, OutgoingConn};
 use tokio::task::JoinHandle;
 
 use crate::drain::{Departure, Departures, Drain};
@@ -39,26 +39,39 @@ async fn run_hub(mut session: ConnSender, mut departures: Departures, drain: Arc
             }
         }
         if broken {
-            batch.into_iter().for_each(Departure::returned);
+            batch.into_iter().for_each(|d| d.returned(false));
             continue;
         }
         let result = send_batch(&mut session, &batch).await;
         sent += batch.len();
         match result {
             Ok(verdicts) => {
-                for (d, took) in batch.into_iter().zip(verdicts) {
-                    if took {
+                for (d, verdict) in batch.into_iter().zip(verdicts) {
+                    if verdict.taken() {
                         taken += 1;
                         d.taken(); // our copies close; the successor has its own
-                    } else {
-                        d.returned();
+                        continue;
                     }
+                    // Too large to travel now: it holds less once it has written some out, so it is offered
+                    // again. Refused (the successor's config has no place for it) or unsendable fds: it would be
+                    // the same next time, so it is served here to its end.
+                    let again = verdict == ConnVerdict::TooLarge;
+                    let c = d.conn();
+                    tracing::warn!(
+                        listener = %c.listener,
+                        kind = c.kind.as_str(),
+                        buffered = c.buffers.iter().map(Vec::len).sum::<usize>(),
+                        reason = %verdict,
+                        offered_again = again,
+                        "a connection was not handed over; serving it here"
+                    );
+                    d.returned(again);
                 }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "connection migration failed: serving the remaining connections here, closing them gracefully");
                 broken = true;
-                batch.into_iter().for_each(Departure::returned);
+                batch.into_iter().for_each(|d| d.returned(false));
             }
         }
     }
@@ -75,8 +88,11 @@ async fn run_hub(mut session: ConnSender, mut departures: Departures, drain: Arc
     }
 }
 
-/// Offers one batch: which connections the successor took.
-async fn send_batch(session: &mut ConnSender, batch: &[Departure]) -> Result<Vec<bool>, baton_migrate::HandoffError> {
+/// Offers one batch: what became of each connection.
+async fn send_batch(
+    session: &mut ConnSender,
+    batch: &[Departure],
+) -> Result<Vec<ConnVerdict>, baton_migrate::HandoffError> {
     let outgoing: Vec<OutgoingConn<'_>> = batch
         .iter()
         .map(|d| {

@@ -62,6 +62,11 @@ impl ListenerProxy {
         ListenerProxy { protocol, ctx }
     }
 
+    /// What this listener serves.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
     /// This listener's metrics.
     pub fn metrics(&self) -> &Arc<ListenerMetrics> {
         &self.ctx.metrics

@@ -9,6 +9,7 @@ pub mod listeners;
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +31,9 @@ pub struct Server {
     listeners: Vec<(ListenerTag, Arc<TcpListener>)>,
     /// Each proxy listener's proxy, by listener name: for connections handed over by the predecessor.
     proxies: Arc<HashMap<String, ListenerProxy>>,
+    /// Each proxy listener's local address and name: a handed-over connection belongs to the listener at its
+    /// address.
+    addresses: Arc<Vec<(SocketAddr, String)>>,
     drain: Arc<Drain>,
     accept_tasks: Vec<JoinHandle<()>>,
     state: Arc<State>,
@@ -50,9 +54,11 @@ impl Server {
         let drain = Arc::new(Drain::default());
         let infos = listeners.iter().map(Listener::info).collect();
         let mut proxies = HashMap::new();
+        let mut addresses = Vec::new();
         let mut server = Server {
             listeners: Vec::new(),
             proxies: Arc::default(),
+            addresses: Arc::default(),
             drain,
             accept_tasks: Vec::new(),
             state,
@@ -72,6 +78,7 @@ impl Server {
                         server.drain.clone(),
                     );
                     proxies.insert(l.name.clone(), proxy.clone());
+                    addresses.push((socket.local_addr().unwrap_or(l.address), l.name.clone()));
                     accept::Serves::Proxy(proxy)
                 }
                 Kind::Admin => accept::Serves::Admin(server.state.clone()),
@@ -81,6 +88,7 @@ impl Server {
             server.listeners.push((tag, socket));
         }
         server.proxies = Arc::new(proxies);
+        server.addresses = Arc::new(addresses);
         server.state.set_listeners(infos);
         Ok(server)
     }
@@ -92,7 +100,7 @@ impl Server {
 
     /// A handle that serves connections handed over by the predecessor, usable while this server runs.
     pub fn adopter(&self) -> Adopter {
-        Adopter::new(self.proxies.clone())
+        Adopter::new(self.proxies.clone(), self.addresses.clone())
     }
 
     /// The listening sockets, for a handoff to a successor.

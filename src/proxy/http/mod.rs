@@ -90,7 +90,9 @@ pub(crate) async fn depart(ctx: &ListenerCtx, stream: TcpStream, buffered: Vec<u
         fds: vec![fd],
         buffers: vec![buffered],
     };
-    let mut back = ctx.drain.depart(conn).await?;
+    // An HTTP/1 connection's buffer (at most a request head of MAX_REQUEST_HEAD and one read) always fits a frame:
+    // `offer_again` never comes, and a connection that comes back is served on here to its end.
+    let mut back = ctx.drain.depart(conn).await?.conn;
     let (Some(fd), Some(buffered)) = (back.fds.pop(), back.buffers.pop()) else {
         return None;
     };

@@ -5,6 +5,11 @@
 //! writing out what it already read (for at most [`RELAY_FLUSH_GRACE`] if the receiver is slow; what is still in
 //! the pipe then is taken out into memory and travels with the sockets). Bytes still in the sockets' kernel
 //! buffers need nothing: the successor reads and writes the very same sockets.
+//!
+//! So that a relay can always travel, a direction never holds more than [`MAX_HELD`] bytes: each read from the
+//! source moves at most that much into the pipe, and the pipe is filled again only once empty. Both directions'
+//! worth fits one connection frame of the handoff protocol (checked at compile time). The rest of what a stalled
+//! receiver has not read stays in the kernel's socket buffers, which move with the fds.
 
 use std::io;
 use std::net::Shutdown;
@@ -23,8 +28,18 @@ use crate::drain::Latch;
 /// them over in memory instead.
 pub const RELAY_FLUSH_GRACE: Duration = Duration::from_millis(200);
 
-/// Pipe size asked for (the kernel may cap it at /proc/sys/fs/pipe-max-size; the default then stays 64 KiB).
+/// Pipe size asked for (the kernel may cap it at /proc/sys/fs/pipe-max-size; the default then stays 64 KiB). More
+/// than [`MAX_HELD`]: a pipe has one slot per 4 KiB page, and a socket's data often comes in smaller fragments (one
+/// slot each), so 256 slots let one splice move up to [`MAX_HELD`] of them.
 const PIPE_SIZE: i32 = 1 << 20;
+
+/// Most bytes one direction of a relay holds (reads into its pipe at once): at a migration, what is in the pipe
+/// travels in memory with the connection, in one frame.
+pub const MAX_HELD: usize = 256 * 1024;
+
+// Both directions' MAX_HELD (to-upstream, to-client) fit one connection of a CONNS frame, so a relay is never too
+// large to hand over (base64: 2 × 256 KiB × 4/3 + overhead ≈ 683 KiB of the 768 KiB budget).
+const _: () = assert!(baton_migrate::conn_fits(&[MAX_HELD, MAX_HELD]));
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -84,6 +99,7 @@ enum Pumped {
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
+    /// Most bytes moved into it at once: its size, at most [`MAX_HELD`].
     capacity: usize,
 }
 
@@ -94,7 +110,11 @@ impl Pipe {
             .or_else(|_| fcntl(write.as_raw_fd(), FcntlArg::F_GETPIPE_SZ))
             .map(|n| n as usize)
             .unwrap_or(64 * 1024);
-        Ok(Pipe { read, write, capacity })
+        Ok(Pipe {
+            read,
+            write,
+            capacity: capacity.min(MAX_HELD),
+        })
     }
 
     /// Takes `n` bytes (all there are) out of the pipe.
