@@ -186,7 +186,7 @@ async fn run(
                     return; // the successor carries it on
                 };
                 // Not taken: carry it on here, then close.
-                match Exchange::restore(back.fds, back.buffers) {
+                match Exchange::restore(back.conn.fds, back.conn.buffers) {
                     Ok((c, b, e)) => {
                         (client, cbuf, resumed) = (c, b, Some(e));
                         may_migrate = false;
