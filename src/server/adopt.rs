@@ -82,7 +82,7 @@ impl Adopter {
 /// The protocol of the listener a connection of this kind was accepted by.
 fn came_from(kind: ConnKind) -> Protocol {
     match kind {
-        ConnKind::Http1 | ConnKind::Tunnel => Protocol::Http,
+        ConnKind::Http1 | ConnKind::Tunnel | ConnKind::Exchange => Protocol::Http,
         ConnKind::Tcp => Protocol::Tcp,
     }
 }
