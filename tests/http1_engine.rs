@@ -1243,3 +1243,76 @@ async fn requests_are_counted_by_class() {
         "before {before:?}, after {after:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// edge cases of RFC 9110 / 9112, on both paths
+// ---------------------------------------------------------------------------------------------------------------
+
+/// `Content-Length: 5, 5` and two equal `Content-Length` fields from the upstream reach the client as one
+/// `Content-Length: 5`, on the engine and on the hyper path (an absolute-form request); unequal ones are a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_content_lengths_become_one_and_unequal_ones_are_502() {
+    let rig = Rig::start(|r| match r.path() {
+        "/list" => Action::bytes(b"HTTP/1.1 200 X\r\nContent-Length: 5, 5\r\n\r\nhello"),
+        "/twice" => Action::bytes(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"),
+        "/unequal" => Action::bytes(b"HTTP/1.1 200 X\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        p => ok(p),
+    })
+    .await;
+    for (how, prefix) in [("engine", ""), ("hyper path", "http://test")] {
+        for path in ["/list", "/twice"] {
+            let mut c = rig.client().await;
+            let r = c
+                .roundtrip(format!("GET {prefix}{path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+                .await;
+            assert_eq!(r.status, 200, "{how} {path}: {r:?}");
+            assert_eq!(r.header("content-length"), ["5"], "{how} {path}: {r:?}");
+            assert_eq!(r.text(), "hello", "{how} {path}");
+        }
+        let mut c = rig.client().await;
+        let r = c
+            .roundtrip(format!("GET {prefix}/unequal HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes())
+            .await;
+        assert_eq!(r.status, 502, "{how} /unequal: {r:?}");
+    }
+}
+
+/// A chunk size with leading zeros (16 and more hex digits, valid) passes through the engine as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_sizes_with_leading_zeros_are_valid() {
+    const BODY: &[u8] = b"00000000000000000000005\r\nhello\r\n0000000000000000000\r\n\r\n";
+    let rig = Rig::start(|r| match r.path() {
+        "/padded" => Action::bytes([&b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n"[..], BODY].concat()),
+        p => ok(p),
+    })
+    .await;
+    let mut c = rig.client().await;
+    let r = c.roundtrip(&get("/padded")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, BODY);
+    let r = c.roundtrip(&get("/after")).await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/after"));
+}
+
+/// An absolute-form target's authority replaces the request's `Host` (RFC 9112 §3.2.2); `CONNECT` is answered
+/// by baton (501) and nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_sets_host_and_connect_is_not_forwarded() {
+    let rig = Rig::start(|r| ok(r.path())).await;
+    let mut c = rig.client().await;
+    let r = c
+        .roundtrip(b"GET http://a.example:8080/abs?q=1 HTTP/1.1\r\nHost: b.example\r\n\r\n")
+        .await;
+    assert_eq!((r.status, r.text().as_str()), (200, "/abs?q=1"), "{r:?}");
+    let got = rig.up.one("/abs?q=1");
+    assert_eq!(got.header("host"), ["a.example:8080"], "{}", got.head);
+
+    let mut c = rig.client().await;
+    c.send(b"CONNECT x.example:80 HTTP/1.1\r\nHost: x.example:80\r\n\r\n")
+        .await;
+    let r = c.response(false).await;
+    assert_eq!(r.status, 501, "{r:?}");
+    assert!(r.text().contains("CONNECT"), "{r:?}");
+    let seen: Vec<String> = rig.up.log().iter().map(|r| r.request_line().to_string()).collect();
+    assert_eq!(seen, ["GET /abs?q=1 HTTP/1.1"], "what reached the upstream");
+}

@@ -65,8 +65,12 @@ pub(super) struct ChunkedDecoder {
     state: ChunkState,
     /// Chunk size read so far, or bytes of chunk data left.
     size: u64,
+    /// Significant hex digits of the chunk size read so far (leading zeros do not count).
     digits: u8,
-    /// Bytes of the current size-line extension or trailer line.
+    /// A digit of the chunk size was read (a zero included).
+    #[serde(default)]
+    sized: bool,
+    /// Bytes of the current size-line extension or trailer line, or leading zeros of the size.
     line: usize,
 }
 
@@ -107,16 +111,29 @@ impl ChunkedDecoder {
             let b = bytes[i];
             i += 1;
             self.state = match (self.state, b) {
+                (Size, b'0') if self.digits == 0 => {
+                    // A leading zero: valid (RFC 9112 §7.1), bounded like a line.
+                    self.sized = true;
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err("chunk size line too long");
+                    }
+                    Size
+                }
                 (Size, b) if b.is_ascii_hexdigit() => {
                     if self.digits == 15 {
                         return Err("chunk size too large");
                     }
+                    self.sized = true;
                     self.digits += 1;
                     self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
                     Size
                 }
-                (Size, b';' | b' ' | b'\t') if self.digits > 0 => Extension,
-                (Size, b'\r') if self.digits > 0 => SizeLf,
+                (Size, b';' | b' ' | b'\t') if self.sized => {
+                    self.line = 0;
+                    Extension
+                }
+                (Size, b'\r') if self.sized => SizeLf,
                 (Extension, b'\r') => SizeLf,
                 (Extension, b'\n') => return Err("bare LF in a chunk extension"),
                 (Extension, _) => {
@@ -128,6 +145,7 @@ impl ChunkedDecoder {
                 }
                 (SizeLf, b'\n') => {
                     self.digits = 0;
+                    self.sized = false;
                     self.line = 0;
                     if self.size == 0 {
                         TrailerStart
@@ -181,6 +199,13 @@ mod tests {
         }
         assert_eq!(fed, end);
         assert_eq!(ChunkedDecoder::default().feed(b"0\r\n\r\n"), Ok((5, true)));
+        // Leading zeros do not count toward the 15-digit limit.
+        let padded = b"00000000000000000000000000005\r\nhello\r\n0000000000000000000\r\n\r\n";
+        assert_eq!(ChunkedDecoder::default().feed(padded), Ok((padded.len(), true)));
+        assert_eq!(
+            ChunkedDecoder::default().feed(b"0000fffffffffffffff\r\n"),
+            Ok((21, false))
+        );
         assert_eq!(ChunkedDecoder::default().feed(b"5\r\nhel"), Ok((6, false)));
         for bad in [
             &b"zz\r\n"[..],

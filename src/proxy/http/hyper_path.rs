@@ -198,6 +198,13 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 /// Forwards a request to the cluster: the response, and the status the listener's metrics count for it (the
 /// upstream's, or that of baton's own answer to a failure, which a gRPC client gets as a gRPC status).
 async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx) -> (Response<ProxyBody>, u16) {
+    if req.method() == http::Method::CONNECT {
+        // baton is a reverse proxy: it opens no tunnel to where a client asks, and forwards nothing.
+        return (
+            plain(StatusCode::NOT_IMPLEMENTED, "baton: CONNECT is not supported"),
+            501,
+        );
+    }
     let cluster = &ctx.cluster;
     let endpoint = cluster.pick();
     let grpc = is_grpc(req.headers());
@@ -213,7 +220,10 @@ async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx)
             let status = resp.status().as_u16();
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            return (Response::from_parts(parts, Either::Left(body)), status);
+            match one_content_length(&mut parts.headers) {
+                Ok(()) => return (Response::from_parts(parts, Either::Left(body)), status),
+                Err(why) => Failure::Exchange(why.into()),
+            }
         }
         Ok(Err(e)) if e.client_body_failed() => {
             // The client's own body was malformed (bad chunked framing) or cut short: its fault, not the
@@ -237,6 +247,32 @@ async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx)
     (resp, answer.status)
 }
 
+/// Leaves at most one `Content-Length` value in a response: a list of equal values, or equal repeated fields,
+/// become one (RFC 9110 §8.6); different ones are an error (the response is not passed on).
+fn one_content_length(headers: &mut HeaderMap) -> Result<(), &'static str> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_none() && first.as_bytes().iter().all(u8::is_ascii_digit) {
+        return Ok(()); // the usual case: one plain value
+    }
+    let mut length: Option<&[u8]> = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for n in v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            if n.is_empty() || !n.iter().all(u8::is_ascii_digit) || length.is_some_and(|m| m != n) {
+                return Err("conflicting or invalid Content-Length from the upstream");
+            }
+            length = Some(n);
+        }
+    }
+    let Some(one) = length.map(HeaderValue::from_bytes).and_then(Result::ok) else {
+        return Err("invalid Content-Length from the upstream");
+    };
+    headers.insert(header::CONTENT_LENGTH, one);
+    Ok(())
+}
+
 /// Rewrites a client's request for the upstream: hop-by-hop fields removed, `X-Forwarded-For` extended, and the
 /// target in the form the upstream's protocol wants: origin form and a `Host` for HTTP/1.1; for HTTP/2 the
 /// absolute form (`:scheme` and `:authority`) instead of `Host`, and `te: trailers` kept (gRPC needs it).
@@ -255,12 +291,21 @@ fn shape(parts: &mut http::request::Parts, protocol: UpstreamProtocol, endpoint:
     append_forwarded_for(&mut parts.headers, peer);
     match protocol {
         UpstreamProtocol::Http1 => {
-            if !parts.headers.contains_key(header::HOST) {
-                // HTTP/2 carries the host in :authority; HTTP/1.1 upstreams need it as Host.
-                let host = parts.uri.authority().unwrap_or(endpoint);
-                if let Ok(v) = HeaderValue::from_str(host.as_str()) {
-                    parts.headers.insert(header::HOST, v);
+            // The target's authority (an absolute-form target, or HTTP/2's :authority) replaces any `Host` (RFC
+            // 9112 §3.2.2, RFC 9113 §8.3.1); without either, the endpoint's.
+            let authority = parts.uri.authority().map(|a| a.as_str().to_owned());
+            match authority {
+                Some(host) => {
+                    if let Ok(v) = HeaderValue::from_str(&host) {
+                        parts.headers.insert(header::HOST, v);
+                    }
                 }
+                None if !parts.headers.contains_key(header::HOST) => {
+                    if let Ok(v) = HeaderValue::from_str(endpoint.as_str()) {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+                None => {}
             }
             parts.uri = Uri::from(path);
             parts.version = Version::HTTP_11;

@@ -120,7 +120,8 @@ pub(super) fn parse_response(
                     }
                 }
                 Field::ContentLength => {
-                    let n = content_length(f.value).ok_or("invalid Content-Length")?;
+                    // A list of equal values, or equal repeated fields, is one length (RFC 9110 §8.6).
+                    let n = content_length_list(f.value).ok_or("invalid Content-Length")?;
                     if length.is_some_and(|m| m != n) {
                         return Err("conflicting Content-Length");
                     }
@@ -158,9 +159,18 @@ pub(super) fn parse_response(
         out.extend_from_slice(b"\r\n");
         let passed_through = matches!(framing, Framing::Chunked | Framing::Close);
         let tunnel = framing == Framing::Tunnel;
+        let mut length_written = false;
         for f in resp.headers.iter() {
             let keep = match Field::of(f.name) {
-                Field::ContentLength => !passed_through && !tunnel,
+                // Once, where it first was, with one value (`5, 5` or two equal fields become `5`).
+                Field::ContentLength if !passed_through && !tunnel && !length_written => {
+                    length_written = true;
+                    if let Some(n) = length {
+                        push_field(out, f.name.as_bytes(), n.to_string().as_bytes());
+                    }
+                    false
+                }
+                Field::ContentLength => false,
                 // With a body passed through as it is, or none (HEAD, 304: the fields a GET would get).
                 Field::TransferEncoding => !tunnel,
                 Field::Upgrade => tunnel,
@@ -243,6 +253,13 @@ fn content_length(value: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// A response's `Content-Length` value: one length, or a comma-separated list of equal ones.
+fn content_length_list(value: &[u8]) -> Option<u64> {
+    let mut lengths = value.split(|&b| b == b',').map(|v| content_length(v.trim_ascii()));
+    let first = lengths.next()??;
+    lengths.all(|n| n == Some(first)).then_some(first)
 }
 
 /// Bytes of an origin-form target forwarded as they are: unreserved, sub-delims, `:@/?%`. Anything else (a
