@@ -325,6 +325,21 @@ handoff:
     }
 
     #[test]
+    fn connect_timeout_defaults_above_the_syn_retransmit() {
+        let c = Config::parse("clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"]}\n").expect("valid");
+        assert_eq!(
+            c.clusters[0].connect_timeout,
+            Duration::from_secs(3),
+            "above the 1 s SYN retransmit"
+        );
+        assert!(
+            c.summary().contains("connect_timeout=3s request_timeout=30s"),
+            "{}",
+            c.summary()
+        );
+    }
+
+    #[test]
     fn unknown_field_names_its_path() {
         let p = problems("listeners:\n  - name: a\n    address: 127.0.0.1:1\n    cluster: c\n    colour: red\n");
         assert!(p[0].contains("listeners[0]") && p[0].contains("colour"), "{p:?}");

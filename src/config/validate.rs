@@ -17,6 +17,10 @@ use super::{
     UpstreamProtocol,
 };
 
+/// `clusters[].connect_timeout` when absent: above Linux's initial SYN retransmission timeout (1 s), so that a SYN
+/// dropped by an upstream whose accept queue is full is sent again before the connect gives up.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The file as written. Serde's messages name these types (`expected struct RawConfig`), so renaming one changes
 /// what `baton check` prints.
 #[derive(Deserialize, Default)]
@@ -144,7 +148,7 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             problems,
             &format!("{at}.connect_timeout"),
             &c.connect_timeout,
-            Duration::from_secs(1),
+            DEFAULT_CONNECT_TIMEOUT,
         );
         let request_timeout = duration_or(
             problems,
