@@ -6,7 +6,7 @@
 //! (the upstream had closed it while idle) is retried once on a new connection; nothing that reached the upstream
 //! is ever sent twice.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,18 +14,24 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::upstream::body::RequestBody;
-use crate::upstream::{PoolError, Release, ResponseBody, MAX_IDLE};
+use crate::upstream::idle::IdleList;
+use crate::upstream::{PoolError, Release, ResponseBody};
 
 /// Idle connections of one endpoint.
-#[derive(Default)]
 pub struct IdleClients {
-    senders: Mutex<Vec<SendRequest<RequestBody>>>,
+    senders: IdleList<SendRequest<RequestBody>>,
 }
 
 impl IdleClients {
+    /// An empty pool whose connections are kept at most `idle_timeout` (`0`: none is kept).
+    pub fn new(idle_timeout: Duration) -> IdleClients {
+        IdleClients {
+            senders: IdleList::new(idle_timeout),
+        }
+    }
+
     fn take(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.senders.lock().ok()?;
-        while let Some(s) = idle.pop() {
+        while let Some(s) = self.senders.pop() {
             if s.is_ready() {
                 return Some(s);
             }
@@ -35,13 +41,8 @@ impl IdleClients {
 
     /// Keeps a connection whose exchange ended, unless it closed.
     pub(super) fn put(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.senders.lock() {
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
+        if !sender.is_closed() {
+            self.senders.push(sender);
         }
     }
 }

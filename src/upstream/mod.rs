@@ -1,5 +1,6 @@
-//! Upstream clusters: round-robin endpoint choice, keep-alive HTTP/1.1 connection pools per endpoint, and TCP
-//! connects, each under the cluster's timeouts.
+//! Upstream clusters: round-robin endpoint choice, keep-alive HTTP/1.1 connection pools per endpoint (idle
+//! connections kept up to `pool_idle_timeout`, see [`idle`]), and TCP connects, each under the cluster's
+//! timeouts.
 //!
 //! Nothing here knows which client protocol a request came in: the proxy hands this layer a request (or asks for
 //! a stream) and gets an upstream answer or an error back.
@@ -7,6 +8,7 @@
 pub mod body;
 pub mod h1;
 pub mod h2;
+pub mod idle;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -28,8 +30,7 @@ use tokio::net::TcpStream;
 use crate::config::{ClusterConfig, UpstreamProtocol};
 use body::RequestBody;
 
-/// Most idle connections kept per endpoint, in each HTTP/1 pool ([`h1::IdleClients`] and [`raw::IdleStreams`]).
-pub const MAX_IDLE: usize = 256;
+pub use idle::MAX_IDLE;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// HTTP: time to the upstream's response headers.
     pub request_timeout: Duration,
+    /// HTTP/1: how long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
     /// HTTP: what the endpoints speak.
     pub protocol: UpstreamProtocol,
 }
@@ -92,8 +95,8 @@ impl Cluster {
                     Some(Endpoint {
                         addr,
                         authority,
-                        idle: Arc::default(),
-                        raw: raw::IdleStreams::default(),
+                        idle: Arc::new(h1::IdleClients::new(config.pool_idle_timeout)),
+                        raw: raw::IdleStreams::new(config.pool_idle_timeout),
                         h2: h2::H2Conns::default(),
                     })
                 })
@@ -101,6 +104,7 @@ impl Cluster {
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
             protocol: config.protocol,
         }
     }
@@ -130,6 +134,7 @@ impl Cluster {
         let addr = self.pick().addr;
         Ok((addr, connect(addr, self.connect_timeout).await?))
     }
+
 }
 
 /// Opens a TCP connection to `addr` within `timeout`, with TCP_NODELAY (proxied traffic is latency-bound).
@@ -212,3 +217,4 @@ impl Body for ResponseBody {
         self.inner.size_hint()
     }
 }
+

@@ -1,5 +1,6 @@
-//! In-process upstreams on 127.0.0.1:0 for baton to proxy to: [`HttpUpstream`] (HTTP/1.1 and h2c, 200 `ok`)
-//! and [`EchoUpstream`] (TCP echo). Each runs as a tokio task of the test and stops when dropped.
+//! In-process upstreams on 127.0.0.1:0 for baton to proxy to: [`HttpUpstream`] (HTTP/1.1 and h2c, 200 `ok`),
+//! [`CountingUpstream`] (the same with a small accept queue, counting its connections) and [`EchoUpstream`] (TCP
+//! echo). Each runs as a tokio task of the test and stops when dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,65 @@ impl HttpUpstream {
             }
         });
         HttpUpstream { addr, requests, task }
+    }
+}
+
+/// [`HttpUpstream`] on a listening socket with a small accept queue (`listen(backlog)`), that counts the
+/// connections it accepted: an upstream that drops SYNs when many connect at once.
+pub struct CountingUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    pub accepted: Arc<AtomicU64>,
+    task: JoinHandle<()>,
+}
+
+impl CountingUpstream {
+    pub async fn start(backlog: i32) -> CountingUpstream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind upstream");
+        socket.listen(backlog).expect("listen");
+        socket.set_nonblocking(true).expect("nonblocking");
+        let listener = TcpListener::from_std(socket.into()).expect("tokio listener");
+        let addr = listener.local_addr().unwrap();
+        let (requests, accepted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (counter, accepts) = (requests.clone(), accepted.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                accepts.fetch_add(1, Ordering::Relaxed);
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        upstream_reply(req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            requests,
+            accepted,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
