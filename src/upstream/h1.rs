@@ -4,7 +4,7 @@
 //! A connection is checked out for one exchange and comes back to the pool when the response body has been read
 //! to its end (HTTP/1 carries one exchange at a time). A request that a pooled connection could not even start
 //! (the upstream had closed it while idle) is retried once on a new connection; nothing that reached the upstream
-//! is ever sent twice.
+//! is ever sent twice. A connect that fails is tried once more ([`Cluster::connect_from`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::upstream::body::RequestBody;
 use crate::upstream::idle::IdleList;
-use crate::upstream::{PoolError, Release, ResponseBody};
+use crate::upstream::{Cluster, Endpoint, PoolError, Release, ResponseBody};
 
 /// Idle connections of one endpoint.
 pub struct IdleClients {
@@ -47,17 +47,16 @@ impl IdleClients {
     }
 }
 
-/// Sends `req` to `endpoint` on a pooled connection (or a new one) and returns the response, whose body hands the
-/// connection back to `idle` when it ends.
+/// Sends `req` to `endpoint` of `cluster` on a pooled connection (or a new one: see [`Cluster::connect_from`]) and
+/// returns the response, whose body hands the connection back to its endpoint's pool when it ends.
 pub async fn send(
-    idle: &Arc<IdleClients>,
-    endpoint: std::net::SocketAddr,
-    connect_timeout: Duration,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
     mut req: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, PoolError> {
-    if let Some(mut sender) = idle.take() {
+    if let Some(mut sender) = endpoint.idle.take() {
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(wrap(resp, sender, idle)),
+            Ok(resp) => return Ok(wrap(resp, sender, &endpoint.idle)),
             Err(mut e) => match e.take_message() {
                 // Never started: the connection had been closed while idle. Retry on a new one.
                 Some(back) => req = back,
@@ -65,26 +64,28 @@ pub async fn send(
             },
         }
     }
-    let mut sender = connect(endpoint, connect_timeout).await?;
+    let (endpoint, mut sender) = connect(cluster, endpoint).await?;
     match sender.send_request(req).await {
-        Ok(resp) => Ok(wrap(resp, sender, idle)),
+        Ok(resp) => Ok(wrap(resp, sender, &endpoint.idle)),
         Err(e) => Err(PoolError::Exchange(e)),
     }
 }
 
-async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, PoolError> {
-    let stream = crate::upstream::connect(endpoint, timeout)
-        .await
-        .map_err(PoolError::Connect)?;
+async fn connect<'a>(
+    cluster: &'a Cluster,
+    first: &'a Endpoint,
+) -> Result<(&'a Endpoint, SendRequest<RequestBody>), PoolError> {
+    let (endpoint, stream) = cluster.connect_from(first).await.map_err(PoolError::Connect)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(PoolError::Exchange)?;
+    let addr = endpoint.addr;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok((endpoint, sender))
 }
 
 fn wrap(

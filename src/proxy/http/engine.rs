@@ -16,7 +16,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,7 +32,7 @@ use crate::proxy::io::ClientIo;
 use crate::proxy::tcp;
 use crate::proxy::ListenerCtx;
 use crate::telemetry::metrics::ListenerMetrics;
-use crate::upstream::Endpoint;
+use crate::upstream::{Cluster, Endpoint};
 
 /// Room kept free in a buffer before each read.
 const READ_ROOM: usize = 8 * 1024;
@@ -102,13 +102,13 @@ async fn run(
         cbuf.drain(..req.len);
         let start = Instant::now();
         let closing = req.close || !may_migrate || ctx.drain.is_graceful();
-        let endpoint = cluster.pick();
+        let mut endpoint = cluster.pick();
         timer
             .as_mut()
             .reset(tokio::time::Instant::from_std(start) + cluster.request_timeout);
         let exchanged = tokio::select! {
             biased;
-            r = exchange(endpoint, cluster.connect_timeout, &out, &req, closing, &mut ubuf, &mut head) => r,
+            r = exchange(cluster, &mut endpoint, &out, &req, closing, &mut ubuf, &mut head) => r,
             _ = &mut timer => Err(Failure::Timeout),
         };
         let answer = match exchanged {
@@ -169,10 +169,12 @@ fn our_response(out: &mut Vec<u8>, status: u16, message: &str, close: bool) {
 
 /// Sends the request and reads the response head into `ubuf`, writing the client's head to `head`. A reused
 /// connection that turns out closed before answering is replaced by a new one once, if nothing can have been
-/// processed twice: the write failed, or the request is idempotent and not a byte of response came.
-async fn exchange(
-    endpoint: &Endpoint,
-    connect_timeout: Duration,
+/// processed twice: the write failed, or the request is idempotent and not a byte of response came. A new
+/// connection comes from [`Cluster::connect_from`] (a failed connect is tried once more, maybe on another
+/// endpoint, which `endpoint` then names).
+async fn exchange<'a>(
+    cluster: &'a Cluster,
+    endpoint: &mut &'a Endpoint,
     request: &[u8],
     req: &Request,
     closing: bool,
@@ -184,9 +186,11 @@ async fn exchange(
         let reused = pooled.is_some();
         let mut up = match pooled.take() {
             Some(s) => s,
-            None => crate::upstream::connect(endpoint.addr, connect_timeout)
-                .await
-                .map_err(Failure::Connect)?,
+            None => {
+                let (at, s) = cluster.connect_from(endpoint).await.map_err(Failure::Connect)?;
+                *endpoint = at;
+                s
+            }
         };
         if let Err(e) = up.write_all(request).await {
             if reused {
