@@ -14,6 +14,11 @@ pub enum ConnKind {
     /// An HTTP connection upgraded by a `101` (WebSocket, ...): a byte relay like [`ConnKind::Tcp`], adopted by an
     /// HTTP listener.
     Tunnel,
+    /// An idle upstream connection of the HTTP/1 engine's pool, so that the successor starts with a warm pool: one
+    /// fd; [`Detached::listener`] holds the cluster's name (it comes from no listener); buffers: the endpoint's
+    /// address (`ip:port`), then how long it has been idle, in milliseconds (decimal). A successor that does not
+    /// know this kind refuses it, and the old instance closes it.
+    Upstream,
 }
 
 impl ConnKind {
@@ -23,6 +28,7 @@ impl ConnKind {
             ConnKind::Http1 => "http1",
             ConnKind::Tcp => "tcp",
             ConnKind::Tunnel => "tunnel",
+            ConnKind::Upstream => "upstream",
         }
     }
 
@@ -32,6 +38,7 @@ impl ConnKind {
             "http1" => Some(ConnKind::Http1),
             "tcp" => Some(ConnKind::Tcp),
             "tunnel" => Some(ConnKind::Tunnel),
+            "upstream" => Some(ConnKind::Upstream),
             _ => None,
         }
     }
@@ -42,7 +49,7 @@ impl ConnKind {
 pub struct Detached {
     /// What it is.
     pub kind: ConnKind,
-    /// The name of the listener that accepted it.
+    /// The name of the listener that accepted it ([`ConnKind::Upstream`]: the name of its cluster).
     pub listener: Arc<str>,
     /// Its sockets (see [`ConnKind`] for their order).
     pub fds: Vec<OwnedFd>,
@@ -98,7 +105,7 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_their_wire_tags() {
-        for k in [ConnKind::Http1, ConnKind::Tcp, ConnKind::Tunnel] {
+        for k in [ConnKind::Http1, ConnKind::Tcp, ConnKind::Tunnel, ConnKind::Upstream] {
             assert_eq!(ConnKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(ConnKind::parse("h2"), None);

@@ -30,9 +30,20 @@ pub struct Server {
     listeners: Vec<(ListenerTag, Arc<TcpListener>)>,
     /// Each proxy listener's proxy, by listener name: for connections handed over by the predecessor.
     proxies: Arc<HashMap<String, ListenerProxy>>,
+    /// The clusters the listeners send to: their idle upstream connections move at a migration too.
+    upstreams: Upstreams,
     drain: Arc<Drain>,
     accept_tasks: Vec<JoinHandle<()>>,
     state: Arc<State>,
+}
+
+/// The clusters a server's listeners send to, and which one each proxy listener uses.
+#[derive(Clone)]
+pub struct Upstreams {
+    /// Every cluster of the config.
+    pub clusters: Arc<[Arc<Cluster>]>,
+    /// The index in `clusters` of each proxy listener's cluster, by listener name.
+    pub by_listener: HashMap<String, usize>,
 }
 
 /// How a drain ended.
@@ -53,6 +64,10 @@ impl Server {
         let mut server = Server {
             listeners: Vec::new(),
             proxies: Arc::default(),
+            upstreams: Upstreams {
+                clusters: clusters.into(),
+                by_listener: HashMap::new(),
+            },
             drain,
             accept_tasks: Vec::new(),
             state,
@@ -72,6 +87,7 @@ impl Server {
                         server.drain.clone(),
                     );
                     proxies.insert(l.name.clone(), proxy.clone());
+                    server.upstreams.by_listener.insert(l.name.clone(), cluster);
                     accept::Serves::Proxy(proxy)
                 }
                 Kind::Admin => accept::Serves::Admin(server.state.clone()),
@@ -92,7 +108,12 @@ impl Server {
 
     /// A handle that serves connections handed over by the predecessor, usable while this server runs.
     pub fn adopter(&self) -> Adopter {
-        Adopter::new(self.proxies.clone())
+        Adopter::new(self.proxies.clone(), self.upstreams.clusters.clone())
+    }
+
+    /// The clusters the listeners send to, for a migration of their idle upstream connections.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// The listening sockets, for a handoff to a successor.

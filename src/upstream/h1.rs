@@ -17,7 +17,8 @@ use crate::upstream::body::RequestBody;
 use crate::upstream::idle::IdleList;
 use crate::upstream::{Cluster, Endpoint, PoolError, Release, ResponseBody};
 
-/// Idle connections of one endpoint.
+/// Idle connections of one endpoint. They stay in this process at a migration: hyper's connection owns its socket
+/// and cannot give it back, so they close with the old instance (the HTTP/1 engine's pool, [`super::raw`], moves).
 pub struct IdleClients {
     senders: IdleList<SendRequest<RequestBody>>,
 }

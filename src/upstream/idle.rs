@@ -92,18 +92,20 @@ impl<T> IdleList<T> {
         true
     }
 
-    /// Every connection of the list, each with how long it has been idle; the list is left empty.
-    pub fn take_all(&self) -> Vec<(T, Duration)> {
+    /// Up to `most` connections, the most recently idle first, each with how long it has been idle.
+    pub fn take_newest(&self, most: usize) -> Vec<(T, Duration)> {
         let now = Instant::now();
         let mut items = self.lock();
         let expired = self.expire(&mut items, now);
-        let all = items
-            .drain(..)
+        let keep = items.len().saturating_sub(most);
+        let newest = items
+            .drain(keep..)
+            .rev()
             .map(|(item, since)| (item, now.saturating_duration_since(since)))
             .collect();
         drop(items);
         drop(expired);
-        all
+        newest
     }
 
     /// How many connections are idle (expired ones included until the list is next used).
@@ -158,9 +160,11 @@ mod tests {
         );
         list.push(MAX_IDLE);
         assert_eq!(list.len(), MAX_IDLE);
-        let all: Vec<usize> = list.take_all().into_iter().map(|(i, _)| i).collect();
-        assert_eq!(all.first(), Some(&1), "0, the oldest, went");
-        assert_eq!(all.last(), Some(&MAX_IDLE));
+        let newest: Vec<usize> = list.take_newest(2).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(newest, [MAX_IDLE, MAX_IDLE - 1]);
+        let all: Vec<usize> = list.take_newest(usize::MAX).into_iter().map(|(i, _)| i).collect();
+        assert_eq!(all.len(), MAX_IDLE - 2);
+        assert_eq!(all.last(), Some(&1), "0, the oldest, went");
         assert!(list.is_empty());
     }
 }

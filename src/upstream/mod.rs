@@ -121,6 +121,11 @@ impl Cluster {
         &self.endpoints
     }
 
+    /// The endpoint whose address is `addr`.
+    pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
+        self.endpoints.iter().find(|e| e.addr == addr)
+    }
+
     /// Where a connect that failed to `failed` is tried again: the next endpoint of the list if the cluster has
     /// several, else `failed` itself.
     pub fn retry_endpoint(&self, failed: &Endpoint) -> &Endpoint {
@@ -164,6 +169,43 @@ impl Cluster {
         Ok((endpoint.addr, stream))
     }
 
+    /// Up to `most` idle connections of the HTTP/1 engine's pools ([`raw::IdleStreams`]), endpoint after endpoint,
+    /// each with its endpoint and how long it has been idle, for a migration.
+    pub fn take_idle_streams(&self, most: usize) -> Vec<(SocketAddr, TcpStream, Duration)> {
+        let mut taken = Vec::new();
+        for e in &self.endpoints {
+            let room = most.saturating_sub(taken.len());
+            if room == 0 {
+                break;
+            }
+            taken.extend(e.raw.take_newest(room).into_iter().map(|(s, idle)| (e.addr, s, idle)));
+        }
+        taken
+    }
+
+    /// Keeps an idle upstream connection to `addr` that the predecessor handed over (idle for `idle_for`) in that
+    /// endpoint's pool of the HTTP/1 engine. `Err` (it is dropped) says why not: not an HTTP/1 cluster, no such
+    /// endpoint here, a socket connected elsewhere, or no room or time left in the pool.
+    pub fn adopt_idle_stream(
+        &self,
+        addr: SocketAddr,
+        stream: TcpStream,
+        idle_for: Duration,
+    ) -> Result<(), &'static str> {
+        if self.protocol != UpstreamProtocol::Http1 {
+            return Err("the cluster speaks h2c here");
+        }
+        let Some(endpoint) = self.endpoint(addr) else {
+            return Err("no such endpoint in this cluster here");
+        };
+        if stream.peer_addr().ok() != Some(addr) {
+            return Err("the socket is not connected to that endpoint");
+        }
+        if !endpoint.raw.adopt(stream, idle_for) {
+            return Err("idle for longer than pool_idle_timeout, or the pool is full");
+        }
+        Ok(())
+    }
 }
 
 /// Opens a TCP connection to `addr` within `timeout`, with TCP_NODELAY (proxied traffic is latency-bound).

@@ -51,12 +51,14 @@ impl HttpUpstream {
 }
 
 /// [`HttpUpstream`] on a listening socket with a small accept queue (`listen(backlog)`), that counts the
-/// connections it accepted: an upstream that drops SYNs when many connect at once.
+/// connections it accepted: an upstream that drops SYNs when many connect at once. It accepts on a thread of its
+/// own, as a real upstream would, so that the test's load clients do not slow its accepts down.
 pub struct CountingUpstream {
     pub addr: SocketAddr,
     pub requests: Arc<AtomicU64>,
     pub accepted: Arc<AtomicU64>,
-    task: JoinHandle<()>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    listener: socket2::Socket,
 }
 
 impl CountingUpstream {
@@ -67,34 +69,43 @@ impl CountingUpstream {
             .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
             .expect("bind upstream");
         socket.listen(backlog).expect("listen");
-        socket.set_nonblocking(true).expect("nonblocking");
-        let listener = TcpListener::from_std(socket.into()).expect("tokio listener");
-        let addr = listener.local_addr().unwrap();
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
         let (requests, accepted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (counter, accepts) = (requests.clone(), accepted.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                accepts.fetch_add(1, Ordering::Relaxed);
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        upstream_reply(req)
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counter, accepts, stopped) = (requests.clone(), accepted.clone(), stop.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let blocking = socket.try_clone().expect("listener clone");
+        std::thread::spawn(move || loop {
+            let accepted = blocking.accept();
+            if stopped.load(Ordering::Relaxed) {
+                return;
             }
+            let Ok((stream, _)) = accepted else {
+                continue;
+            };
+            accepts.fetch_add(1, Ordering::Relaxed);
+            let counter = counter.clone();
+            let stream: std::net::TcpStream = stream.into();
+            runtime.spawn(async move {
+                let _ = stream.set_nonblocking(true);
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    upstream_reply(req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
         });
         CountingUpstream {
             addr,
             requests,
             accepted,
-            task,
+            stop,
+            listener: socket,
         }
     }
 
@@ -105,7 +116,9 @@ impl CountingUpstream {
 
 impl Drop for CountingUpstream {
     fn drop(&mut self) {
-        self.task.abort();
+        // Wakes the accepting thread (accept fails on a listener shut down), which then sees `stop`.
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.listener.shutdown(std::net::Shutdown::Both);
     }
 }
 
