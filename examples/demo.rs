@@ -1133,14 +1133,14 @@ fn write_config(dir: &Path, a: &Addrs) -> Result<PathBuf> {
          clusters:\n\
          \x20 - name: app\n\
          \x20   endpoints: [\"{upstream}\"]\n\
-         \x20   connect_timeout: 1s\n\
+         \x20   connect_timeout: 3s\n\
          \x20   request_timeout: 5s\n\
          \x20 - name: echo\n\
          \x20   endpoints: [\"{echo}\"]\n\
          \x20 - name: grpc\n\
          \x20   endpoints: [\"{upstream_grpc}\"]\n\
          \x20   protocol: h2c\n\
-         \x20   connect_timeout: 1s\n\
+         \x20   connect_timeout: 3s\n\
          \x20   request_timeout: 5s\n\
          admin:\n\
          \x20 address: {admin}\n\

@@ -13,7 +13,7 @@
 //! | folder | what it holds |
 //! |---|---|
 //! | [`instance`] | `baton run`: start (bind fresh or take over), serve, hand off, drain, exit; Unix signals |
-//! | [`migration`] | live connections: the old side's hub that offers them to the successor, the new side's adoption |
+//! | [`migration`] | live connections: the old side's hub that offers them (and idle upstream connections) to the successor, the new side's adoption |
 //! | [`server`] | listening sockets (bind or adopt), accept loops, serving adopted connections, waiting for the drain |
 //! | [`proxy`] | a listener's connections: [`proxy::http`] (sniff, the HTTP/1 engine, the hyper path) and [`proxy::tcp`] (splice relay) |
 //! | [`upstream`] | clusters, endpoints, connects, and the keep-alive pools; knows nothing of client protocols |

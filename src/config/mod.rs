@@ -91,6 +91,8 @@ pub struct ClusterConfig {
     pub connect_timeout: Duration,
     /// HTTP only: time allowed for the upstream's response headers (then 504).
     pub request_timeout: Duration,
+    /// HTTP/1 only: how long an idle pooled upstream connection is kept (`0`: none is kept).
+    pub pool_idle_timeout: Duration,
     /// HTTP only: what the endpoints speak. TCP listeners relay bytes whatever it says.
     pub protocol: UpstreamProtocol,
 }
@@ -246,12 +248,13 @@ impl Config {
         for c in &self.clusters {
             let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
             out.push_str(&format!(
-                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={}\n",
+                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={} pool_idle_timeout={}\n",
                 c.name,
                 eps.join(", "),
                 c.protocol,
                 format_duration(c.connect_timeout),
-                format_duration(c.request_timeout)
+                format_duration(c.request_timeout),
+                format_duration(c.pool_idle_timeout)
             ));
         }
         match &self.admin {
@@ -322,6 +325,39 @@ handoff:
         assert_eq!(c.listeners[0].protocol, Protocol::Http);
         assert_eq!(c.handoff, HandoffConfig::default());
         assert!(c.admin.is_none());
+    }
+
+    #[test]
+    fn cluster_timeouts_default_and_are_checked() {
+        let c = Config::parse("clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"]}\n").expect("valid");
+        assert_eq!(
+            c.clusters[0].connect_timeout,
+            Duration::from_secs(3),
+            "above the 1 s SYN retransmit"
+        );
+        assert_eq!(c.clusters[0].pool_idle_timeout, Duration::from_secs(50));
+        assert!(
+            c.summary()
+                .contains("connect_timeout=3s request_timeout=30s pool_idle_timeout=50s"),
+            "{}",
+            c.summary()
+        );
+        let c = Config::parse("clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"], pool_idle_timeout: 0s}\n")
+            .expect("0s keeps no idle connection");
+        assert_eq!(c.clusters[0].pool_idle_timeout, Duration::ZERO);
+        let p = problems(
+            "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"], pool_idle_timeout: 50}\n  \
+             - {name: b, endpoints: [\"127.0.0.1:9\"], pool_idle_timeout: 2h}\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "clusters[0].pool_idle_timeout: \"50\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+                "clusters[1].pool_idle_timeout: \"2h\" is longer than 1h, the most allowed (upstreams close idle \
+                 connections long before; 0s keeps none)",
+            ],
+            "{p:#?}"
+        );
     }
 
     #[test]

@@ -17,6 +17,18 @@ use super::{
     UpstreamProtocol,
 };
 
+/// `clusters[].connect_timeout` when absent: above Linux's initial SYN retransmission timeout (1 s), so that a SYN
+/// dropped by an upstream whose accept queue is full is sent again before the connect gives up.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// `clusters[].pool_idle_timeout` when absent: below nginx's default `keepalive_timeout` (75 s) and the 60 s idle
+/// timeout of common load balancers, so that baton drops an idle connection before the upstream closes it under a
+/// request. (An upstream with a shorter timeout closes them first; the pool sees that and never uses one.)
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// The longest `clusters[].pool_idle_timeout` accepted.
+const MAX_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The file as written. Serde's messages name these types (`expected struct RawConfig`), so renaming one changes
 /// what `baton check` prints.
 #[derive(Deserialize, Default)]
@@ -52,6 +64,7 @@ struct RawCluster {
     endpoints: Vec<String>,
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
     protocol: Option<String>,
 }
 
@@ -144,7 +157,7 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             problems,
             &format!("{at}.connect_timeout"),
             &c.connect_timeout,
-            Duration::from_secs(1),
+            DEFAULT_CONNECT_TIMEOUT,
         );
         let request_timeout = duration_or(
             problems,
@@ -152,6 +165,19 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             &c.request_timeout,
             Duration::from_secs(30),
         );
+        let pool_idle_timeout = duration_or(
+            problems,
+            &format!("{at}.pool_idle_timeout"),
+            &c.pool_idle_timeout,
+            DEFAULT_POOL_IDLE_TIMEOUT,
+        );
+        if pool_idle_timeout > MAX_POOL_IDLE_TIMEOUT {
+            problems.push(format!(
+                "{at}.pool_idle_timeout: {:?} is longer than 1h, the most allowed (upstreams close idle connections \
+                 long before; 0s keeps none)",
+                c.pool_idle_timeout.as_deref().unwrap_or_default()
+            ));
+        }
         let protocol = match c.protocol.as_deref() {
             None | Some("http1") => UpstreamProtocol::Http1,
             Some("h2c") => UpstreamProtocol::H2c,
@@ -165,6 +191,7 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             endpoints,
             connect_timeout,
             request_timeout,
+            pool_idle_timeout,
             protocol,
         });
     }

@@ -18,6 +18,11 @@ pub enum ConnKind {
     /// head): fds client then upstream; buffers: the exchange's state, then its unprocessed bytes (the HTTP engine
     /// gives them their meaning).
     Exchange,
+    /// An idle upstream connection of the HTTP/1 engine's pool, so that the successor starts with a warm pool: one
+    /// fd; [`Detached::listener`] holds the cluster's name (it comes from no listener); buffers: the endpoint's
+    /// address (`ip:port`), then how long it has been idle, in milliseconds (decimal). A successor that does not
+    /// know this kind refuses it, and the old instance closes it.
+    Upstream,
 }
 
 impl ConnKind {
@@ -28,6 +33,7 @@ impl ConnKind {
             ConnKind::Tcp => "tcp",
             ConnKind::Tunnel => "tunnel",
             ConnKind::Exchange => "http1-exchange",
+            ConnKind::Upstream => "upstream",
         }
     }
 
@@ -38,6 +44,7 @@ impl ConnKind {
             "tcp" => Some(ConnKind::Tcp),
             "tunnel" => Some(ConnKind::Tunnel),
             "http1-exchange" => Some(ConnKind::Exchange),
+            "upstream" => Some(ConnKind::Upstream),
             _ => None,
         }
     }
@@ -48,7 +55,7 @@ impl ConnKind {
 pub struct Detached {
     /// What it is.
     pub kind: ConnKind,
-    /// The name of the listener that accepted it.
+    /// The name of the listener that accepted it ([`ConnKind::Upstream`]: the name of its cluster).
     pub listener: Arc<str>,
     /// Its sockets (see [`ConnKind`] for their order).
     pub fds: Vec<OwnedFd>,
@@ -104,7 +111,13 @@ mod tests {
 
     #[test]
     fn kinds_round_trip_their_wire_tags() {
-        for k in [ConnKind::Http1, ConnKind::Tcp, ConnKind::Tunnel, ConnKind::Exchange] {
+        for k in [
+            ConnKind::Http1,
+            ConnKind::Tcp,
+            ConnKind::Tunnel,
+            ConnKind::Exchange,
+            ConnKind::Upstream,
+        ] {
             assert_eq!(ConnKind::parse(k.as_str()), Some(k));
         }
         assert_eq!(ConnKind::parse("h2"), None);

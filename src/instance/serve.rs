@@ -65,7 +65,8 @@ pub(super) async fn serve(
     drop(serving);
     let migrating = session.is_some();
     // Live connections go to the successor if it takes them; otherwise they finish here, gracefully.
-    let hub = session.and_then(|s| migration::send::start(s, server.drain(), state.clone()));
+    let hub =
+        session.and_then(|s| migration::send::start(s, server.drain(), server.upstreams().clone(), state.clone()));
     if hub.is_none() {
         server.drain().begin_graceful();
     }

@@ -1,42 +1,99 @@
-//! The old instance's side: offers departing connections to the successor in batches.
+//! The old instance's side: offers departing connections to the successor in batches, and with them the idle
+//! upstream connections of the HTTP/1 engine's pools, so that the successor starts with a warm pool instead of
+//! opening one upstream connection per client at the same instant.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 use baton_migrate::{ConnSender, ConnVerdict, OutgoingConn};
 use tokio::task::JoinHandle;
 
-use crate::drain::{Departure, Departures, Drain};
+use crate::drain::detached::stream_fd;
+use crate::drain::{ConnKind, Departure, Departures, Drain};
+use crate::server::Upstreams;
 use crate::telemetry::state::State;
+use crate::upstream::Cluster;
 
 /// Most connections offered in one batch.
 const BATCH: usize = 256;
 
 /// Starts the migration on `drain`: every connection task heads for its quiescent point and departs, and a hub
-/// task sends them over `session`. The hub ends, sending this instance's final counters, once every connection
-/// task has ended. `None` if a migration had already started.
-pub fn start(session: ConnSender, drain: &Arc<Drain>, state: Arc<State>) -> Option<JoinHandle<()>> {
+/// task sends them over `session`, with the idle upstream connections of `upstreams`. The hub ends, sending this
+/// instance's final counters, once every connection task has ended. `None` if a migration had already started.
+pub fn start(
+    session: ConnSender,
+    drain: &Arc<Drain>,
+    upstreams: Upstreams,
+    state: Arc<State>,
+) -> Option<JoinHandle<()>> {
     let departures = drain.begin_migration()?;
-    Some(tokio::spawn(run_hub(session, departures, drain.clone(), state)))
+    Some(tokio::spawn(run_hub(
+        session,
+        departures,
+        drain.clone(),
+        upstreams,
+        state,
+    )))
 }
 
-/// Sends departures in batches as they come; answers each one.
-async fn run_hub(mut session: ConnSender, mut departures: Departures, drain: Arc<Drain>, state: Arc<State>) {
+/// Sends departures in batches as they come; answers each one. Before each batch it hands over idle upstream
+/// connections of the HTTP/1 engine's pools, one per HTTP/1 client connection of the batch (per cluster), and the
+/// rest once every connection task has ended: a client connection gives its upstream connection back to the pool
+/// before it departs, so the successor has one for each client before that client's next request, while the
+/// requests the old instance still serves meanwhile find the others in its pool.
+async fn run_hub(
+    mut session: ConnSender,
+    mut departures: Departures,
+    drain: Arc<Drain>,
+    upstreams: Upstreams,
+    state: Arc<State>,
+) {
+    // Per cluster: how many idle upstream connections the successor should get for the clients sent so far.
+    let mut owed = vec![0usize; upstreams.clusters.len()];
     let mut broken = false;
     let (mut sent, mut taken) = (0usize, 0usize);
+    let (mut upstream_sent, mut upstream_taken) = (0usize, 0usize);
     loop {
         let first = tokio::select! {
             biased;
             d = departures.recv() => d,
             _ = drain.idle() => None,
         };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
+        let last = first.is_none();
+        let mut batch: Vec<Departure> = first.into_iter().collect();
+        while !last && batch.len() < BATCH {
             match departures.try_recv() {
                 Some(d) => batch.push(d),
                 None => break,
             }
+        }
+        // Each client connection of the batch gave its upstream connection back before departing: it goes first,
+        // so that the successor has it before the client's next request.
+        for d in &batch {
+            let c = d.conn();
+            if c.kind == ConnKind::Http1 {
+                if let Some(&i) = upstreams.by_listener.get(&*c.listener) {
+                    owed[i] += 1;
+                }
+            }
+        }
+        if last {
+            owed.iter_mut().for_each(|n| *n = usize::MAX);
+        }
+        if !broken {
+            match send_idle_upstreams(&mut session, &upstreams.clusters, &mut owed).await {
+                Ok((offered, took)) => {
+                    upstream_sent += offered;
+                    upstream_taken += took;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "connection migration failed: serving the remaining connections here, closing them gracefully");
+                    broken = true;
+                }
+            }
+        }
+        if last {
+            break;
         }
         if broken {
             batch.into_iter().for_each(|d| d.returned(false));
@@ -78,6 +135,8 @@ async fn run_hub(mut session: ConnSender, mut departures: Departures, drain: Arc
     tracing::info!(
         offered = sent,
         taken,
+        upstream_offered = upstream_sent,
+        upstream_taken,
         "connection migration over: nothing left to hand over"
     );
     if !broken {
@@ -106,4 +165,48 @@ async fn send_batch(
         })
         .collect();
     session.send(&outgoing).await
+}
+
+/// Offers idle upstream connections of the HTTP/1 engine's pools ([`ConnKind::Upstream`]), up to `owed[i]` of
+/// `clusters[i]` (less what it offers): how many were offered and how many the successor took. Ours close either
+/// way: taken, the successor has its own copy; refused (an older successor, or a cluster or endpoint it does not
+/// have), nobody uses it.
+async fn send_idle_upstreams(
+    session: &mut ConnSender,
+    clusters: &[Arc<Cluster>],
+    owed: &mut [usize],
+) -> Result<(usize, usize), baton_migrate::HandoffError> {
+    let mut idle: Vec<(Arc<str>, OwnedFd, Vec<Vec<u8>>)> = Vec::new();
+    for (cluster, owed) in clusters.iter().zip(owed.iter_mut()) {
+        let name: Arc<str> = cluster.name.as_str().into();
+        let streams = cluster.take_idle_streams(*owed);
+        *owed -= streams.len();
+        for (addr, stream, idle_for) in streams {
+            // A stream tokio cannot deregister is closed here.
+            if let Ok(fd) = stream_fd(stream) {
+                let buffers = vec![
+                    addr.to_string().into_bytes(),
+                    idle_for.as_millis().to_string().into_bytes(),
+                ];
+                idle.push((name.clone(), fd, buffers));
+            }
+        }
+    }
+    if idle.is_empty() {
+        return Ok((0, 0));
+    }
+    let outgoing: Vec<OutgoingConn<'_>> = idle
+        .iter()
+        .map(|(cluster, fd, buffers)| OutgoingConn {
+            kind: ConnKind::Upstream.as_str().to_string(),
+            listener: cluster.to_string(),
+            fds: vec![fd.as_fd()],
+            buffers: buffers.clone(),
+        })
+        .collect();
+    let verdicts = session.send(&outgoing).await?;
+    Ok((
+        idle.len(),
+        verdicts.iter().filter(|v| **v == ConnVerdict::Taken).count(),
+    ))
 }

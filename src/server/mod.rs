@@ -34,9 +34,20 @@ pub struct Server {
     /// Each proxy listener's local address and name: a handed-over connection belongs to the listener at its
     /// address.
     addresses: Arc<Vec<(SocketAddr, String)>>,
+    /// The clusters the listeners send to: their idle upstream connections move at a migration too.
+    upstreams: Upstreams,
     drain: Arc<Drain>,
     accept_tasks: Vec<JoinHandle<()>>,
     state: Arc<State>,
+}
+
+/// The clusters a server's listeners send to, and which one each proxy listener uses.
+#[derive(Clone)]
+pub struct Upstreams {
+    /// Every cluster of the config.
+    pub clusters: Arc<[Arc<Cluster>]>,
+    /// The index in `clusters` of each proxy listener's cluster, by listener name.
+    pub by_listener: HashMap<String, usize>,
 }
 
 /// How a drain ended.
@@ -59,6 +70,10 @@ impl Server {
             listeners: Vec::new(),
             proxies: Arc::default(),
             addresses: Arc::default(),
+            upstreams: Upstreams {
+                clusters: clusters.into(),
+                by_listener: HashMap::new(),
+            },
             drain,
             accept_tasks: Vec::new(),
             state,
@@ -79,6 +94,7 @@ impl Server {
                     );
                     proxies.insert(l.name.clone(), proxy.clone());
                     addresses.push((socket.local_addr().unwrap_or(l.address), l.name.clone()));
+                    server.upstreams.by_listener.insert(l.name.clone(), cluster);
                     accept::Serves::Proxy(proxy)
                 }
                 Kind::Admin => accept::Serves::Admin(server.state.clone()),
@@ -100,7 +116,16 @@ impl Server {
 
     /// A handle that serves connections handed over by the predecessor, usable while this server runs.
     pub fn adopter(&self) -> Adopter {
-        Adopter::new(self.proxies.clone(), self.addresses.clone())
+        Adopter::new(
+            self.proxies.clone(),
+            self.addresses.clone(),
+            self.upstreams.clusters.clone(),
+        )
+    }
+
+    /// The clusters the listeners send to, for a migration of their idle upstream connections.
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// The listening sockets, for a handoff to a successor.

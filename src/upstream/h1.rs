@@ -4,9 +4,9 @@
 //! A connection is checked out for one exchange and comes back to the pool when the response body has been read
 //! to its end (HTTP/1 carries one exchange at a time). A request that a pooled connection could not even start
 //! (the upstream had closed it while idle) is retried once on a new connection; nothing that reached the upstream
-//! is ever sent twice.
+//! is ever sent twice. A connect that fails is tried once more ([`Cluster::connect_from`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -14,18 +14,25 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 
 use crate::upstream::body::RequestBody;
-use crate::upstream::{PoolError, Release, ResponseBody, MAX_IDLE};
+use crate::upstream::idle::IdleList;
+use crate::upstream::{Cluster, Endpoint, PoolError, Release, ResponseBody};
 
-/// Idle connections of one endpoint.
-#[derive(Default)]
+/// Idle connections of one endpoint. They stay in this process at a migration: hyper's connection owns its socket
+/// and cannot give it back, so they close with the old instance (the HTTP/1 engine's pool, [`super::raw`], moves).
 pub struct IdleClients {
-    senders: Mutex<Vec<SendRequest<RequestBody>>>,
+    senders: IdleList<SendRequest<RequestBody>>,
 }
 
 impl IdleClients {
+    /// An empty pool whose connections are kept at most `idle_timeout` (`0`: none is kept).
+    pub fn new(idle_timeout: Duration) -> IdleClients {
+        IdleClients {
+            senders: IdleList::new(idle_timeout),
+        }
+    }
+
     fn take(&self) -> Option<SendRequest<RequestBody>> {
-        let mut idle = self.senders.lock().ok()?;
-        while let Some(s) = idle.pop() {
+        while let Some(s) = self.senders.pop() {
             if s.is_ready() {
                 return Some(s);
             }
@@ -35,28 +42,22 @@ impl IdleClients {
 
     /// Keeps a connection whose exchange ended, unless it closed.
     pub(super) fn put(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.senders.lock() {
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
+        if !sender.is_closed() {
+            self.senders.push(sender);
         }
     }
 }
 
-/// Sends `req` to `endpoint` on a pooled connection (or a new one) and returns the response, whose body hands the
-/// connection back to `idle` when it ends.
+/// Sends `req` to `endpoint` of `cluster` on a pooled connection (or a new one: see [`Cluster::connect_from`]) and
+/// returns the response, whose body hands the connection back to its endpoint's pool when it ends.
 pub async fn send(
-    idle: &Arc<IdleClients>,
-    endpoint: std::net::SocketAddr,
-    connect_timeout: Duration,
+    cluster: &Cluster,
+    endpoint: &Endpoint,
     mut req: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, PoolError> {
-    if let Some(mut sender) = idle.take() {
+    if let Some(mut sender) = endpoint.idle.take() {
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(wrap(resp, sender, idle)),
+            Ok(resp) => return Ok(wrap(resp, sender, &endpoint.idle)),
             Err(mut e) => match e.take_message() {
                 // Never started: the connection had been closed while idle. Retry on a new one.
                 Some(back) => req = back,
@@ -64,26 +65,28 @@ pub async fn send(
             },
         }
     }
-    let mut sender = connect(endpoint, connect_timeout).await?;
+    let (endpoint, mut sender) = connect(cluster, endpoint).await?;
     match sender.send_request(req).await {
-        Ok(resp) => Ok(wrap(resp, sender, idle)),
+        Ok(resp) => Ok(wrap(resp, sender, &endpoint.idle)),
         Err(e) => Err(PoolError::Exchange(e)),
     }
 }
 
-async fn connect(endpoint: std::net::SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, PoolError> {
-    let stream = crate::upstream::connect(endpoint, timeout)
-        .await
-        .map_err(PoolError::Connect)?;
+async fn connect<'a>(
+    cluster: &'a Cluster,
+    first: &'a Endpoint,
+) -> Result<(&'a Endpoint, SendRequest<RequestBody>), PoolError> {
+    let (endpoint, stream) = cluster.connect_from(first).await.map_err(PoolError::Connect)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream))
         .await
         .map_err(PoolError::Exchange)?;
+    let addr = endpoint.addr;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(%endpoint, error = %e, "upstream connection ended with an error");
+            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
         }
     });
-    Ok(sender)
+    Ok((endpoint, sender))
 }
 
 fn wrap(

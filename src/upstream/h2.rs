@@ -25,7 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::Notify;
 
 use crate::upstream::body::RequestBody;
-use crate::upstream::{PoolError, Release, ResponseBody};
+use crate::upstream::{Cluster, Endpoint, PoolError, Release, ResponseBody};
 
 /// Most times one request is sent again after the upstream refused it unprocessed (each time on the connection
 /// [`H2Conns`] picks then: an upstream that closes connections every few requests may refuse it more than once).
@@ -124,18 +124,29 @@ impl H2Conns {
     }
 }
 
-/// Sends `req` to `endpoint` on one of its HTTP/2 connections and returns the response, whose body holds the
-/// stream's slot until it ends.
+/// Sends `req` to `target` of `cluster` on one of its HTTP/2 connections and returns the response, whose body holds
+/// the stream's slot until it ends. A failed connect is tried once more, on [`Cluster::retry_endpoint`].
 pub async fn send(
-    conns: &H2Conns,
-    endpoint: SocketAddr,
-    connect_timeout: Duration,
+    cluster: &Cluster,
+    mut target: &Endpoint,
     mut req: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, PoolError> {
     let mut retries = 0;
+    let mut connect_retried = false;
     loop {
+        let (conns, endpoint) = (&target.h2, target.addr);
         let replay = Replay::of(&req);
-        let mut conn = conns.acquire(endpoint, connect_timeout).await?;
+        let mut conn = match conns.acquire(endpoint, cluster.connect_timeout).await {
+            Ok(conn) => conn,
+            // Nothing was sent: once more, on the endpoint a TCP connect would retry ([`Cluster::connect_from`]).
+            Err(PoolError::Connect(e)) if !connect_retried => {
+                connect_retried = true;
+                target = cluster.retry_endpoint(target);
+                tracing::debug!(cluster = %cluster.name, %endpoint, retry = %target.addr, error = %e, "upstream connect failed; trying once more");
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         conn.streams.fetch_add(1, Ordering::Relaxed);
         let slot = StreamSlot(conn.streams.clone());
         match conn.sender.try_send_request(req).await {

@@ -1,5 +1,6 @@
-//! Upstream clusters: round-robin endpoint choice, keep-alive HTTP/1.1 connection pools per endpoint, and TCP
-//! connects, each under the cluster's timeouts.
+//! Upstream clusters: round-robin endpoint choice, keep-alive HTTP/1.1 connection pools per endpoint (idle
+//! connections kept up to `pool_idle_timeout`, see [`idle`]), and TCP connects, each under the cluster's timeouts
+//! and tried once more when it fails ([`Cluster::connect_from`]).
 //!
 //! Nothing here knows which client protocol a request came in: the proxy hands this layer a request (or asks for
 //! a stream) and gets an upstream answer or an error back.
@@ -7,6 +8,7 @@
 pub mod body;
 pub mod h1;
 pub mod h2;
+pub mod idle;
 pub mod raw;
 
 use std::net::SocketAddr;
@@ -28,8 +30,7 @@ use tokio::net::TcpStream;
 use crate::config::{ClusterConfig, UpstreamProtocol};
 use body::RequestBody;
 
-/// Most idle connections kept per endpoint, in each HTTP/1 pool ([`h1::IdleClients`] and [`raw::IdleStreams`]).
-pub const MAX_IDLE: usize = 256;
+pub use idle::MAX_IDLE;
 
 /// Why an exchange failed.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +75,8 @@ pub struct Cluster {
     pub connect_timeout: Duration,
     /// HTTP: time to the upstream's response headers.
     pub request_timeout: Duration,
+    /// HTTP/1: how long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
     /// HTTP: what the endpoints speak.
     pub protocol: UpstreamProtocol,
 }
@@ -92,8 +95,8 @@ impl Cluster {
                     Some(Endpoint {
                         addr,
                         authority,
-                        idle: Arc::default(),
-                        raw: raw::IdleStreams::default(),
+                        idle: Arc::new(h1::IdleClients::new(config.pool_idle_timeout)),
+                        raw: raw::IdleStreams::new(config.pool_idle_timeout),
                         h2: h2::H2Conns::default(),
                     })
                 })
@@ -101,6 +104,7 @@ impl Cluster {
             next: AtomicUsize::new(0),
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
             protocol: config.protocol,
         }
     }
@@ -112,28 +116,95 @@ impl Cluster {
         &self.endpoints[i % self.endpoints.len()]
     }
 
-    /// The endpoint at `addr`, if this cluster has it.
+    /// Its endpoints, in config order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The endpoint whose address is `addr`.
     pub fn endpoint(&self, addr: SocketAddr) -> Option<&Endpoint> {
         self.endpoints.iter().find(|e| e.addr == addr)
     }
 
+    /// Where a connect that failed to `failed` is tried again: the next endpoint of the list if the cluster has
+    /// several, else `failed` itself.
+    pub fn retry_endpoint(&self, failed: &Endpoint) -> &Endpoint {
+        let i = self.endpoints.iter().position(|e| std::ptr::eq(e, failed)).unwrap_or(0);
+        &self.endpoints[(i + 1) % self.endpoints.len()]
+    }
+
+    /// Opens a TCP connection to `first`, each attempt under the connect timeout; if that fails (nothing was sent
+    /// upstream), once more, to [`Cluster::retry_endpoint`]. Returns the endpoint it reached: the connection
+    /// belongs to that endpoint's pools. Every upstream connect of the cluster goes through here.
+    pub async fn connect_from<'a>(&'a self, first: &'a Endpoint) -> std::io::Result<(&'a Endpoint, TcpStream)> {
+        match connect(first.addr, self.connect_timeout).await {
+            Ok(s) => Ok((first, s)),
+            Err(e) => {
+                let again = self.retry_endpoint(first);
+                tracing::debug!(cluster = %self.name, endpoint = %first.addr, retry = %again.addr, error = %e, "upstream connect failed; trying once more");
+                let s = connect(again.addr, self.connect_timeout).await?;
+                Ok((again, s))
+            }
+        }
+    }
+
     /// Sends a request (already shaped for the cluster's protocol) to `endpoint`, on a pooled connection or a new
-    /// one, and returns the response head; its body gives the connection or stream back when it ends.
+    /// one, and returns the response head; its body gives the connection or stream back when it ends. A failed
+    /// connect is tried once more, possibly on another endpoint ([`Cluster::connect_from`]).
     pub async fn send(
         &self,
         endpoint: &Endpoint,
         req: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, PoolError> {
         match self.protocol {
-            UpstreamProtocol::Http1 => h1::send(&endpoint.idle, endpoint.addr, self.connect_timeout, req).await,
-            UpstreamProtocol::H2c => h2::send(&endpoint.h2, endpoint.addr, self.connect_timeout, req).await,
+            UpstreamProtocol::Http1 => h1::send(self, endpoint, req).await,
+            UpstreamProtocol::H2c => h2::send(self, endpoint, req).await,
         }
     }
 
-    /// Opens a TCP connection to the next endpoint under the connect timeout.
+    /// Opens a TCP connection to the next endpoint under the connect timeout, tried once more if it fails
+    /// ([`Cluster::connect_from`]).
     pub async fn connect(&self) -> std::io::Result<(SocketAddr, TcpStream)> {
-        let addr = self.pick().addr;
-        Ok((addr, connect(addr, self.connect_timeout).await?))
+        let (endpoint, stream) = self.connect_from(self.pick()).await?;
+        Ok((endpoint.addr, stream))
+    }
+
+    /// Up to `most` idle connections of the HTTP/1 engine's pools ([`raw::IdleStreams`]), endpoint after endpoint,
+    /// each with its endpoint and how long it has been idle, for a migration.
+    pub fn take_idle_streams(&self, most: usize) -> Vec<(SocketAddr, TcpStream, Duration)> {
+        let mut taken = Vec::new();
+        for e in &self.endpoints {
+            let room = most.saturating_sub(taken.len());
+            if room == 0 {
+                break;
+            }
+            taken.extend(e.raw.take_newest(room).into_iter().map(|(s, idle)| (e.addr, s, idle)));
+        }
+        taken
+    }
+
+    /// Keeps an idle upstream connection to `addr` that the predecessor handed over (idle for `idle_for`) in that
+    /// endpoint's pool of the HTTP/1 engine. `Err` (it is dropped) says why not: not an HTTP/1 cluster, no such
+    /// endpoint here, a socket connected elsewhere, or no room or time left in the pool.
+    pub fn adopt_idle_stream(
+        &self,
+        addr: SocketAddr,
+        stream: TcpStream,
+        idle_for: Duration,
+    ) -> Result<(), &'static str> {
+        if self.protocol != UpstreamProtocol::Http1 {
+            return Err("the cluster speaks h2c here");
+        }
+        let Some(endpoint) = self.endpoint(addr) else {
+            return Err("no such endpoint in this cluster here");
+        };
+        if stream.peer_addr().ok() != Some(addr) {
+            return Err("the socket is not connected to that endpoint");
+        }
+        if !endpoint.raw.adopt(stream, idle_for) {
+            return Err("idle for longer than pool_idle_timeout, or the pool is full");
+        }
+        Ok(())
     }
 }
 
@@ -215,5 +286,76 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ClusterConfig;
+
+    fn cluster(endpoints: Vec<SocketAddr>, connect_timeout: Duration) -> Cluster {
+        Cluster::new(&ClusterConfig {
+            name: "app".into(),
+            endpoints,
+            connect_timeout,
+            request_timeout: Duration::from_secs(30),
+            pool_idle_timeout: Duration::from_secs(50),
+            protocol: UpstreamProtocol::Http1,
+        })
+    }
+
+    /// An address nothing listens on: connects to it are refused.
+    fn refusing() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_goes_to_the_next_endpoint() {
+        let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let live_addr = live.local_addr().expect("addr");
+        let c = cluster(vec![refusing(), live_addr], Duration::from_secs(1));
+        let (endpoint, _stream) = c.connect_from(&c.endpoints()[0]).await.expect("the second endpoint");
+        assert_eq!(endpoint.addr, live_addr);
+        // The TCP relay's connect, from either endpoint in turn.
+        for _ in 0..2 {
+            let (addr, _stream) = c.connect().await.expect("connect");
+            assert_eq!(addr, live_addr);
+        }
+    }
+
+    /// One endpoint whose accept queue is full drops the SYN of the first attempt, which times out; the queue has
+    /// room again when the second attempt is made, on a new connection to the same endpoint.
+    #[tokio::test]
+    async fn a_failed_connect_to_the_only_endpoint_is_tried_once_more() {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind");
+        // backlog 0: the queue holds one connection; a SYN beyond it is dropped (and sent again after 1 s).
+        socket.listen(0).expect("listen");
+        let addr = socket.local_addr().expect("addr").as_socket().expect("inet");
+        let filler = std::net::TcpStream::connect(addr).expect("the connection that fills the queue");
+        // Below the SYN retransmit (1 s), so that the first attempt times out rather than connects late.
+        let c = cluster(vec![addr], Duration::from_millis(900));
+        let accept = tokio::task::spawn_blocking(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let accepted = socket.accept().expect("accept the filler");
+            (socket, accepted)
+        });
+        let started = std::time::Instant::now();
+        let (endpoint, _stream) = c
+            .connect_from(&c.endpoints()[0])
+            .await
+            .expect("the second attempt connects");
+        assert_eq!(endpoint.addr, addr);
+        assert!(
+            started.elapsed() >= Duration::from_millis(900),
+            "the first attempt should have timed out (took {:?})",
+            started.elapsed()
+        );
+        let (_listener, _accepted) = accept.await.expect("accept task");
+        drop(filler);
     }
 }

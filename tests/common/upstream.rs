@@ -1,5 +1,6 @@
-//! In-process upstreams on 127.0.0.1:0 for baton to proxy to: [`HttpUpstream`] (HTTP/1.1 and h2c, 200 `ok`)
-//! and [`EchoUpstream`] (TCP echo). Each runs as a tokio task of the test and stops when dropped.
+//! In-process upstreams on 127.0.0.1:0 for baton to proxy to: [`HttpUpstream`] (HTTP/1.1 and h2c, 200 `ok`),
+//! [`CountingUpstream`] (the same with a small accept queue, counting its connections) and [`EchoUpstream`] (TCP
+//! echo). Each runs as a tokio task of the test and stops when dropped.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,78 @@ impl HttpUpstream {
             }
         });
         HttpUpstream { addr, requests, task }
+    }
+}
+
+/// [`HttpUpstream`] on a listening socket with a small accept queue (`listen(backlog)`), that counts the
+/// connections it accepted: an upstream that drops SYNs when many connect at once. It accepts on a thread of its
+/// own, as a real upstream would, so that the test's load clients do not slow its accepts down.
+pub struct CountingUpstream {
+    pub addr: SocketAddr,
+    pub requests: Arc<AtomicU64>,
+    pub accepted: Arc<AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    listener: socket2::Socket,
+}
+
+impl CountingUpstream {
+    pub async fn start(backlog: i32) -> CountingUpstream {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+        socket.set_reuse_address(true).expect("SO_REUSEADDR");
+        socket
+            .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .expect("bind upstream");
+        socket.listen(backlog).expect("listen");
+        let addr = socket.local_addr().unwrap().as_socket().unwrap();
+        let (requests, accepted) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counter, accepts, stopped) = (requests.clone(), accepted.clone(), stop.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let blocking = socket.try_clone().expect("listener clone");
+        std::thread::spawn(move || loop {
+            let accepted = blocking.accept();
+            if stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let Ok((stream, _)) = accepted else {
+                continue;
+            };
+            accepts.fetch_add(1, Ordering::Relaxed);
+            let counter = counter.clone();
+            let stream: std::net::TcpStream = stream.into();
+            runtime.spawn(async move {
+                let _ = stream.set_nonblocking(true);
+                let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    upstream_reply(req)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        });
+        CountingUpstream {
+            addr,
+            requests,
+            accepted,
+            stop,
+            listener: socket,
+        }
+    }
+
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        // Wakes the accepting thread (accept fails on a listener shut down), which then sees `stop`.
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.listener.shutdown(std::net::Shutdown::Both);
     }
 }
 

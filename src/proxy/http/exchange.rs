@@ -171,10 +171,11 @@ impl Exchange {
     ) -> Result<Exchange, (Failure, Buffers)> {
         let pooled = endpoint.raw.take();
         let reused = pooled.is_some();
-        let up = match pooled {
-            Some(s) => s,
-            None => match crate::upstream::connect(endpoint.addr, ctx.cluster.connect_timeout).await {
-                Ok(s) => s,
+        // A failed connect is tried once more, maybe on another endpoint, which the exchange then belongs to.
+        let (endpoint, up) = match pooled {
+            Some(s) => (endpoint, s),
+            None => match ctx.cluster.connect_from(endpoint).await {
+                Ok(reached) => reached,
                 Err(e) => return Err((Failure::Connect(e), bufs)),
             },
         };

@@ -213,6 +213,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             protocol: UpstreamProtocol::Http1,
+            pool_idle_timeout: Duration::from_secs(50),
         }));
         let metrics = Arc::new(ListenerMetrics::new("raw", "tcp"));
         let proxy = ListenerProxy::new("raw", Protocol::Tcp, cluster, metrics, drain.clone());
