@@ -9,9 +9,13 @@
 //! * Load starts: `loadgen` (keep-alive and new-connection HTTP clients) against baton's http listener, with
 //!   one WebSocket client on one connection through that same listener (its `101` tunnel to the upstream's
 //!   WebSocket echo: checksummed text and binary frames, every 10 ms) and one gRPC client (tonic, one channel,
-//!   unary calls in a loop) through baton's second http listener, whose cluster is `protocol: h2c`; and through
-//!   baton's tcp listener one TCP echo round trip every 100 ms on a new connection each, plus one every 100 ms on
-//!   a single long-lived TCP stream.
+//!   unary calls in a loop) through baton's second http listener, whose cluster is `protocol: h2c`; through the
+//!   http listener also one SSE client reading the upstream's event stream (`GET /sse`, one checked event every
+//!   50 ms, ids in order, on one connection for the whole run) and one upload client sending slow 1 MiB
+//!   `POST /upload` requests (about 2.6 s each, chunked and with a `Content-Length` in turn, each answered with
+//!   its length and checksum) on one keep-alive connection, so that an upgrade always finds both in the middle
+//!   of an exchange; and through baton's tcp listener one TCP echo round trip every 100 ms on a new connection
+//!   each, plus one every 100 ms on a single long-lived TCP stream.
 //! * T1, upgrade v1→v2: kubelet stops the empty `proxy-2` (SIGTERM, must exit 0 promptly) and starts v2 in it
 //!   (`R2`, `1`); its postStart (`baton migrate`) is the handoff and is timed.
 //! * T2, reset: the controller gives `proxy-1` the empty image; kubelet SIGTERMs the old v1 process (it must
@@ -20,14 +24,18 @@
 //!   (`1`, `R2`): that process must idle, and the reset SIGTERMs it instead.
 //! * T3, upgrade v2→v3 the other way round: empty `proxy-1` stopped, v3 started there (`R3`, `R2`), postStart.
 //! * T4, reset: `proxy-2` gets SIGTERM and restarts empty (`0`, `R3`).
+//! * After each upgrade the demo waits for the SSE stream and the uploads to go on: a new event and a completed
+//!   upload seen after it (within the pause, or 10 s more).
 //! * Then the load stops and a summary is printed: requests, failures, keep-alive connections and the TCP
-//!   stream reopened, WebSocket frames echoed, errors and reconnects, gRPC calls ok, failed and resent, handoff
-//!   and drain times, exit codes.
+//!   stream reopened, WebSocket frames echoed, errors and reconnects, gRPC calls ok, failed and resent, SSE
+//!   events, errors and reconnects, uploads ok and failed, handoff and drain times, exit codes.
 //!
 //! While running it prints one progress line per second and one line per Kubernetes step. Exit code 0 only
-//! if no HTTP request, TCP round trip or gRPC call failed, no keep-alive connection, not the long-lived TCP
-//! stream and not the WebSocket had to be reopened while the load ran and the WebSocket saw no error (the
-//! upgrades hand them over; the load is stopped before the pod is deleted, so its end cannot close any), every
+//! if no HTTP request, TCP round trip, gRPC call or upload failed, no keep-alive connection, not the long-lived
+//! TCP stream, not the WebSocket, not the SSE stream and not the uploads' connection had to be reopened while the
+//! load ran, the WebSocket and the SSE stream saw no error, SSE events and completed uploads were seen after each
+//! upgrade (the upgrades hand them over, mid-exchange for the SSE stream and the upload in flight; the load is
+//! stopped before the pod is deleted, so its end cannot close any), every
 //! baton process exited 0 when told to, `/status` showed generations 1 → 2 → 3 from the expected processes, and
 //! nothing else unexpected happened. gRPC calls that tonic refused unsent at an old instance's GOAWAY (HTTP/2
 //! connections are not handed over, and hyper does not send such a call on the new connection by itself) are
@@ -84,6 +92,11 @@ const NEWCONN_CLIENTS: usize = 4;
 const TCP_INTERVAL: Duration = Duration::from_millis(100);
 /// Deadline for one TCP echo round trip.
 const TCP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest wait for loadgen's next progress line (it prints one a second).
+const MARK_DEADLINE: Duration = Duration::from_secs(3);
+/// After the pause that follows an upgrade, how much longer the SSE stream and the uploads get to show they went
+/// on (an upload takes about 2.6 s).
+const GO_ON_DEADLINE: Duration = Duration::from_secs(10);
 /// Deadline for one admin HTTP request.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// The error `run` ends with on SIGINT/SIGTERM.
@@ -409,6 +422,8 @@ struct Board {
     slots: [SlotView; 2],
     /// Latest loadgen progress line.
     load: Option<LoadReport>,
+    /// loadgen progress lines read so far.
+    reports: u64,
 }
 
 #[derive(Deserialize, Debug, Clone, Copy)]
@@ -426,6 +441,13 @@ struct LoadReport {
     grpc_ok: Option<u64>,
     grpc_failed: Option<u64>,
     grpc_resent: Option<u64>,
+    /// The SSE client's counts so far (`None` without `--sse`).
+    sse_events: Option<u64>,
+    sse_errors: Option<u64>,
+    sse_reconnects: Option<u64>,
+    /// The upload client's counts so far (`None` without `--upload`).
+    uploads_ok: Option<u64>,
+    uploads_failed: Option<u64>,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -456,15 +478,33 @@ struct LoadSummary {
     grpc_errors: BTreeMap<String, u64>,
     #[serde(default)]
     grpc_resent_reasons: BTreeMap<String, u64>,
+    /// SSE events checked, errors and connections opened after the first.
+    sse_events: Option<u64>,
+    sse_errors: Option<u64>,
+    sse_reconnects: Option<u64>,
+    #[serde(default)]
+    sse_error_kinds: BTreeMap<String, u64>,
+    /// Uploads answered right (and their bytes), failed, and connections opened after the first.
+    uploads_ok: Option<u64>,
+    uploads_failed: Option<u64>,
+    upload_bytes: Option<u64>,
+    upload_reconnects: Option<u64>,
+    #[serde(default)]
+    upload_errors: BTreeMap<String, u64>,
 }
 
 impl LoadSummary {
-    /// Whether loadgen should have exited 0: nothing failed, the WebSocket had no error and no reconnect.
+    /// Whether loadgen should have exited 0: nothing failed, the WebSocket, the SSE stream and the uploads had
+    /// no error and no reconnect.
     fn clean(&self) -> bool {
         self.failed == 0
             && self.ws_errors.unwrap_or(0) == 0
             && self.ws_reconnects.unwrap_or(0) == 0
             && self.grpc_failed.unwrap_or(0) == 0
+            && self.sse_errors.unwrap_or(0) == 0
+            && self.sse_reconnects.unwrap_or(0) == 0
+            && self.uploads_failed.unwrap_or(0) == 0
+            && self.upload_reconnects.unwrap_or(0) == 0
     }
 }
 
@@ -489,7 +529,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Prints one progress line per second until aborted. Started with loadgen; ticking half a second out of
 /// phase with loadgen's own reports, each line shows the latest report: `tcp=` and `stream=` are round trips
 /// ok/failed, `ws=` WebSocket frames echoed/errors and reconnects, `grpc=` calls ok/failed, `resent=` gRPC calls
-/// sent again after tonic refused them unsent at a GOAWAY.
+/// sent again after tonic refused them unsent at a GOAWAY, `sse=` SSE events/errors and reconnects, `up=` uploads
+/// ok/failed.
 async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, stream: Arc<TcpStats>, admin: SocketAddr) {
     let period = Duration::from_secs(1);
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period / 2, period);
@@ -510,14 +551,18 @@ async fn progress(board: Shared<Board>, tcp: Arc<TcpStats>, stream: Arc<TcpStats
         };
         let streams = match board.load {
             Some(l) => format!(
-                " ws={}/{} grpc={}/{} resent={}",
+                " ws={}/{} grpc={}/{} resent={} sse={}/{} up={}/{}",
                 opt(l.ws_frames),
                 opt(l.ws_errors.zip(l.ws_reconnects).map(|(e, r)| e + r)),
                 opt(l.grpc_ok),
                 opt(l.grpc_failed),
-                opt(l.grpc_resent)
+                opt(l.grpc_resent),
+                opt(l.sse_events),
+                opt(l.sse_errors.zip(l.sse_reconnects).map(|(e, r)| e + r)),
+                opt(l.uploads_ok),
+                opt(l.uploads_failed)
             ),
-            None => " ws=-/- grpc=-/- resent=-".into(),
+            None => " ws=-/- grpc=-/- resent=- sse=-/- up=-/-".into(),
         };
         let tcp_line = format!(
             "tcp={}/{} stream={}/{}{streams}",
@@ -764,6 +809,59 @@ impl Demo {
         let msg = msg.into();
         log(format!("UNEXPECTED: {msg}"));
         self.problems.push(msg);
+    }
+
+    /// The first loadgen progress line printed from now on (waited for, at most [`MARK_DEADLINE`]): where the
+    /// load stands after a step, nothing that came before it counted as after it. `None` if none came.
+    async fn mark(&self) -> Option<LoadReport> {
+        let seen = lock(&self.board).reports;
+        let deadline = Instant::now() + MARK_DEADLINE;
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let board = lock(&self.board);
+            if board.reports > seen {
+                return board.load;
+            }
+        }
+        None
+    }
+
+    /// Checks that the SSE stream and the uploads went on after an upgrade: a loadgen progress line with more
+    /// SSE events and more completed uploads than `mark` (taken right after it), waiting for one at most
+    /// [`GO_ON_DEADLINE`].
+    async fn check_streams_go_on(&mut self, upgrade: &str, mark: Option<LoadReport>) {
+        let Some(mark) = mark else {
+            self.problem(format!("loadgen printed no progress line after the {upgrade} upgrade"));
+            return;
+        };
+        let deadline = Instant::now() + GO_ON_DEADLINE;
+        loop {
+            let now = lock(&self.board).load;
+            let (sse, uploads) = now.map_or((false, false), |l| {
+                (l.sse_events > mark.sse_events, l.uploads_ok > mark.uploads_ok)
+            });
+            if sse && uploads {
+                return;
+            }
+            if Instant::now() >= deadline {
+                if !sse {
+                    self.problem(format!(
+                        "no SSE event arrived after the {upgrade} upgrade (events: {} then, {} now)",
+                        opt(mark.sse_events),
+                        opt(now.and_then(|l| l.sse_events))
+                    ));
+                }
+                if !uploads {
+                    self.problem(format!(
+                        "no upload completed after the {upgrade} upgrade (uploads: {} then, {} now)",
+                        opt(mark.uploads_ok),
+                        opt(now.and_then(|l| l.uploads_ok))
+                    ));
+                }
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     fn log_file(&self, name: &str) -> Result<(std::fs::File, std::fs::File)> {
@@ -1279,12 +1377,12 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
     let (slot2, _) = demo.start_slot(2, "empty", 0, 1).await?;
     demo.check_idle(&slot2, &slot1).await;
 
-    // Load: HTTP and a WebSocket through the http listener, gRPC through the h2c one, TCP round trips through
-    // the tcp listener, live progress.
+    // Load: HTTP, a WebSocket, an SSE stream and slow uploads through the http listener, gRPC through the h2c
+    // one, TCP round trips through the tcp listener, live progress.
     let mut cmd = command(&demo.paths.loadgen);
     let loadgen_args = format!(
         "--target {http} --keepalive {KEEPALIVE_CLIENTS} --newconn {NEWCONN_CLIENTS} --websocket {http} \
-         --grpc {grpc} --duration 120s --report-interval 1s"
+         --grpc {grpc} --sse {http} --upload {http} --duration 120s --report-interval 1s"
     );
     cmd.args(loadgen_args.split_whitespace())
         .stdout(Stdio::piped())
@@ -1316,10 +1414,14 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
 
     // T1 + T2: v1 -> v2 (proxy-2 takes over), then proxy-1 reset to empty.
     let (slot2, slot1) = demo.upgrade("v1 -> v2", slot1, slot2, "v2", (R2, 1), 2).await?;
+    let mark = demo.mark().await;
     tokio::time::sleep(pause).await;
+    demo.check_streams_go_on("v1 -> v2", mark).await;
     // T3 + T4: v2 -> v3 (proxy-1 takes over), then proxy-2 reset to empty.
     let (slot1, slot2) = demo.upgrade("v2 -> v3", slot2, slot1, "v3", (R3, R2), 3).await?;
+    let mark = demo.mark().await;
     tokio::time::sleep(pause).await;
+    demo.check_streams_go_on("v2 -> v3", mark).await;
 
     // Stop the load and collect the results. Everything counted so far happened under load, before the pod
     // deletion below: none of it is caused by the end of the demo.
@@ -1339,12 +1441,16 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
         (Some(s), _) if s.requests == 0 => demo.problem("loadgen completed no request"),
         (Some(s), Some(e)) if s.clean() != e.success() => demo.problem(format!(
             "loadgen {} does not match {} failed requests, {} WebSocket errors and {} reconnects, {} failed gRPC \
-             calls",
+             calls, {} SSE errors and {} reconnects, {} failed uploads and {} upload reconnects",
             e.describe(),
             s.failed,
             opt(s.ws_errors),
             opt(s.ws_reconnects),
-            opt(s.grpc_failed)
+            opt(s.grpc_failed),
+            opt(s.sse_errors),
+            opt(s.sse_reconnects),
+            opt(s.uploads_failed),
+            opt(s.upload_reconnects)
         )),
         _ => {}
     }
@@ -1407,6 +1513,35 @@ async fn run(args: &Args, dir: &Path) -> Result<Outcome> {
                 }
             }
             _ => demo.problem("loadgen did not report its gRPC client (grpc_ok/_failed)"),
+        }
+        match (s.sse_events, s.sse_errors, s.sse_reconnects) {
+            (Some(events), Some(errors), Some(reconnects)) => {
+                if errors > 0 || reconnects > 0 {
+                    demo.problem(format!(
+                        "the SSE stream saw {errors} errors and was reopened {reconnects} times (the upgrades should \
+                         have handed its exchange over): {:?}",
+                        s.sse_error_kinds
+                    ));
+                } else if events == 0 {
+                    demo.problem("no SSE event was received");
+                }
+            }
+            _ => demo.problem("loadgen did not report its SSE client (sse_events/_errors/_reconnects)"),
+        }
+        match (s.uploads_ok, s.uploads_failed, s.upload_reconnects) {
+            (Some(ok), Some(failed), Some(reconnects)) => {
+                if failed > 0 || reconnects > 0 {
+                    demo.problem(format!(
+                        "{failed} of {} uploads failed and their connection was reopened {reconnects} times (the \
+                         upgrades should have handed the upload in flight over): {:?}",
+                        ok + failed,
+                        s.upload_errors
+                    ));
+                } else if ok == 0 {
+                    demo.problem("no upload completed");
+                }
+            }
+            _ => demo.problem("loadgen did not report its upload client (uploads_ok/_failed, upload_reconnects)"),
         }
     }
     let tcp_ok = tcp_stats.ok.load(Ordering::Relaxed);
@@ -1487,7 +1622,9 @@ async fn read_loadgen(stdout: ChildStdout, board: Shared<Board>) -> Option<LoadS
         if value.get("summary").is_some() {
             summary = serde_json::from_value(value).ok();
         } else if let Ok(report) = serde_json::from_value::<LoadReport>(value) {
-            lock(&board).load = Some(report);
+            let mut board = lock(&board);
+            board.load = Some(report);
+            board.reports += 1;
         }
     }
     summary
@@ -1540,6 +1677,29 @@ fn print_report(outcome: &Outcome) {
                 } else {
                     format!(": {:?}", s.grpc_resent_reasons)
                 }
+            );
+            say!(
+                "SSE events                            {} (in order, checked, one every 50 ms on one connection)",
+                opt(s.sse_events)
+            );
+            say!("SSE reconnects                        {}", opt(s.sse_reconnects));
+            say!("SSE errors                            {}", opt(s.sse_errors));
+            if !s.sse_error_kinds.is_empty() {
+                say!("SSE error kinds                       {:?}", s.sse_error_kinds);
+            }
+            say!(
+                "uploads ok                            {} ({} bytes; 1 MiB each over ~2.6 s, chunked and \
+                 Content-Length in turn)",
+                opt(s.uploads_ok),
+                opt(s.upload_bytes)
+            );
+            say!("uploads failed                        {}", opt(s.uploads_failed));
+            if !s.upload_errors.is_empty() {
+                say!("upload failure kinds                  {:?}", s.upload_errors);
+            }
+            say!(
+                "upload connection reopened            {} (one keep-alive connection for all uploads)",
+                opt(s.upload_reconnects)
             );
         }
         None => say!("HTTP requests                         (no loadgen summary)"),
@@ -1676,8 +1836,9 @@ fn main() -> ExitCode {
             print_report(outcome);
             if outcome.problems.is_empty() {
                 say!(
-                    "RESULT: PASS - no failed request or gRPC call, no connection or WebSocket reopened, every old \
-                     slot exited 0, generations 1 -> 2 -> 3"
+                    "RESULT: PASS - no failed request, gRPC call or upload, no connection, WebSocket or SSE stream \
+                     reopened, SSE and uploads going on after each upgrade, every old slot exited 0, generations \
+                     1 -> 2 -> 3"
                 );
                 true
             } else {

@@ -1,5 +1,5 @@
 //! `loadgen`: an HTTP/1.1 load generator that counts every failed request precisely, with an optional WebSocket
-//! client and an optional gRPC client beside it.
+//! client, an optional gRPC client, an optional SSE client and an optional slow-upload client beside it.
 //!
 //! Two kinds of HTTP clients run concurrently against `--target ADDR`:
 //! * `--keepalive N` clients each reuse one keep-alive connection. After a complete response that carries
@@ -36,29 +36,51 @@
 //! `grpc_resent_reasons`), not as failed. Any other error, or the resent call failing, counts in `grpc_failed`
 //! (kinds in `grpc_errors`); `grpc_ok` counts the calls answered with their own payload.
 //!
+//! With `--sse ADDR`, one SSE client (hyper's HTTP/1 client) opens ONE connection to `http://ADDR/sse` (the
+//! example upstream's event stream, one event every 50 ms, through baton's `http` listener) and reads it for the
+//! whole run, checking that every event is the one expected next (`support/http_streams.rs`): ids 1, 2, 3… in
+//! order, none missing or repeated, each `data:` line intact. `sse_events` counts the events checked. A wrong
+//! event, no event for 5 s, a stream that ends or breaks, a connection refused, a non-200 answer or one that is
+//! not `text/event-stream`: each is an error (`sse_errors`, kinds in `sse_error_kinds`); the client then opens a
+//! new connection with `Last-Event-ID` (the stream goes on after the last event checked), and every connection
+//! after the first counts in `sse_reconnects`. Through baton's upgrades the exchange is handed over: both stay 0.
+//!
+//! With `--upload ADDR`, one upload client sends, on ONE keep-alive connection to ADDR, `POST /upload` requests
+//! (origin form, with a Host header) of 1 MiB each, paced (16 KiB every 40 ms: about 2.6 s each) and alternately
+//! chunked and with a `Content-Length`, and checks each answer of the example upstream: the length, the FNV-1a
+//! checksum and the framing of what it sent (`support/http_streams.rs`). `uploads_ok` counts the uploads answered
+//! right; any other outcome (a wrong answer, a non-2xx status, a connection error, no answer 15 s after the start)
+//! counts in `uploads_failed` (kinds in `upload_errors`), and the next upload opens a new connection.
+//! `upload_reconnects` counts the connections opened after the first (after a failure, or when the server
+//! closed the idle one). Through baton's upgrades the upload in flight is handed over: both stay 0.
+//!
 //! Runs for `--duration` (e.g. `30s`; forever if omitted) or until SIGTERM/SIGINT. Stdout, one JSON object
 //! per line, flushed after each:
 //! * every `--report-interval`:
 //!   `{"t":1.0,"requests":1234,"failed":0,"rps":1200.0,"keepalive_opened":8,"keepalive_reopened":0}`
 //!   (`requests`, `failed` and the connection counts are cumulative; `requests` counts finished requests,
 //!   successful or not; `rps` is over the last interval), then with `--websocket`
-//!   `"ws_frames":F,"ws_errors":0,"ws_reconnects":0` and with `--grpc` `"grpc_ok":N,"grpc_failed":0,"grpc_resent":R`
-//!   (cumulative);
+//!   `"ws_frames":F,"ws_errors":0,"ws_reconnects":0`, with `--grpc` `"grpc_ok":N,"grpc_failed":0,"grpc_resent":R`,
+//!   with `--sse` `"sse_events":E,"sse_errors":0,"sse_reconnects":0` and with `--upload`
+//!   `"uploads_ok":U,"uploads_failed":0` (cumulative);
 //! * at the end: `{"summary":true,"requests":N,"failed":F,"errors":{"<kind>":count,...},"keepalive_opened":O,
 //!   "keepalive_reopened":R,"keepalive_reopen_reasons":{"<reason>":count,...}}`, the reasons being
 //!   `server_closed` (closed while idle, seen before the next request was written), `connection_close` (the
 //!   response said so) and `error:<kind>` (the request failed, `<kind>` as in `errors`); then with `--websocket`
 //!   `"ws_frames":F,"ws_bytes":B,"ws_errors":E,"ws_reconnects":R,"ws_error_kinds":{...}` (`ws_bytes`: the
 //!   payload bytes echoed) and with `--grpc` `"grpc_ok":N,"grpc_failed":F,"grpc_resent":R,"grpc_connections":C,
-//!   "grpc_errors":{...},"grpc_resent_reasons":{...}`.
+//!   "grpc_errors":{...},"grpc_resent_reasons":{...}`, with `--sse` `"sse_events":E,"sse_errors":0,
+//!   "sse_reconnects":0,"sse_error_kinds":{...}` and with `--upload` `"uploads_ok":U,"uploads_failed":0,
+//!   "upload_bytes":B,"upload_reconnects":0,"upload_errors":{...}` (`upload_bytes`: the bytes of the uploads
+//!   answered right).
 //!
-//! Exit code 0 if no request failed (and no WebSocket error or reconnect, no gRPC call failed), 1 otherwise, 2 on
-//! a usage error.
+//! Exit code 0 if no request failed (and no WebSocket error or reconnect, no gRPC call failed, no SSE error or
+//! reconnect, no upload failed or reconnected), 1 otherwise, 2 on a usage error.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --target 127.0.0.1:15006 --keepalive 8 --newconn 4 --duration 10s
 //! cargo run --release --example loadgen -- --target 127.0.0.1:15006 --websocket 127.0.0.1:15006 \
-//!     --grpc 127.0.0.1:15007 --duration 10s
+//!     --grpc 127.0.0.1:15007 --sse 127.0.0.1:15006 --upload 127.0.0.1:15006 --duration 10s
 //! ```
 
 // The codec and the test for the calls tonic refuses unsent, shared with upstream and tests/grpc.rs (the server
@@ -68,10 +90,15 @@
 mod grpc_raw;
 #[path = "support/ws_frames.rs"]
 mod ws_frames;
+// The SSE events and the upload answers, shared with upstream (which serves them).
+#[path = "support/http_streams.rs"]
+mod http_streams;
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -85,7 +112,8 @@ use grpc_raw::{method_path, refused_unsent, BoxFuture, RawCodec};
 use http::uri::PathAndQuery;
 use http::{header, Request, Response};
 use http_body_util::{BodyExt as _, Empty};
-use hyper::body::Incoming;
+use http_streams::{fnv, sse_event, sse_event_id, upload_answer, upload_bytes, FNV_START, SSE_PATH, UPLOAD_PATH};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
@@ -118,6 +146,15 @@ const GRPC_METHOD: &str = "Echo";
 const GRPC_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two gRPC calls.
 const GRPC_INTERVAL: Duration = Duration::from_millis(2);
+/// Longest wait for the SSE response head, and for the next event (the upstream sends one every 50 ms).
+const SSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The size of one upload.
+const UPLOAD_SIZE: usize = 1024 * 1024;
+/// An upload is sent in pieces of this size, one every `UPLOAD_PACE`: 64 pieces, about 2.6 s.
+const UPLOAD_PIECE: usize = 16 * 1024;
+const UPLOAD_PACE: Duration = Duration::from_millis(40);
+/// Deadline for one upload: connect (if needed), the paced body, the answer.
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(15);
 
 #[derive(Parser, Debug)]
 #[command(about = "HTTP/1.1 load generator with precise failure accounting")]
@@ -146,6 +183,12 @@ struct Args {
     /// Also run one gRPC client (tonic, one channel) calling /baton.demo.Echo/Echo on ADDR (h2c).
     #[arg(long, value_name = "ADDR")]
     grpc: Option<SocketAddr>,
+    /// Also run one SSE client, reading http://ADDR/sse (the example upstream's event stream) on one connection.
+    #[arg(long, value_name = "ADDR")]
+    sse: Option<SocketAddr>,
+    /// Also run one upload client, sending slow 1 MiB POST /upload requests on one keep-alive connection to ADDR.
+    #[arg(long, value_name = "ADDR")]
+    upload: Option<SocketAddr>,
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1.5s` or a bare number of seconds.
@@ -204,6 +247,21 @@ struct Stats {
     grpc_resent_reasons: Mutex<BTreeMap<String, u64>>,
     /// TCP connections the gRPC channel opened.
     grpc_connections: AtomicU64,
+    /// SSE events received in order and intact.
+    sse_events: AtomicU64,
+    /// SSE errors (each ends a connection), by kind.
+    sse_errors: AtomicU64,
+    sse_error_kinds: Mutex<BTreeMap<String, u64>>,
+    /// SSE connections opened after the first.
+    sse_reconnects: AtomicU64,
+    /// Uploads answered with their own length, checksum and framing, and their bytes.
+    uploads_ok: AtomicU64,
+    upload_bytes: AtomicU64,
+    /// Uploads failed, by kind.
+    uploads_failed: AtomicU64,
+    upload_errors: Mutex<BTreeMap<String, u64>>,
+    /// Upload connections opened after the first.
+    upload_reconnects: AtomicU64,
 }
 
 /// Adds one to `key` in a map of counts.
@@ -256,6 +314,21 @@ impl Stats {
             grpc_resent: self.grpc_resent.load(Ordering::Relaxed),
         }
     }
+
+    fn sse_progress(&self) -> SseProgress {
+        SseProgress {
+            sse_events: self.sse_events.load(Ordering::Relaxed),
+            sse_errors: self.sse_errors.load(Ordering::Relaxed),
+            sse_reconnects: self.sse_reconnects.load(Ordering::Relaxed),
+        }
+    }
+
+    fn upload_progress(&self) -> UploadProgress {
+        UploadProgress {
+            uploads_ok: self.uploads_ok.load(Ordering::Relaxed),
+            uploads_failed: self.uploads_failed.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Why a request failed; the string becomes a key of the summary's `errors` map.
@@ -281,15 +354,23 @@ async fn main() {
 }
 
 /// Runs the load and prints the reports; returns the number of failed requests, WebSocket errors and reconnects,
-/// and failed gRPC calls.
+/// failed gRPC calls, SSE errors and reconnects, and failed uploads and upload reconnects.
 async fn run(args: Args) -> Result<u64> {
     let newconn = args.newconn.unwrap_or(0);
     let keepalive = args.keepalive.unwrap_or(if args.newconn.is_none() { 8 } else { 0 });
     if keepalive > MAX_CLIENTS || newconn > MAX_CLIENTS {
         bail!("at most {MAX_CLIENTS} clients of each kind");
     }
-    if keepalive + newconn == 0 && args.websocket.is_none() && args.grpc.is_none() {
-        bail!("nothing to do: --keepalive and --newconn are both 0, and neither --websocket nor --grpc is given");
+    if keepalive + newconn == 0
+        && args.websocket.is_none()
+        && args.grpc.is_none()
+        && args.sse.is_none()
+        && args.upload.is_none()
+    {
+        bail!(
+            "nothing to do: --keepalive and --newconn are both 0, and none of --websocket, --grpc, --sse, --upload \
+             is given"
+        );
     }
     let grpc = match args.grpc {
         Some(addr) => Some(GrpcTarget {
@@ -327,6 +408,14 @@ async fn run(args: Args) -> Result<u64> {
         clients.spawn(grpc_client(grpc, stats.clone(), stop_rx.clone()));
     }
     let with_ws = args.websocket.is_some();
+    if let Some(addr) = args.sse {
+        clients.spawn(sse_client(addr, stats.clone(), stop_rx.clone()));
+    }
+    let with_sse = args.sse.is_some();
+    if let Some(addr) = args.upload {
+        clients.spawn(upload_client(addr, stats.clone(), stop_rx.clone()));
+    }
+    let with_upload = args.upload.is_some();
 
     let start = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -351,6 +440,8 @@ async fn run(args: Args) -> Result<u64> {
                     keepalive_reopened: stats.keepalive_reopened.load(Ordering::Relaxed),
                     ws: with_ws.then(|| stats.ws_progress()),
                     grpc: with_grpc.then(|| stats.grpc_progress()),
+                    sse: with_sse.then(|| stats.sse_progress()),
+                    upload: with_upload.then(|| stats.upload_progress()),
                 })?;
                 last_requests = requests;
                 last_t = t;
@@ -361,8 +452,8 @@ async fn run(args: Args) -> Result<u64> {
         }
     }
 
-    // Requests still in flight are abandoned and not counted either way (the WebSocket client waits for the
-    // echoes of the frames it sent and closes).
+    // Requests (and uploads) still in flight are abandoned and not counted either way, the SSE stream is
+    // dropped (the WebSocket client waits for the echoes of the frames it sent and closes).
     let _ = stop_tx.send(true);
     while clients.join_next().await.is_some() {}
 
@@ -397,11 +488,28 @@ async fn run(args: Args) -> Result<u64> {
             grpc_errors: counts(&stats.grpc_errors),
             grpc_resent_reasons: counts(&stats.grpc_resent_reasons),
         }),
+        sse: with_sse.then(|| SseSummary {
+            sse_events: stats.sse_events.load(Ordering::Relaxed),
+            sse_errors: stats.sse_errors.load(Ordering::Relaxed),
+            sse_reconnects: stats.sse_reconnects.load(Ordering::Relaxed),
+            sse_error_kinds: counts(&stats.sse_error_kinds),
+        }),
+        upload: with_upload.then(|| UploadSummary {
+            uploads_ok: stats.uploads_ok.load(Ordering::Relaxed),
+            uploads_failed: stats.uploads_failed.load(Ordering::Relaxed),
+            upload_bytes: stats.upload_bytes.load(Ordering::Relaxed),
+            upload_reconnects: stats.upload_reconnects.load(Ordering::Relaxed),
+            upload_errors: counts(&stats.upload_errors),
+        }),
     })?;
     Ok(failed
         + stats.ws_errors.load(Ordering::Relaxed)
         + stats.ws_reconnects.load(Ordering::Relaxed)
-        + stats.grpc_failed.load(Ordering::Relaxed))
+        + stats.grpc_failed.load(Ordering::Relaxed)
+        + stats.sse_errors.load(Ordering::Relaxed)
+        + stats.sse_reconnects.load(Ordering::Relaxed)
+        + stats.uploads_failed.load(Ordering::Relaxed)
+        + stats.upload_reconnects.load(Ordering::Relaxed))
 }
 
 /// Waits until `deadline`, or forever without one.
@@ -429,6 +537,10 @@ struct Report {
     ws: Option<WsProgress>,
     #[serde(flatten)]
     grpc: Option<GrpcProgress>,
+    #[serde(flatten)]
+    sse: Option<SseProgress>,
+    #[serde(flatten)]
+    upload: Option<UploadProgress>,
 }
 
 /// The WebSocket client's fields of a progress line (with `--websocket` only).
@@ -461,6 +573,10 @@ struct Summary {
     ws: Option<WsSummary>,
     #[serde(flatten)]
     grpc: Option<GrpcSummary>,
+    #[serde(flatten)]
+    sse: Option<SseSummary>,
+    #[serde(flatten)]
+    upload: Option<UploadSummary>,
 }
 
 /// The WebSocket client's fields of the final line (with `--websocket` only).
@@ -482,6 +598,40 @@ struct GrpcSummary {
     grpc_connections: u64,
     grpc_errors: BTreeMap<String, u64>,
     grpc_resent_reasons: BTreeMap<String, u64>,
+}
+
+/// The SSE client's fields of a progress line (with `--sse` only).
+#[derive(Serialize)]
+struct SseProgress {
+    sse_events: u64,
+    sse_errors: u64,
+    sse_reconnects: u64,
+}
+
+/// The upload client's fields of a progress line (with `--upload` only).
+#[derive(Serialize)]
+struct UploadProgress {
+    uploads_ok: u64,
+    uploads_failed: u64,
+}
+
+/// The SSE client's fields of the final line (with `--sse` only).
+#[derive(Serialize)]
+struct SseSummary {
+    sse_events: u64,
+    sse_errors: u64,
+    sse_reconnects: u64,
+    sse_error_kinds: BTreeMap<String, u64>,
+}
+
+/// The upload client's fields of the final line (with `--upload` only).
+#[derive(Serialize)]
+struct UploadSummary {
+    uploads_ok: u64,
+    uploads_failed: u64,
+    upload_bytes: u64,
+    upload_reconnects: u64,
+    upload_errors: BTreeMap<String, u64>,
 }
 
 /// Prints one JSON line and flushes.
@@ -622,8 +772,13 @@ async fn newconn_request(target: SocketAddr, path: &str) -> Result<(), Failure> 
         .unwrap_or_else(|_| Err(Failure("timeout".into())))
 }
 
-/// Opens a TCP connection and starts an HTTP/1.1 client connection on it.
-async fn connect(target: SocketAddr) -> Result<SendRequest<Empty<Bytes>>, Failure> {
+/// Opens a TCP connection and starts an HTTP/1.1 client connection on it, for requests with bodies of type `B`.
+async fn connect<B>(target: SocketAddr) -> Result<SendRequest<B>, Failure>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(target)
         .await
         .map_err(|err| Failure::new("connect", io_kind(&err)))?;
@@ -964,4 +1119,264 @@ impl tower_service::Service<http::Uri> for CountingConnector {
             Ok(TokioIo::new(stream))
         })
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The SSE client
+
+/// One SSE stream for the whole run; a new connection only after an error (counted in `sse_reconnects`), which
+/// asks for the events after the last one checked.
+async fn sse_client(addr: SocketAddr, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let mut opened = 0u64;
+    let mut last: Option<u64> = None;
+    loop {
+        let attempt = async {
+            let sender = connect::<Empty<Bytes>>(addr).await.map_err(|failure| failure.0)?;
+            opened += 1;
+            if opened > 1 {
+                stats.sse_reconnects.fetch_add(1, Ordering::Relaxed);
+            }
+            sse_session(sender, &mut last, &stats).await
+        };
+        // Stopped: the stream is dropped, nothing more is counted.
+        let Some(Err(kind)) = unless_stopped(&mut stop, attempt).await else {
+            break;
+        };
+        stats.sse_errors.fetch_add(1, Ordering::Relaxed);
+        count(&stats.sse_error_kinds, kind);
+        tokio::time::sleep(FAILURE_BACKOFF).await;
+    }
+}
+
+/// Asks for the stream (after event `last`, if any) and checks its events as they come, updating `last`. Only
+/// returns on an error, with its kind.
+async fn sse_session(
+    mut sender: SendRequest<Empty<Bytes>>,
+    last: &mut Option<u64>,
+    stats: &Stats,
+) -> Result<(), String> {
+    let mut builder = Request::get(SSE_PATH)
+        .header(header::HOST, "loadgen")
+        .header(header::ACCEPT, "text/event-stream");
+    if let Some(id) = *last {
+        builder = builder.header("last-event-id", id.to_string());
+    }
+    let req = builder.body(Empty::new()).map_err(|err| format!("request:{err}"))?;
+    let resp = tokio::time::timeout(SSE_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| "head:timeout".to_string())?
+        .map_err(|err| format!("send:{}", classify_hyper(&err)))?;
+    if resp.status() != http::StatusCode::OK {
+        return Err(format!("status:{}", resp.status().as_u16()));
+    }
+    let event_stream = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !event_stream {
+        return Err("content_type".into());
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(SSE_TIMEOUT, body.frame()).await {
+            Err(_) => return Err("event:timeout".into()),
+            Ok(None) => return Err("stream_ended".into()),
+            Ok(Some(Err(err))) => return Err(format!("read:{}", classify_hyper(&err))),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Some(data) = frame.data_ref() else { continue };
+        buf.extend_from_slice(data);
+        // Every complete event (the upstream ends each with a blank line, "\n\n").
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = buf.drain(..end + 2).collect();
+            let expected = last.map_or(1, |id| id + 1);
+            check_sse_event(expected, &event)?;
+            *last = Some(expected);
+            stats.sse_events.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Checks that `event` is event `expected`, byte for byte; says how it is not otherwise.
+fn check_sse_event(expected: u64, event: &[u8]) -> Result<(), String> {
+    let want = sse_event(expected);
+    if event == want.as_bytes() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(event);
+    let kind = match sse_event_id(&text) {
+        None => "event:malformed",
+        Some(id) if id < expected => "event:duplicate",
+        Some(id) if id > expected => "event:gap",
+        Some(_) => "event:mismatch",
+    };
+    let shown: String = text.chars().take(120).collect();
+    let _ = writeln!(
+        std::io::stderr(),
+        "loadgen: sse: event {expected} expected, got {shown:?}"
+    );
+    Err(kind.into())
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The upload client
+
+/// The body of one upload: `UPLOAD_SIZE` bytes of [`upload_bytes`], one `UPLOAD_PIECE` every `UPLOAD_PACE`
+/// (the first one at once). With `exact` its size is known up front, and hyper sends it with a `Content-Length`;
+/// otherwise chunked.
+struct PacedUpload {
+    n: u64,
+    sent: usize,
+    exact: bool,
+    next: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl PacedUpload {
+    fn new(n: u64, exact: bool) -> Self {
+        PacedUpload {
+            n,
+            sent: 0,
+            exact,
+            next: Box::pin(tokio::time::sleep(Duration::ZERO)),
+        }
+    }
+}
+
+impl Body for PacedUpload {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.sent >= UPLOAD_SIZE {
+            return Poll::Ready(None);
+        }
+        if std::future::Future::poll(self.next.as_mut(), cx).is_pending() {
+            return Poll::Pending;
+        }
+        let len = UPLOAD_PIECE.min(UPLOAD_SIZE - self.sent);
+        let piece = upload_bytes(self.n, self.sent, len);
+        self.sent += len;
+        let at = self.next.deadline() + UPLOAD_PACE;
+        self.next.as_mut().reset(at);
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from(piece)))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.sent >= UPLOAD_SIZE
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        if self.exact {
+            SizeHint::with_exact((UPLOAD_SIZE - self.sent) as u64)
+        } else {
+            SizeHint::default()
+        }
+    }
+}
+
+/// The answer the upstream owes upload `n`.
+fn upload_expected(n: u64, chunked: bool) -> String {
+    let mut sum = FNV_START;
+    let mut at = 0;
+    while at < UPLOAD_SIZE {
+        let len = UPLOAD_PIECE.min(UPLOAD_SIZE - at);
+        sum = fnv(sum, &upload_bytes(n, at, len));
+        at += len;
+    }
+    upload_answer(UPLOAD_SIZE as u64, sum, chunked)
+}
+
+/// Sends uploads one after the other on one keep-alive connection (a new one only after a failure, or when the
+/// server closed it: counted in `upload_reconnects`), chunked and with a `Content-Length` in turn.
+async fn upload_client(addr: SocketAddr, stats: Arc<Stats>, mut stop: watch::Receiver<bool>) {
+    let mut conn: Option<SendRequest<PacedUpload>> = None;
+    let mut opened = 0u64;
+    for n in 0u64.. {
+        let Some(result) = unless_stopped(&mut stop, upload(addr, n, &mut conn, &mut opened, &stats)).await else {
+            break;
+        };
+        match result {
+            Ok(()) => {
+                stats.uploads_ok.fetch_add(1, Ordering::Relaxed);
+                stats.upload_bytes.fetch_add(UPLOAD_SIZE as u64, Ordering::Relaxed);
+            }
+            Err(failure) => {
+                conn = None;
+                stats.uploads_failed.fetch_add(1, Ordering::Relaxed);
+                count(&stats.upload_errors, failure.0);
+                tokio::time::sleep(FAILURE_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// Upload `n` on the client's connection (opening one first if needed), within the deadline.
+async fn upload(
+    addr: SocketAddr,
+    n: u64,
+    conn: &mut Option<SendRequest<PacedUpload>>,
+    opened: &mut u64,
+    stats: &Stats,
+) -> Result<(), Failure> {
+    let chunked = n.is_multiple_of(2);
+    let attempt = async {
+        if let Some(sender) = conn.as_mut() {
+            if sender.ready().await.is_err() {
+                // Closed by the server while idle: the next upload goes on a new connection.
+                *conn = None;
+            }
+        }
+        let sender = match conn {
+            Some(sender) => sender,
+            None => {
+                let sender = connect(addr).await?;
+                *opened += 1;
+                if *opened > 1 {
+                    stats.upload_reconnects.fetch_add(1, Ordering::Relaxed);
+                }
+                conn.insert(sender)
+            }
+        };
+        let req = Request::post(UPLOAD_PATH)
+            .header(header::HOST, "loadgen")
+            .body(PacedUpload::new(n, !chunked))
+            .map_err(|err| Failure::new("request", err))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|err| Failure::new("send", classify_hyper(&err)))?;
+        let status = resp.status();
+        let close = wants_close(&resp);
+        let answer = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|err| Failure::new("body", classify_hyper(&err)))?
+            .to_bytes();
+        if !status.is_success() {
+            return Err(Failure::new("status", status.as_u16()));
+        }
+        let expected = upload_expected(n, chunked);
+        if answer != expected.as_bytes() {
+            let _ = writeln!(
+                std::io::stderr(),
+                "loadgen: upload {n}: expected {:?}, got {:?}",
+                expected.trim_end(),
+                String::from_utf8_lossy(&answer).trim_end()
+            );
+            return Err(Failure("answer:mismatch".into()));
+        }
+        if close {
+            *conn = None;
+        }
+        Ok(())
+    };
+    tokio::time::timeout(UPLOAD_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(Failure("timeout".into())))
 }

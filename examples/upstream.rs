@@ -1,12 +1,17 @@
 //! `upstream`: a small, fast upstream server for exercising baton on loopback.
 //!
 //! * HTTP on `--listen ADDR` (default `127.0.0.1:0`), HTTP/1.1 and h2c (prior knowledge) on the same port:
-//!   - `POST` (any path): 200, echoes the request body back;
+//!   - `POST` (any path but `/upload`): 200, echoes the request body back;
 //!   - anything else: 200 with the body `hello from upstream\n`;
 //!   - optional query parameter `sleep_ms=N` (capped at 60000): waits N ms before answering, handy for
 //!     in-flight requests across a handoff;
 //!   - a WebSocket handshake (HTTP/1.1 `GET /ws` with `Upgrade: websocket`): `101`, then the connection is a
-//!     WebSocket echo: every text and binary message is sent back as it came.
+//!     WebSocket echo: every text and binary message is sent back as it came;
+//!   - `GET /sse`: a Server-Sent Events stream (`text/event-stream`, chunked) for as long as the client stays:
+//!     one event every 50 ms, ids 1, 2, 3… (after `Last-Event-ID: N`, from N+1 on), each with a `data:` line the
+//!     client can check (`support/http_streams.rs`);
+//!   - `POST /upload`: reads the whole body and answers `LEN SUM FRAMING\n`: its length, its FNV-1a checksum (16
+//!     hex digits) and how it was delimited (`chunked` or `content-length`), for slow-upload checks.
 //! * TCP echo on `--tcp-echo ADDR` (optional): every byte read is written back.
 //! * gRPC on `--grpc ADDR` (optional), h2c: the unary method `/baton.demo.Echo/Echo` answers the request's
 //!   message, raw bytes as they came (no protobuf: `support/grpc_raw.rs`).
@@ -24,6 +29,10 @@
 #[allow(dead_code)]
 #[path = "support/grpc_raw.rs"]
 mod grpc_raw;
+// The SSE events and the upload answers, shared with loadgen (which checks them).
+#[allow(dead_code)]
+#[path = "support/http_streams.rs"]
+mod http_streams;
 
 use std::convert::Infallible;
 use std::io::Write as _;
@@ -36,8 +45,10 @@ use clap::Parser;
 use futures_util::{SinkExt as _, StreamExt as _};
 use grpc_raw::{BoxFuture, Methods, RawCodec, Routed};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Full, StreamBody};
+use http_streams::{fnv, sse_event, upload_answer, FNV_START, SSE_PATH, UPLOAD_PATH};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -52,6 +63,8 @@ use tokio_tungstenite::WebSocketStream;
 const HELLO: &str = "hello from upstream\n";
 /// The path of the WebSocket echo.
 const WS_PATH: &str = "/ws";
+/// Interval between two SSE events.
+const SSE_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest `sleep_ms` honoured.
 const MAX_SLEEP_MS: u64 = 60_000;
 /// How long open HTTP connections get to finish after a shutdown signal.
@@ -59,8 +72,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Parser, Debug)]
 #[command(
-    about = "Small HTTP/1.1 + h2c upstream with a WebSocket echo (and optional TCP echo and gRPC echo) for baton tests \
-             and the demo"
+    about = "Small HTTP/1.1 + h2c upstream with a WebSocket echo, an SSE stream and an upload check (and optional TCP \
+             echo and gRPC echo) for baton tests and the demo"
 )]
 struct Args {
     /// Address of the HTTP listener.
@@ -182,8 +195,16 @@ async fn serve(
     }
 }
 
+/// A response body: all at once, or streamed (SSE).
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// A response with the whole body `body`.
+fn full(body: impl Into<Bytes>) -> Response<Body> {
+    Response::new(Full::new(body.into()).boxed_unsync())
+}
+
 /// Answers one HTTP request (see the module documentation).
-async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     if req.uri().path() == WS_PATH && req.method() == Method::GET {
         if let Some(accept) = websocket_accept(req.headers()) {
             let upgrade = hyper::upgrade::on(&mut req);
@@ -193,7 +214,7 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
                     ws_echo(WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await).await;
                 }
             });
-            let mut resp = Response::new(Full::new(Bytes::new()));
+            let mut resp = full(Bytes::new());
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let headers = resp.headers_mut();
             headers.insert(header::UPGRADE, header::HeaderValue::from_static("websocket"));
@@ -202,22 +223,80 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Inf
             return Ok(resp);
         }
     }
+    if req.uri().path() == SSE_PATH && req.method() == Method::GET {
+        return Ok(sse(req.headers()));
+    }
     if let Some(ms) = sleep_ms(req.uri().query()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if req.uri().path() == UPLOAD_PATH && req.method() == Method::POST {
+        return Ok(upload(req).await);
+    }
     let response = if req.method() == Method::POST {
         match req.into_body().collect().await {
-            Ok(body) => Response::new(Full::new(body.to_bytes())),
-            Err(err) => {
-                let mut resp = Response::new(Full::new(Bytes::from(format!("reading the request body: {err}\n"))));
-                *resp.status_mut() = StatusCode::BAD_REQUEST;
-                resp
-            }
+            Ok(body) => full(body.to_bytes()),
+            Err(err) => bad_request(format!("reading the request body: {err}\n")),
         }
     } else {
-        Response::new(Full::new(Bytes::from_static(HELLO.as_bytes())))
+        full(Bytes::from_static(HELLO.as_bytes()))
     };
     Ok(response)
+}
+
+fn bad_request(text: String) -> Response<Body> {
+    let mut resp = full(text);
+    *resp.status_mut() = StatusCode::BAD_REQUEST;
+    resp
+}
+
+/// The SSE stream: an event every [`SSE_INTERVAL`], from the one after `Last-Event-ID` (or the first), until the
+/// client goes.
+fn sse(headers: &HeaderMap) -> Response<Body> {
+    let first = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(1, |last| last.saturating_add(1));
+    let mut tick = tokio::time::interval(SSE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let events = futures_util::stream::unfold((first, tick), |(id, mut tick)| async move {
+        tick.tick().await;
+        let event = Frame::data(Bytes::from(sse_event(id)));
+        Some((Ok(event), (id + 1, tick)))
+    });
+    let mut resp = Response::new(StreamBody::new(events).boxed_unsync());
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// Reads an upload to its end and answers its length, checksum and framing.
+async fn upload(req: Request<Incoming>) -> Response<Body> {
+    let chunked = req
+        .headers()
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("chunked"));
+    let mut body = req.into_body();
+    let (mut len, mut sum) = (0u64, FNV_START);
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Some(data) = frame.data_ref() {
+                    len += data.len() as u64;
+                    sum = fnv(sum, data);
+                }
+            }
+            Err(err) => return bad_request(format!("reading the upload after {len} bytes: {err}\n")),
+        }
+    }
+    full(upload_answer(len, sum, chunked))
 }
 
 /// The `Sec-WebSocket-Accept` answering a WebSocket handshake request (RFC 6455 §4.2.1), `None` if it is not one.
