@@ -37,8 +37,8 @@ pub fn start(
 }
 
 /// Sends departures in batches as they come; answers each one. Before each batch it hands over idle upstream
-/// connections of the HTTP/1 engine's pools, one per HTTP/1 client connection of the batch (per cluster), and the
-/// rest once every connection task has ended: a client connection gives its upstream connection back to the pool
+/// connections of the HTTP/1 engine's pools, one per HTTP/1 client connection of the batch (per cluster), and
+/// once every connection task has ended, those still owed: a client connection gives its upstream connection back to the pool
 /// before it departs, so the successor has one for each client before that client's next request, while the
 /// requests the old instance still serves meanwhile find the others in its pool.
 async fn run_hub(
@@ -77,9 +77,9 @@ async fn run_hub(
                 }
             }
         }
-        if last {
-            owed.iter_mut().for_each(|n| *n = usize::MAX);
-        }
+        // At the end, only what is still owed (clients whose upstream connection was busy when they left): the
+        // rest of the pool is surplus for the successor, which already has one per client, and closes with this
+        // instance. Sending it too would grow the successor's pool by what it opened meanwhile, at every upgrade.
         if !broken {
             match send_idle_upstreams(&mut session, &upstreams.clusters, &mut owed).await {
                 Ok((offered, took)) => {
