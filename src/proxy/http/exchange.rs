@@ -4,8 +4,8 @@
 //! Three stages: the request (its head and what of its body was read with it, then a streamed body as it
 //! arrives), the response head, the response body. At every await the exchange holds only its two sockets, the
 //! bytes read and not yet written in each direction, the upstream bytes of an incomplete response head, and where
-//! each body ends ([`BodyEnd`]). At a migration that is what travels ([`Exchange::detach`]), and the successor
-//! continues the same exchange ([`Exchange::restore`]), then the keep-alive connection.
+//! each body ends (`BodyEnd`). At a migration that is what travels (`Exchange::detach`), and the successor
+//! continues the same exchange (`Exchange::restore`), then the keep-alive connection.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
