@@ -41,9 +41,9 @@ enum LogFormat {
 enum Command {
     /// Serve the configured listeners (takes over from a running instance when the Kruise env says so).
     Run {
-        /// Configuration file (YAML or JSON).
+        /// Configuration file (YAML or JSON); required, from this flag or BATON_CONFIG.
         #[arg(long, env = "BATON_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
         /// Directory shared by both sidecar slots [default: config handoff.uds_dir, else /var/run/baton].
         #[arg(long, env = "BATON_UDS_DIR")]
         uds_dir: Option<PathBuf>,
@@ -74,9 +74,9 @@ enum Command {
     },
     /// Validate a configuration file and print a summary.
     Check {
-        /// Configuration file (YAML or JSON).
+        /// Configuration file (YAML or JSON); required, from this flag or BATON_CONFIG.
         #[arg(long, env = "BATON_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
 }
 
@@ -92,7 +92,9 @@ fn main() -> ExitCode {
         return ExitCode::from(USAGE);
     }
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
+        Command::Check { config: None } => no_config("check"),
+        Command::Run { config: None, .. } => no_config("run"),
+        Command::Check { config: Some(config) } => match Config::load(&config) {
             Ok(c) => {
                 println!("{}: valid", config.display());
                 print!("{}", c.summary());
@@ -101,7 +103,7 @@ fn main() -> ExitCode {
             Err(e) => config_error(&e),
         },
         Command::Run {
-            config,
+            config: Some(config),
             uds_dir,
             workers,
         } => {
@@ -192,6 +194,27 @@ fn status(dir: &UdsDir) -> ExitCode {
     }
 }
 
+/// `baton run` or `check` without a configuration file: says both ways to give one.
+fn no_config(command: &str) -> ExitCode {
+    eprintln!("baton {command}: no configuration file: pass --config FILE or set BATON_CONFIG=FILE");
+    ExitCode::from(USAGE)
+}
+
+/// Why the Kruise env makes this a first start, in the env's own terms.
+fn first_start_reason() -> String {
+    if std::env::var_os("SIDECARSET_VERSION").is_none() {
+        return "no SIDECARSET_VERSION: not under Kruise".into();
+    }
+    match std::env::var("SIDECARSET_VERSION_ALT") {
+        Err(_) => "no SIDECARSET_VERSION_ALT".into(),
+        Ok(alt) if alt.trim().is_empty() => "SIDECARSET_VERSION_ALT is empty".into(),
+        Ok(alt) => format!(
+            "SIDECARSET_VERSION_ALT={}: no instance in the other slot to take over from",
+            alt.trim()
+        ),
+    }
+}
+
 fn migrate(dir: &UdsDir, timeout: Duration) -> ExitCode {
     let role = match Role::from_env() {
         Ok(r) => r,
@@ -206,7 +229,10 @@ fn migrate(dir: &UdsDir, timeout: Duration) -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Role::Fresh => {
-            println!("baton migrate: first start (no SIDECARSET_VERSION_ALT): nothing to migrate");
+            println!(
+                "baton migrate: first start ({}): nothing to migrate",
+                first_start_reason()
+            );
             return ExitCode::SUCCESS;
         }
         Role::Takeover => {}

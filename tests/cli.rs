@@ -242,3 +242,36 @@ fn log_level_syntax() {
         assert!(out.stderr.contains("--log-level"), "{bad}: stderr:\n{}", out.stderr);
     }
 }
+
+#[test]
+fn missing_config_names_the_flag_and_the_env_variable() {
+    let dir = TestDir::new();
+    for cmd in ["run", "check"] {
+        let out = run_baton(&dir, &format!("{cmd}-no-config"), &[cmd], &Env::fresh(), LIMIT);
+        assert_eq!(out.code, Some(2), "{cmd}: stderr:\n{}", out.stderr);
+        assert!(
+            out.stderr.contains("--config") && out.stderr.contains("BATON_CONFIG"),
+            "{cmd}: stderr:\n{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn migrate_on_a_first_start_says_why_from_the_env() {
+    let dir = TestDir::new();
+    let uds = dir.subdir("uds").display().to_string();
+    let args = ["migrate", "--uds-dir", &uds];
+    let out = run_baton(&dir, "migrate-alt-0", &args, &Env::versions("1", "0"), LIMIT);
+    assert_eq!(out.code, Some(0), "stderr:\n{}", out.stderr);
+    assert!(
+        out.stdout.contains("first start (SIDECARSET_VERSION_ALT=0"),
+        "stdout:\n{}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.contains("no SIDECARSET_VERSION_ALT"),
+        "stdout:\n{}",
+        out.stdout
+    );
+}
