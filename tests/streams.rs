@@ -192,6 +192,19 @@ impl Drop for HyperUpstream {
     }
 }
 
+/// Reads up to the end of a request head (and whatever came with it): false if the connection ended first.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// An upstream whose every response is close-delimited (no length, no chunking): 2 MiB of [`pattern`] in paced
 /// pieces, then it closes.
 async fn close_delimited_upstream() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<()>) {
@@ -203,13 +216,8 @@ async fn close_delimited_upstream() -> (SocketAddr, Arc<AtomicU64>, JoinHandle<(
         while let Ok((mut s, _)) = listener.accept().await {
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(
@@ -498,13 +506,8 @@ async fn an_early_answer_ends_an_upload() {
     let upstream = tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut s).await {
+                    return;
                 }
                 let _ = s
                     .write_all(

@@ -34,20 +34,22 @@ impl HttpUpstream {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let counter = counter.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        upstream_reply(req)
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                tokio::spawn(serve_counting(stream, counter.clone()));
             }
         });
         HttpUpstream { addr, requests, task }
     }
+}
+
+/// Serves one connection (HTTP/1.1 or h2c) with 200 `ok` to every request, counting them in `requests`.
+async fn serve_counting(stream: tokio::net::TcpStream, requests: Arc<AtomicU64>) {
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        requests.fetch_add(1, Ordering::Relaxed);
+        upstream_reply(req)
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await;
 }
 
 /// [`HttpUpstream`] on a listening socket with a small accept queue (`listen(backlog)`), that counts the
@@ -91,13 +93,7 @@ impl CountingUpstream {
                 let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                    upstream_reply(req)
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                serve_counting(stream, counter).await;
             });
         });
         CountingUpstream {
