@@ -70,7 +70,6 @@ async fn run(
     let metrics = &ctx.metrics;
     let cluster = &ctx.cluster;
     let forwarded_for = peer.ip().to_string();
-    let mut out = Vec::with_capacity(1024);
     let mut bufs = Buffers::default();
     let mut migration = ctx.drain.migration();
     let timer = tokio::time::sleep(cluster.request_timeout);
@@ -90,8 +89,9 @@ async fn run(
                     }
                 }
                 let req = loop {
+                    let out = bufs.request();
                     out.clear();
-                    match parse_request(&cbuf, &forwarded_for, &mut out) {
+                    match parse_request(&cbuf, &forwarded_for, out) {
                         Parsed::Ready(r) => break r,
                         Parsed::Elsewhere => {
                             let io = ClientIo::new(Bytes::from(cbuf), client, metrics.clone());
@@ -114,12 +114,12 @@ async fn run(
                         }
                     }
                 };
-                out.extend_from_slice(&cbuf[req.head_len..req.len]);
+                bufs.request().extend_from_slice(&cbuf[req.head_len..req.len]);
                 cbuf.drain(..req.len);
                 let closing = req.close || !may_migrate || ctx.drain.is_graceful();
                 let endpoint = cluster.pick();
                 let started = std::time::Instant::now();
-                match Exchange::start(ctx, endpoint, &out, &req, closing, std::mem::take(&mut bufs)).await {
+                match Exchange::start(ctx, endpoint, &req, closing, std::mem::take(&mut bufs)).await {
                     Ok(ex) => ex,
                     Err((failure, back)) => {
                         bufs = back;
@@ -163,7 +163,7 @@ async fn run(
             }
             Step::BadRequest(why) => {
                 tracing::debug!(%peer, reason = why, "malformed request body; answering 400");
-                out.clear();
+                let mut out = Vec::with_capacity(256);
                 our_response(&mut out, 400, "baton: malformed request body", true);
                 let _ = write(&mut client, &out, metrics).await;
                 return shutdown(client).await;

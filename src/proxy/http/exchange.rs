@@ -158,13 +158,20 @@ pub(super) struct Buffers {
     ubuf: Vec<u8>,
 }
 
+impl Buffers {
+    /// Where the next request is written (its rewritten head, and its body if read whole): the exchange sends it
+    /// from there, without a copy.
+    pub(super) fn request(&mut self) -> &mut Vec<u8> {
+        &mut self.to_up
+    }
+}
+
 impl Exchange {
-    /// Starts an exchange of `req` (its rewritten head and read body in `request`) on a pooled connection to
+    /// Starts an exchange of `req` (its rewritten head and read body in `bufs`' [`Buffers::request`]) on a pooled connection to
     /// `endpoint` or a new one.
     pub(super) async fn start(
         ctx: &ListenerCtx,
         endpoint: &crate::upstream::Endpoint,
-        request: &[u8],
         req: &Request,
         closing: bool,
         mut bufs: Buffers,
@@ -179,8 +186,6 @@ impl Exchange {
                 Err(e) => return Err((Failure::Connect(e), bufs)),
             },
         };
-        bufs.to_up.clear();
-        bufs.to_up.extend_from_slice(request);
         bufs.to_client.clear();
         bufs.ubuf.clear();
         Ok(Exchange {
