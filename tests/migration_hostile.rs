@@ -12,60 +12,22 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use baton_migrate::{
-    hand_over_live, ConnVerdict, Identity, ListenerTag, Offer, Offered, OutgoingConn, SuccessorWatch, UdsDir,
-};
+use baton_migrate::{ConnVerdict, OutgoingConn};
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_connections_from_a_predecessor_are_refused_good_ones_served() {
     let dir = TestDir::new();
     let upstream = HttpUpstream::start().await;
-    let uds = dir.subdir("uds");
-    let admin = free_addr();
     // The "old instance" is this test: it holds the listener and serving.lock.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = Config::default()
-        .listener("ingress", addr, "http", "up")
-        .cluster("up", &[upstream.addr])
-        .admin(admin)
-        .uds_dir(&uds)
-        .handoff("5s", "5s")
-        .write_yaml(&dir, "baton.yaml");
-    let uds_dir = UdsDir::new(&uds);
-    uds_dir.ensure().expect("uds dir");
-    let serving = uds_dir.hold_serving().expect("serving lock");
-    let mut watch = SuccessorWatch::new(&uds_dir);
-
-    let c = config.to_str().expect("utf-8 path");
-    let mut new = Baton::spawn(&dir, "new", &["run", "--config", c], &Env::versions(R2, "1"));
-    let stream = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("the new instance publishes reconfig.sock");
-    let offered = [Offered {
-        tag: ListenerTag {
-            name: "ingress".into(),
-            address: addr.to_string(),
-            kind: "http".into(),
-        },
-        fd: listener.as_fd(),
-    }];
-    let me = Identity {
-        generation: 1,
-        version: "hostile".into(),
-    };
-    let offer = Offer {
-        listeners: &offered,
-        // Garbage where the config and counters should be: ignored, never fatal.
-        state: serde_json::json!({"config": 7, "counters": {"listeners": [1, 2, {"x": -1}]}}),
-        timeout: Duration::from_secs(5),
-        crash_at: None,
-    };
-    let (_, migration) = hand_over_live(stream, &me, offer).await.expect("commit");
-    drop(serving);
-    drop(listener);
-    let mut migration = migration.expect("baton speaks protocol 2");
+    // Garbage where the config and counters should be: ignored, never fatal.
+    let state = serde_json::json!({"config": 7, "counters": {"listeners": [1, 2, {"x": -1}]}});
+    let PlayedHandover {
+        mut new,
+        sender: mut migration,
+        addr,
+        admin,
+    } = played_handover(&dir, upstream.addr, state).await;
 
     // A real client connection, accepted by "us", with a whole request already read (unparsed) by "us".
     let relay_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

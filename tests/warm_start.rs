@@ -252,54 +252,18 @@ impl KeepAlive {
 /// elsewhere, one for an unknown cluster or endpoint, one that is not a socket, one with a malformed tag are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_from_a_predecessor_are_checked() {
-    use baton_migrate::{hand_over_live, Identity, ListenerTag, Offer, Offered, OutgoingConn, SuccessorWatch, UdsDir};
+    use baton_migrate::OutgoingConn;
     use std::os::fd::AsFd;
 
     let dir = TestDir::new();
     let upstream = CountingUpstream::start(128).await;
     let other = HttpUpstream::start().await;
-    let uds = dir.subdir("uds");
-    let admin = free_addr();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let config = Config::default()
-        .listener("ingress", addr, "http", "up")
-        .cluster("up", &[upstream.addr])
-        .admin(admin)
-        .uds_dir(&uds)
-        .handoff("5s", "5s")
-        .write_yaml(&dir, "baton.yaml");
-    let uds_dir = UdsDir::new(&uds);
-    uds_dir.ensure().expect("uds dir");
-    let serving = uds_dir.hold_serving().expect("serving lock");
-    let mut watch = SuccessorWatch::new(&uds_dir);
-    let c = config.to_str().expect("utf-8 path");
-    let mut new = Baton::spawn(&dir, "new", &["run", "--config", c], &Env::versions(R2, "1"));
-    let stream = tokio::time::timeout(Duration::from_secs(10), watch.next())
-        .await
-        .expect("the new instance publishes reconfig.sock");
-    let offered = [Offered {
-        tag: ListenerTag {
-            name: "ingress".into(),
-            address: addr.to_string(),
-            kind: "http".into(),
-        },
-        fd: listener.as_fd(),
-    }];
-    let me = Identity {
-        generation: 1,
-        version: "test".into(),
-    };
-    let offer = Offer {
-        listeners: &offered,
-        state: serde_json::json!({}),
-        timeout: Duration::from_secs(5),
-        crash_at: None,
-    };
-    let (_, migration) = hand_over_live(stream, &me, offer).await.expect("commit");
-    drop(serving);
-    drop(listener);
-    let mut migration = migration.expect("baton speaks protocol 2");
+    let PlayedHandover {
+        mut new,
+        sender: mut migration,
+        addr,
+        ..
+    } = played_handover(&dir, upstream.addr, serde_json::json!({})).await;
 
     let to_upstream = std::net::TcpStream::connect(upstream.addr).expect("connect upstream");
     assert!(

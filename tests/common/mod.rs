@@ -18,7 +18,7 @@
 //! | `inspect` | [`status`], [`metrics`], [`listening_tcp_sockets`]: observing a running baton |
 //! | `load` | [`Load`]: concurrent clients that count every failure |
 //! | `setup` | [`Setup`]: upstreams, ports, uds dir and config of the standard scene |
-//! | `upgrade` | [`start_first`], [`take_over`], [`expect_old_exits`], [`assert_serving`]: Kruise-style hot upgrades |
+//! | `upgrade` | [`start_first`], [`take_over`], [`expect_old_exits`], [`assert_serving`]: Kruise-style hot upgrades; [`played_handover`]: a predecessor played by the test |
 #![allow(dead_code)]
 
 mod config;

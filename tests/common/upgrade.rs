@@ -130,3 +130,67 @@ pub fn warn_lines(log: &str, what: &str) -> Vec<String> {
         .map(str::to_string)
         .collect()
 }
+
+/// A `baton run` taking over (generation 2) from a predecessor the test plays itself with the baton-migrate API:
+/// it holds `serving.lock` and the listener `ingress` (http, to `upstream`), hands it over with `state` as its
+/// application state, and commits. Returns the new instance, serving, and the session to send it connections.
+pub struct PlayedHandover {
+    pub new: Baton,
+    pub sender: baton_migrate::ConnSender,
+    /// The `ingress` listener's address.
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub async fn played_handover(dir: &TestDir, upstream: SocketAddr, state: serde_json::Value) -> PlayedHandover {
+    use baton_migrate::{hand_over_live, Identity, ListenerTag, Offer, Offered, SuccessorWatch, UdsDir};
+    use std::os::fd::AsFd;
+
+    let uds = dir.subdir("uds");
+    let admin = free_addr();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = Config::default()
+        .listener("ingress", addr, "http", "up")
+        .cluster("up", &[upstream])
+        .admin(admin)
+        .uds_dir(&uds)
+        .handoff("5s", "5s")
+        .write_yaml(dir, "baton.yaml");
+    let uds_dir = UdsDir::new(&uds);
+    uds_dir.ensure().expect("uds dir");
+    let serving = uds_dir.hold_serving().expect("serving lock");
+    let mut watch = SuccessorWatch::new(&uds_dir);
+    let c = config.to_str().expect("utf-8 path");
+    let new = Baton::spawn(dir, "new", &["run", "--config", c], &Env::versions(R2, "1"));
+    let stream = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("the new instance publishes reconfig.sock");
+    let offered = [Offered {
+        tag: ListenerTag {
+            name: "ingress".into(),
+            address: addr.to_string(),
+            kind: "http".into(),
+        },
+        fd: listener.as_fd(),
+    }];
+    let me = Identity {
+        generation: 1,
+        version: "played".into(),
+    };
+    let offer = Offer {
+        listeners: &offered,
+        state,
+        timeout: Duration::from_secs(5),
+        crash_at: None,
+    };
+    let (_, sender) = hand_over_live(stream, &me, offer).await.expect("commit");
+    drop(serving);
+    drop(listener);
+    PlayedHandover {
+        new,
+        sender: sender.expect("baton speaks protocol 2"),
+        addr,
+        admin,
+    }
+}
