@@ -37,6 +37,24 @@ fn tag(name: &str, l: &TcpListener) -> ListenerTag {
     }
 }
 
+/// Old side: hands over listener `a` (`l`) with no application state and commits; the session for live
+/// connections.
+async fn commit_live(stream: tokio::net::UnixStream, l: &TcpListener) -> baton_migrate::ConnSender {
+    use baton_migrate::{hand_over_live, Offer};
+    let offered = [Offered {
+        tag: tag("a", l),
+        fd: l.as_fd(),
+    }];
+    let offer = Offer {
+        listeners: &offered,
+        state: serde_json::Value::Null,
+        timeout: Duration::from_secs(5),
+        crash_at: None,
+    };
+    let (_, sender) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
+    sender.expect("protocol 2")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listeners_move_with_their_queued_connections() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -351,19 +369,8 @@ async fn unsendable_connections_are_named_not_sent() {
         .await
         .expect("successor seen");
     let old = tokio::spawn(async move {
-        let offered = [Offered {
-            tag: tag("a", &l),
-            fd: l.as_fd(),
-        }];
-        let offer = Offer {
-            listeners: &offered,
-            state: serde_json::Value::Null,
-            timeout: Duration::from_secs(5),
-            crash_at: None,
-        };
-        let (_, sender) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
+        let mut sender = commit_live(stream, &l).await;
         drop(serving);
-        let mut sender = sender.expect("protocol 2");
         let batch = [
             OutgoingConn {
                 kind: "tcp".into(),
@@ -430,19 +437,8 @@ async fn unacknowledged_connections_stay_with_the_old_instance() {
     let mut watch = SuccessorWatch::new(&dir);
     let stream = watch.next().await;
     let old = tokio::spawn(async move {
-        let offered = [Offered {
-            tag: tag("a", &l),
-            fd: l.as_fd(),
-        }];
-        let offer = Offer {
-            listeners: &offered,
-            state: serde_json::Value::Null,
-            timeout: Duration::from_secs(5),
-            crash_at: None,
-        };
-        let (_, sender) = hand_over_live(stream, &me(1, "v1"), offer).await.expect("commit");
+        let mut sender = commit_live(stream, &l).await;
         drop(serving);
-        let mut sender = sender.expect("protocol 2");
         let batch = [OutgoingConn {
             kind: "tcp".into(),
             listener: "a".into(),
