@@ -355,7 +355,7 @@ async fn live_connections_move_after_the_commit() {
 /// successor sees only that.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsendable_connections_are_named_not_sent() {
-    use baton_migrate::{hand_over_live, Offer, OutgoingConn, Received};
+    use baton_migrate::{OutgoingConn, Received};
 
     let (_tmp, dir, serving, l, mut conns) = old_with_connections(2);
     let (_client_b, served_b) = conns.pop().expect("b");
@@ -426,7 +426,7 @@ async fn unsendable_connections_are_named_not_sent() {
 /// A successor that dies before acknowledging: the old side gets an error and still owns every connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacknowledged_connections_stay_with_the_old_instance() {
-    use baton_migrate::{hand_over_live, HandoffError, Offer, OutgoingConn, Received};
+    use baton_migrate::{HandoffError, OutgoingConn, Received};
 
     let (_tmp, dir, serving, l, mut conns) = old_with_connections(1);
     let (mut client, served) = conns.pop().expect("connection");
