@@ -54,6 +54,10 @@ pub enum HandoffError {
     /// session).
     #[error("peer refused: {0}")]
     Refused(String),
+    /// This side gave up the handoff, with its reason (the old instance got a stop signal): the peer was told
+    /// with a REFUSE.
+    #[error("aborted: {0}")]
+    Aborted(String),
     /// The uds dir or its files cannot be used: a deployment problem (volume missing, not writable, two new
     /// instances racing for it) rather than a failed handoff.
     #[error("{0}")]

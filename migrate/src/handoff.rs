@@ -234,20 +234,89 @@ pub async fn hand_over_live(
     me: &Identity,
     offer: Offer<'_, '_>,
 ) -> Result<(Committed, Option<ConnSender>), StepError> {
+    hand_over_live_until(stream, me, offer, std::future::pending()).await
+}
+
+/// [`hand_over_live`] that gives up as soon as `abort` resolves (typically: a stop signal), with the reason it
+/// resolves to.
+///
+/// Before COMMIT is sent the attempt ends at once: the successor gets a REFUSE with the reason (it exits, and its
+/// postStart hook fails naming it) and the caller gets [`HandoffError::Aborted`], having changed nothing. Once
+/// COMMIT is sent the successor is serving, whether or not its DONE arrives: the caller gets `Ok` without a
+/// [`ConnSender`] (stop accepting and drain, as after [`hand_over`]).
+pub async fn hand_over_live_until(
+    stream: UnixStream,
+    me: &Identity,
+    offer: Offer<'_, '_>,
+    abort: impl std::future::Future<Output = String>,
+) -> Result<(Committed, Option<ConnSender>), StepError> {
+    let t0 = Instant::now();
+    let deadline = t0 + offer.timeout;
+    let mut conn = Conn::new(stream).map_err(|e| e.at("connect"))?;
+    step_event("old", "connect", me.generation, "", t0);
+    let mut reached = Reached::default();
+    let outcome = tokio::select! {
+        biased;
+        reason = abort => Err(reason),
+        r = offer_steps(&mut conn, me, offer, &mut reached, t0, deadline) => Ok(r),
+    };
+    match outcome {
+        Ok(Ok((committed, protocol))) => {
+            let sender = (protocol >= PROTOCOL_CONNS).then_some(ConnSender {
+                conn,
+                timeout: deadline - t0,
+                next_id: 1,
+            });
+            Ok((committed, sender))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(reason) => match reached.commit_sent {
+            Some(committed) => {
+                tracing::info!(reason = %reason, "handoff aborted after COMMIT: the successor serves");
+                Ok((committed, None))
+            }
+            None => {
+                // A peer that reads on finds the reason; one that is writing finds it after its write fails.
+                let step = reached.step;
+                refuse(&mut conn, &reason, Instant::now() + ABORT_PATIENCE).await;
+                Err(HandoffError::Aborted(reason).at(step))
+            }
+        },
+    }
+}
+
+/// How long an aborted handoff spends telling the successor why.
+const ABORT_PATIENCE: Duration = Duration::from_millis(100);
+
+/// How far the old side of a handoff got: what an abort must know.
+#[derive(Default)]
+struct Reached {
+    /// The step under way.
+    step: &'static str,
+    /// Set once COMMIT is sent: from then on the successor serves.
+    commit_sent: Option<Committed>,
+}
+
+/// The old side's steps, HELLO to DONE; the committed handoff and the protocol spoken.
+async fn offer_steps(
+    conn: &mut Conn,
+    me: &Identity,
+    offer: Offer<'_, '_>,
+    reached: &mut Reached,
+    t0: Instant,
+    deadline: Instant,
+) -> Result<(Committed, u16), StepError> {
     let Offer {
         listeners,
         state,
-        timeout,
+        timeout: _,
         crash_at,
     } = offer;
     let crash_at = crash_at.map(str::to_string);
-    let t0 = Instant::now();
-    let deadline = t0 + timeout;
-    let mut conn = Conn::new(stream).map_err(|e| e.at("connect"))?;
-    step_event("old", "connect", me.generation, "", t0);
 
     // 1. HELLO: negotiate the protocol version; then, in protocol 2, STATE.
-    let peer = offer_hello(&mut conn, me, deadline).await?;
+    reached.step = "hello";
+    let peer = offer_hello(conn, me, deadline).await?;
     step_event("old", "hello", me.generation, &peer.version, t0);
     failpoint(&crash_at, "after-hello")?;
     let protocol = peer.max_protocol;
@@ -258,7 +327,8 @@ pub async fn hand_over_live(
     }
 
     // 2. LISTENERS: every listening socket, in batches, each fd tagged with its name and address.
-    send_listeners(&mut conn, listeners, deadline).await?;
+    reached.step = "listeners";
+    send_listeners(conn, listeners, deadline).await?;
     step_event("old", "listeners", me.generation, &peer.version, t0);
     failpoint(&crash_at, "after-fds")?;
     if crash_at.as_deref() == Some("hang-after-fds") {
@@ -267,24 +337,25 @@ pub async fn hand_over_live(
     }
 
     // 3. READY: the successor accepts on everything.
-    let ready = await_ready(&mut conn, deadline).await?;
+    reached.step = "ready";
+    let ready = await_ready(conn, deadline).await?;
     step_event("old", "ready", me.generation, &peer.version, t0);
     failpoint(&crash_at, "after-ready")?;
 
     // 4. COMMIT / DONE: only an acknowledged commit lets the caller stop accepting.
-    send_commit(&mut conn, deadline).await?;
-    step_event("old", "commit", me.generation, &peer.version, t0);
-    let sender = (protocol >= PROTOCOL_CONNS).then_some(ConnSender {
-        conn,
-        timeout,
-        next_id: 1,
-    });
+    reached.step = "commit";
     let committed = Committed {
         ready,
         generation: peer.generation,
         version: peer.version,
     };
-    Ok((committed, sender))
+    conn.send(&Message::Commit, &[], deadline)
+        .await
+        .map_err(|e| e.at("commit"))?;
+    reached.commit_sent = Some(committed.clone());
+    await_done(conn, deadline).await?;
+    step_event("old", "commit", me.generation, &committed.version, t0);
+    Ok((committed, protocol))
 }
 
 /// Old side, step 1: says HELLO with the range of protocol versions we speak, and returns the successor's answer,
@@ -338,11 +409,8 @@ async fn await_ready(conn: &mut Conn, deadline: Instant) -> Result<Ready, StepEr
     }
 }
 
-/// Old side, step 4: sends COMMIT and waits for DONE.
-async fn send_commit(conn: &mut Conn, deadline: Instant) -> Result<(), StepError> {
-    conn.send(&Message::Commit, &[], deadline)
-        .await
-        .map_err(|e| e.at("commit"))?;
+/// Old side, step 4: waits for DONE, the answer to COMMIT.
+async fn await_done(conn: &mut Conn, deadline: Instant) -> Result<(), StepError> {
     match conn.recv(deadline).await.map_err(|e| e.at("commit"))?.0 {
         Message::Done => Ok(()),
         Message::Refuse { reason } => Err(HandoffError::Refused(reason).at("commit")),
@@ -616,7 +684,8 @@ pub struct TakeoverOptions {
     /// ended. [`Takeover::finish`] returns early as soon as a watcher has read the final report.
     pub linger: Duration,
     /// Test hook: stop abruptly (return [`HandoffError::Failpoint`]) at `after-hello`, `after-fds`,
-    /// `before-ready` or `after-ready`, without telling the peer, as if the process had crashed there.
+    /// `before-ready` or `after-ready`, without telling the peer, as if the process had crashed there; or, with
+    /// `delay-ready`, take 2 s more before READY, as a successor adopting many listeners would.
     pub crash_at: Option<String>,
 }
 
@@ -869,9 +938,9 @@ impl Takeover {
             generation: peer.generation.saturating_add(1),
             version: self.me.version.clone(),
         };
-        conn.send(&Message::Hello(hello), &[], self.deadline)
-            .await
-            .map_err(|e| e.at("hello"))?;
+        if let Err(e) = conn.send(&Message::Hello(hello), &[], self.deadline).await {
+            return Err(pending_refusal(conn).await.unwrap_or(e).at("hello"));
+        }
         Ok(chosen)
     }
 
@@ -906,6 +975,8 @@ impl Takeover {
                     }
                 }
                 (Message::ListenersEnd { total }, _) if total as usize == listeners.len() => break,
+                // The predecessor gave up (a stop signal): it drains, and this instance must not serve.
+                (Message::Refuse { reason }, _) => return Err(HandoffError::Refused(reason).at("listeners")),
                 (Message::ListenersEnd { total }, _) => {
                     let reason = format!("LISTENERS_END says {total} listeners, {} arrived", listeners.len());
                     refuse(conn, &reason, deadline).await;
@@ -1009,10 +1080,13 @@ impl Session {
     /// ([`ConnReceiver`]); `None` when the predecessor speaks an older protocol that hands over none.
     pub async fn commit_live(mut self, ready: Ready) -> Result<Option<ConnReceiver>, StepError> {
         failpoint(&self.crash_at, "before-ready")?;
-        self.conn
-            .send(&Message::Ready(ready), &[], self.deadline)
-            .await
-            .map_err(|e| e.at("ready"))?;
+        if self.crash_at.as_deref() == Some("delay-ready") {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        if let Err(e) = self.conn.send(&Message::Ready(ready), &[], self.deadline).await {
+            // A predecessor that gave up meanwhile closed the session after a REFUSE: its reason beats EPIPE.
+            return Err(pending_refusal(&mut self.conn).await.unwrap_or(e).at("ready"));
+        }
         self.progress.send_replace(progress("ready", false, false, ""));
         step_event("new", "ready", self.generation, &self.peer.version, self.started);
         failpoint(&self.crash_at, "after-ready")?;
@@ -1272,6 +1346,15 @@ fn progress(phase: &str, done: bool, ok: bool, detail: &str) -> Progress {
 
 fn unexpected(got: &Message, expected: &str) -> HandoffError {
     HandoffError::Protocol(format!("expected {expected}, got {}", got.name()))
+}
+
+/// A REFUSE the peer sent before closing the session, if one is waiting to be read: after a failed write, the
+/// reason the session ended.
+async fn pending_refusal(conn: &mut Conn) -> Option<HandoffError> {
+    match conn.recv(Instant::now() + Duration::from_millis(100)).await {
+        Ok((Message::Refuse { reason }, _)) => Some(HandoffError::Refused(reason)),
+        _ => None,
+    }
 }
 
 async fn refuse(conn: &mut Conn, reason: &str, deadline: Instant) {

@@ -63,9 +63,9 @@ pub mod wire;
 pub use dir::{InstanceFile, ReconfigSocket, ServingLock, UdsDir};
 pub use error::{HandoffError, StepError};
 pub use handoff::{
-    conn_fits, hand_over, hand_over_live, hand_over_with, watch_takeover, Committed, ConnReceiver, ConnSender,
-    ConnVerdict, Identity, Inheritance, Inherited, Offer, Offered, OutgoingConn, Received, ReceivedConn, Session,
-    Takeover, TakeoverOptions,
+    conn_fits, hand_over, hand_over_live, hand_over_live_until, hand_over_with, watch_takeover, Committed,
+    ConnReceiver, ConnSender, ConnVerdict, Identity, Inheritance, Inherited, Offer, Offered, OutgoingConn, Received,
+    ReceivedConn, Session, Takeover, TakeoverOptions,
 };
 pub use role::{Role, RoleError};
 pub use watch::SuccessorWatch;
