@@ -139,6 +139,11 @@ pub struct HandoffConfig {
     pub timeout: Duration,
     /// How long an old instance drains before closing what is left; keep below terminationGracePeriodSeconds.
     pub drain_timeout: Duration,
+    /// After a committed handoff, how long the old instance keeps its copies of the listening sockets (not
+    /// accepting) and watches the successor, and at least until its live connections are handed over: if the
+    /// successor dies meanwhile, the old instance accepts and serves again. `0s`: only until the connections are
+    /// handed over.
+    pub probation: Duration,
     /// A takeover serves its predecessor's effective listeners, clusters and admin instead of its own file's
     /// (see [`Config::inherit`]); this section still comes from its own file.
     pub inherit_config: bool,
@@ -150,6 +155,7 @@ impl Default for HandoffConfig {
             uds_dir: PathBuf::from(DEFAULT_UDS_DIR),
             timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(20),
+            probation: Duration::from_secs(2),
             inherit_config: false,
         }
     }
@@ -262,10 +268,11 @@ impl Config {
             None => out.push_str("admin: none\n"),
         }
         out.push_str(&format!(
-            "handoff: uds_dir={} timeout={} drain_timeout={} inherit_config={}\n",
+            "handoff: uds_dir={} timeout={} drain_timeout={} probation={} inherit_config={}\n",
             self.handoff.uds_dir.display(),
             format_duration(self.handoff.timeout),
             format_duration(self.handoff.drain_timeout),
+            format_duration(self.handoff.probation),
             self.handoff.inherit_config
         ));
         out

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::duration::format_duration;
 use super::{
     parse_duration, AdminConfig, ClusterConfig, Config, ConfigError, HandoffConfig, ListenerConfig, Protocol,
     UpstreamProtocol,
@@ -80,6 +81,7 @@ struct RawHandoff {
     uds_dir: Option<PathBuf>,
     timeout: Option<String>,
     drain_timeout: Option<String>,
+    probation: Option<String>,
     /// Checked in [`check_handoff`], so that a non-bool is reported with the other problems.
     inherit_config: Option<yaml_serde::Value>,
 }
@@ -249,6 +251,9 @@ fn check_admin(problems: &mut Vec<String>, raw: &RawAdmin, addresses: &mut Taken
     Some(AdminConfig { address: addr })
 }
 
+/// The longest `handoff.probation`.
+const MAX_PROBATION: Duration = Duration::from_secs(60);
+
 /// `handoff`: every field defaulted; durations that parse, a non-empty uds dir, a timeout above zero, a boolean
 /// `inherit_config`.
 fn check_handoff(problems: &mut Vec<String>, h: &RawHandoff) -> HandoffConfig {
@@ -262,6 +267,7 @@ fn check_handoff(problems: &mut Vec<String>, h: &RawHandoff) -> HandoffConfig {
             &h.drain_timeout,
             defaults.drain_timeout,
         ),
+        probation: duration_or(problems, "handoff.probation", &h.probation, defaults.probation),
         inherit_config: bool_or(
             problems,
             "handoff.inherit_config",
@@ -274,6 +280,14 @@ fn check_handoff(problems: &mut Vec<String>, h: &RawHandoff) -> HandoffConfig {
     }
     if handoff.timeout.is_zero() {
         problems.push("handoff.timeout: must be greater than 0".into());
+    }
+    if handoff.probation > MAX_PROBATION {
+        problems.push(format!(
+            "handoff.probation: {} is longer than {}, the most allowed (the old instance holds the listening \
+             sockets that long after a handoff)",
+            format_duration(handoff.probation),
+            format_duration(MAX_PROBATION)
+        ));
     }
     handoff
 }

@@ -28,7 +28,7 @@ use listeners::{Kind, Listener};
 
 /// A running set of listeners.
 pub struct Server {
-    listeners: Vec<(ListenerTag, Arc<TcpListener>)>,
+    listeners: Vec<Served>,
     /// Each proxy listener's proxy, by listener name: for connections handed over by the predecessor.
     proxies: Arc<HashMap<String, ListenerProxy>>,
     /// Each proxy listener's local address and name: a handed-over connection belongs to the listener at its
@@ -39,6 +39,15 @@ pub struct Server {
     drain: Arc<Drain>,
     accept_tasks: Vec<JoinHandle<()>>,
     state: Arc<State>,
+}
+
+/// A listening socket being served, and what it is.
+struct Served {
+    tag: ListenerTag,
+    kind: Kind,
+    address: SocketAddr,
+    origin: listeners::Origin,
+    socket: Arc<TcpListener>,
 }
 
 /// The clusters a server's listeners send to, and which one each proxy listener uses.
@@ -80,6 +89,7 @@ impl Server {
         };
         for l in listeners {
             let tag = l.tag();
+            let (kind, address, origin) = (l.kind, l.address, l.origin);
             let socket = Arc::new(TcpListener::from_std(l.socket)?);
             let serves = match l.kind {
                 Kind::Proxy(protocol, cluster) => {
@@ -101,7 +111,13 @@ impl Server {
             };
             let task = tokio::spawn(accept::accept_loop(socket.clone(), serves, server.drain.clone()));
             server.accept_tasks.push(task);
-            server.listeners.push((tag, socket));
+            server.listeners.push(Served {
+                tag,
+                kind,
+                address,
+                origin,
+                socket,
+            });
         }
         server.proxies = Arc::new(proxies);
         server.addresses = Arc::new(addresses);
@@ -132,9 +148,32 @@ impl Server {
     pub fn offered(&self) -> Vec<Offered<'_>> {
         self.listeners
             .iter()
-            .map(|(tag, socket)| Offered {
-                tag: tag.clone(),
-                fd: socket.as_fd(),
+            .map(|l| Offered {
+                tag: l.tag.clone(),
+                fd: l.socket.as_fd(),
+            })
+            .collect()
+    }
+
+    /// Copies of the listening sockets named in `names` (a successor's adopted ones), for serving them again
+    /// should the successor die: holding them also keeps their accept queues alive meanwhile. A socket that
+    /// cannot be duplicated is left out, with a warning.
+    pub fn keep(&self, names: &[String]) -> Vec<Listener> {
+        self.listeners
+            .iter()
+            .filter(|l| names.contains(&l.tag.name))
+            .filter_map(|l| match l.socket.as_fd().try_clone_to_owned() {
+                Ok(fd) => Some(Listener {
+                    name: l.tag.name.clone(),
+                    kind: l.kind,
+                    address: l.address,
+                    origin: l.origin,
+                    socket: std::net::TcpListener::from(fd),
+                }),
+                Err(e) => {
+                    tracing::warn!(listener = %l.tag.name, error = %e, "cannot keep a copy of a listening socket");
+                    None
+                }
             })
             .collect()
     }

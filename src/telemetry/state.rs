@@ -29,19 +29,23 @@ pub enum Phase {
     HandingOff = 3,
     /// Not accepting; finishing what is in flight.
     Draining = 4,
-    /// Empty or superseded slot: no listeners.
+    /// Empty slot, or one restarted after it was superseded: no listeners.
     Idle = 5,
+    /// Handed everything over and drained, under the Kruise env: holds nothing and waits for the SIGTERM of the
+    /// slot's reset, instead of exiting into a kubelet restart.
+    Superseded = 6,
 }
 
 impl Phase {
     /// Every phase.
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Starting,
         Phase::Waiting,
         Phase::Serving,
         Phase::HandingOff,
         Phase::Draining,
         Phase::Idle,
+        Phase::Superseded,
     ];
 
     /// Name in `/status`.
@@ -53,6 +57,7 @@ impl Phase {
             Phase::HandingOff => "handing-off",
             Phase::Draining => "draining",
             Phase::Idle => "idle",
+            Phase::Superseded => "superseded",
         }
     }
 
@@ -63,6 +68,7 @@ impl Phase {
             3 => Phase::HandingOff,
             4 => Phase::Draining,
             5 => Phase::Idle,
+            6 => Phase::Superseded,
             _ => Phase::Starting,
         }
     }
@@ -124,6 +130,8 @@ pub struct State {
     listeners: Mutex<Vec<ListenerInfo>>,
     traffic: Mutex<Traffic>,
     instance: Mutex<Option<InstanceFile>>,
+    /// The uds dir this instance published itself in.
+    dir: Mutex<Option<UdsDir>>,
     /// Handoff counters.
     pub handoff: HandoffMetrics,
 }
@@ -177,6 +185,10 @@ pub struct Status {
     pub connections_total: u64,
     /// HTTP requests proxied plus TCP streams relayed.
     pub requests_served: u64,
+    /// The other live instances on the uds dir (the pod's other slot: an empty slot, a superseded instance still
+    /// draining or idle, a successor): each one's `version`, `pid` (in its own PID namespace), `generation`,
+    /// `role` and `phase`.
+    pub others: Vec<serde_json::Value>,
 }
 
 impl State {
@@ -190,6 +202,7 @@ impl State {
             listeners: Mutex::new(Vec::new()),
             traffic: Mutex::new(Traffic::default()),
             instance: Mutex::new(None),
+            dir: Mutex::new(None),
             handoff: HandoffMetrics::default(),
         })
     }
@@ -211,6 +224,9 @@ impl State {
             Ok(file) => {
                 if let Ok(mut i) = self.instance.lock() {
                     *i = Some(file);
+                }
+                if let Ok(mut d) = self.dir.lock() {
+                    *d = Some(dir.clone());
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot publish this instance's status in the uds dir"),
@@ -260,7 +276,14 @@ impl State {
     /// listener of that name (and protocol) are added to them now.
     pub fn register(&self, metrics: Arc<ListenerMetrics>) {
         let mut t = self.lock_traffic();
-        if let Some(inherited) = t.inherited.get(&metrics.name) {
+        // Registered again (an instance serving again after its successor died): the counters carry on, the
+        // inherited ones included.
+        if let Some(earlier) = t.listeners.iter().position(|m| m.name == metrics.name) {
+            let earlier = t.listeners.swap_remove(earlier);
+            if earlier.protocol == metrics.protocol {
+                metrics.add_counters(&earlier.counters());
+            }
+        } else if let Some(inherited) = t.inherited.get(&metrics.name) {
             if inherited.fits(&metrics) {
                 metrics.add_counters(&inherited.counters);
             } else {
@@ -432,7 +455,26 @@ impl State {
                 sum.saturating_add(m.connections_total.load(Ordering::Relaxed))
             }),
             requests_served: traffic.iter().fold(0, |sum, m| sum.saturating_add(m.requests_total())),
+            others: self.others(),
         }
+    }
+
+    /// The status documents of the other live instances on the uds dir, oldest generation first.
+    fn others(&self) -> Vec<serde_json::Value> {
+        let Some(dir) = self.dir.lock().ok().and_then(|d| d.clone()) else {
+            return Vec::new();
+        };
+        // Our own file holds our current document (pids alone may repeat across the slots' PID namespaces).
+        let mine = self.instance_doc();
+        let mut others: Vec<serde_json::Value> = dir
+            .live_instances()
+            .unwrap_or_default()
+            .iter()
+            .filter(|text| **text != mine)
+            .filter_map(|text| serde_json::from_str::<serde_json::Value>(text).ok())
+            .collect();
+        others.sort_by_key(|d| d["generation"].as_u64().unwrap_or(0));
+        others
     }
 }
 
