@@ -55,7 +55,7 @@ async fn new_crash_after_ready_leaves_old_serving() {
     let mut new = s.spawn_run("new", &env);
     let out = s.migrate("migrate-2", &env, "10s", Duration::from_secs(15)).await;
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    assert_eq!(old.expect_exit(Duration::from_secs(6)).await.0, Some(0));
+    assert_eq!(old.expect_handed_over(Duration::from_secs(6)).await.0, Some(0));
     assert!(served_by(&s, new.pid()).await);
     proxy_ok(s.http).await.expect("the new serves");
     new.sigterm();

@@ -106,7 +106,7 @@ async fn handoff_shows_in_metrics_json_logs_and_status() {
     let mut new = Baton::spawn(&s.dir, "new", &json_run, &env);
     let m = s.migrate("migrate", &env, "10s", Duration::from_secs(15)).await;
     assert_eq!(m.code, Some(0), "migrate: {}", m.stderr);
-    assert_eq!(old.expect_exit(Duration::from_secs(8)).await.0, Some(0));
+    assert_eq!(old.expect_handed_over(Duration::from_secs(8)).await.0, Some(0));
 
     let text = metrics(s.admin).await;
     assert_eq!(sample(&text, "baton_generation"), 2.0);

@@ -49,7 +49,7 @@ async fn hundred_upgrades_under_load() {
             .migrate(&format!("migrate-{generation}"), &env, "10s", Duration::from_secs(15))
             .await;
         assert_eq!(out.code, Some(0), "upgrade to generation {generation}: {}", out.stderr);
-        let (code, _) = serving.expect_exit(Duration::from_secs(8)).await;
+        let (code, _) = serving.expect_handed_over(Duration::from_secs(8)).await;
         assert_eq!(code, Some(0), "generation {} exit", generation - 1);
         assert!(
             load.wait_progress(5, Duration::from_secs(5)).await,

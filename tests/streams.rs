@@ -370,7 +370,7 @@ fn yaml(listeners: &[SocketAddr], admin: SocketAddr, uds: &Path, app: SocketAddr
          clusters:\n  - name: app\n    endpoints: [\"{app}\"]\n    request_timeout: 10s\n\
          \x20 - name: closer\n    endpoints: [\"{closer}\"]\n\
          admin:\n  address: \"{admin}\"\n\
-         handoff:\n  uds_dir: \"{}\"\n  timeout: 10s\n  drain_timeout: 1s\n",
+         handoff:\n  uds_dir: \"{}\"\n  timeout: 10s\n  drain_timeout: 1s\n  probation: 0s\n",
         listeners[0],
         listeners[1],
         uds.display()
@@ -435,10 +435,10 @@ async fn long_exchanges_move_through_3_upgrades() {
     for g in 2..=UPGRADES + 1 {
         let mut next = take_over(&dir, &config, &uds, &format!("gen-{g}"), &takeover_env(g)).await;
         let committed = Instant::now();
-        let status = serving.wait_timeout(Duration::from_secs(10)).await;
+        let (code, _) = serving.expect_handed_over(Duration::from_secs(10)).await;
         exits.push(committed.elapsed());
         assert_eq!(
-            status.and_then(|s| s.code()),
+            code,
             Some(0),
             "generation {} should exit 0 once its exchanges are handed over; stderr:\n{}",
             g - 1,

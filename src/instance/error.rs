@@ -20,8 +20,8 @@ pub enum StartError {
     /// The received listeners do not fit this configuration: the handoff was refused.
     #[error("takeover refused: {0}")]
     Refused(#[source] ListenerError),
-    /// The predecessor refused the commit and serves on.
-    #[error("handoff failed at {0}; the previous instance keeps serving")]
+    /// The predecessor refused the commit: it serves on, or it is stopping (the reason says which).
+    #[error("handoff failed at {0}; this instance steps back")]
     PredecessorServes(#[source] StepError),
     /// The handoff failed with the predecessor still alive.
     #[error("handoff failed at {0}")]

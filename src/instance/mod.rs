@@ -87,7 +87,20 @@ pub async fn run(opts: RunOptions) -> i32 {
             return 1;
         }
     };
-    serve::serve(running, finishing, &dir, &state, &mut signals, old_failpoint).await
+    let life = serve::Life {
+        dir: &dir,
+        state: &state,
+        signals: &mut signals,
+        failpoint: old_failpoint,
+        idle_when_superseded: under_kruise(),
+    };
+    life.serve(running, finishing).await
+}
+
+/// Whether the Kruise hot-upgrade env is set: then kubelet restarts a container that exits, so a superseded
+/// instance idles until its slot is reset instead of exiting.
+fn under_kruise() -> bool {
+    std::env::var_os(baton_migrate::role::VERSION_ENV).is_some_and(|v| !v.is_empty())
 }
 
 /// Test hook: a failpoint reached (`BATON_FAILPOINT`) ends the process at once, as a crash would.

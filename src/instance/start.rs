@@ -179,6 +179,7 @@ impl Start<'_> {
                     migration::receive::spawn(
                         receiver,
                         adopted.server.adopter(),
+                        adopted.server.drain(),
                         self.state.clone(),
                         crash_if_failpoint,
                     );
@@ -265,6 +266,14 @@ impl Start<'_> {
     /// The handoff failed before the commit: bind fresh if the predecessor is gone, else give up (it serves on).
     async fn predecessor_failed(&self, e: StepError, mut takeover: Takeover) -> Result<Started, Stop> {
         crash_if_failpoint(&e.error);
+        // A predecessor that refused (it got a stop signal) is draining: binding fresh would serve the ports the
+        // pod is giving up. This instance gives up too, naming the reason.
+        if matches!(e.error, HandoffError::Refused(_)) {
+            self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
+            let error = StartError::Handoff(e);
+            takeover.finish(false, "failed", &error.to_string()).await;
+            return Err(Stop::Failed(error));
+        }
         // A predecessor that died mid-handoff releases serving.lock as its process ends (a moment after its socket
         // closed): then binding fresh is safe.
         if self.predecessor_gone(Duration::from_secs(1)).await {
@@ -339,7 +348,7 @@ struct Adopted {
 }
 
 /// The clusters of a configuration, at run time.
-fn clusters(config: &Config) -> Vec<Arc<Cluster>> {
+pub(super) fn clusters(config: &Config) -> Vec<Arc<Cluster>> {
     config.clusters.iter().map(|c| Arc::new(Cluster::new(c))).collect()
 }
 

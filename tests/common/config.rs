@@ -35,6 +35,8 @@ pub struct Config {
     pub drain_timeout: Option<String>,
     /// `handoff.inherit_config`; omitted from the file when `None`.
     pub inherit_config: Option<bool>,
+    /// `handoff.probation`; omitted from the file when `None`.
+    pub probation: Option<String>,
 }
 
 impl Config {
@@ -85,6 +87,12 @@ impl Config {
         self
     }
 
+    /// Writes `probation: <d>` under `handoff:` (how long an old instance watches its successor after a commit).
+    pub fn probation(mut self, d: &str) -> Self {
+        self.probation = Some(d.into());
+        self
+    }
+
     /// Writes `inherit_config: <on>` under `handoff:` (a new instance serving its predecessor's config).
     pub fn inherit_config(mut self, on: bool) -> Self {
         self.inherit_config = Some(on);
@@ -122,6 +130,7 @@ impl Config {
             || self.handoff_timeout.is_some()
             || self.drain_timeout.is_some()
             || self.inherit_config.is_some()
+            || self.probation.is_some()
         {
             y.push_str("handoff:\n");
             if let Some(d) = &self.uds_dir {
@@ -135,6 +144,9 @@ impl Config {
             }
             if let Some(on) = self.inherit_config {
                 y.push_str(&format!("  inherit_config: {on}\n"));
+            }
+            if let Some(p) = &self.probation {
+                y.push_str(&format!("  probation: {p}\n"));
             }
         }
         y
@@ -181,6 +193,9 @@ impl Config {
         }
         if let Some(on) = self.inherit_config {
             h.insert("inherit_config".into(), on.into());
+        }
+        if let Some(p) = &self.probation {
+            h.insert("probation".into(), p.clone().into());
         }
         if !h.is_empty() {
             v["handoff"] = serde_json::Value::Object(h);

@@ -74,6 +74,9 @@ pub fn baton_command(args: &[&str], env: &Env) -> Command {
 
 /// A running `baton` process. Killed (SIGKILL) on drop; its stdout/stderr go to files in the test dir, and its
 /// stderr is printed if the test is panicking when the handle is dropped.
+/// What a superseded instance logs once drained, before it idles until SIGTERM.
+pub const SUPERSEDED_LOG: &str = "superseded: holding nothing";
+
 pub struct Baton {
     pub name: String,
     child: std::process::Child,
@@ -212,6 +215,34 @@ impl Baton {
                 timeout,
                 self.stderr()
             ),
+        }
+    }
+
+    /// Waits up to `timeout` for an instance that handed over to be done: under the Kruise env it drains, then
+    /// idles as superseded until SIGTERM (sent here once its log says so, as the slot's reset would); without the
+    /// env it exits by itself. Returns its exit code and the time from spawn to the end of its drain.
+    pub async fn expect_handed_over(&mut self, timeout: Duration) -> (Option<i32>, Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.try_status() {
+                return (s.code(), self.started.elapsed());
+            }
+            if self.stderr().contains(SUPERSEDED_LOG) {
+                let done = self.started.elapsed();
+                self.sigterm();
+                let (code, _) = self.expect_exit(Duration::from_secs(5)).await;
+                return (code, done);
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} (pid {}) neither exited nor idled as superseded within {:?}; stderr:\n{}",
+                    self.name,
+                    self.pid(),
+                    timeout,
+                    self.stderr()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -42,25 +42,19 @@ pub async fn take_over(dir: &TestDir, config: &Path, uds: &Path, name: &str, env
     new
 }
 
-/// Waits up to `within` for the old instance to exit on its own, and asserts it exited 0. `why` says why it should
-/// have exited by then.
+/// Waits up to `within` for the old instance to be done draining (it exits, or under the Kruise env idles as
+/// superseded and exits at SIGTERM), and asserts it exited 0. `why` says why it should have been done by then.
 pub async fn expect_old_exits(old: &mut Baton, within: Duration, why: &str) {
-    match old.wait_timeout(within).await {
-        Some(s) => assert_eq!(
-            s.code(),
-            Some(0),
-            "{} (pid {}) exited with {s}; stderr:\n{}",
-            old.name,
-            old.pid(),
-            old.stderr()
-        ),
-        None => panic!(
-            "{} (pid {}) was still running {within:?} after the handoff, but {why}; stderr:\n{}",
-            old.name,
-            old.pid(),
-            old.stderr()
-        ),
-    }
+    eprintln!("{}: expecting it done within {within:?}: {why}", old.name);
+    let (code, _) = old.expect_handed_over(within).await;
+    assert_eq!(
+        code,
+        Some(0),
+        "{} (pid {}) exited with {code:?}; stderr:\n{}",
+        old.name,
+        old.pid(),
+        old.stderr()
+    );
 }
 
 /// Asserts that `/status` on `admin` is answered by `pid`, at `generation`.
