@@ -360,6 +360,15 @@ struct Status {
     role: String,
     phase: String,
     listeners: Vec<StatusListener>,
+    /// The other live instances on the uds dir (the superseded one, the idle slot).
+    others: Vec<OtherInstance>,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+#[serde(default)]
+struct OtherInstance {
+    pid: i64,
+    phase: String,
 }
 
 #[derive(Deserialize, Debug, Clone, Default)]
@@ -595,6 +604,9 @@ fn slot_phase(slot: &SlotView, status: Option<&Status>) -> String {
         format!("exited({})", exit.describe())
     } else if let Some(s) = status.filter(|s| s.pid == i64::from(pid)) {
         s.phase.clone()
+    } else if let Some(o) = status.and_then(|s| s.others.iter().find(|o| o.pid == i64::from(pid))) {
+        // The serving instance's view of the uds dir: e.g. `superseded` for the slot that handed over.
+        o.phase.clone()
     } else if slot.stopping {
         "stopping".into()
     } else if slot.idle {
