@@ -82,6 +82,8 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(15);
 const IDLE_STOP_DEADLINE: Duration = Duration::from_secs(3);
 /// Time between kubelet restarting an exited old slot and the controller's reset stopping it again.
 const RESTART_GAP: Duration = Duration::from_millis(500);
+/// How long the demo waits, before a reset, for the old slot to be superseded (its probation is 2 s).
+const SUPERSEDED_DEADLINE: Duration = Duration::from_secs(8);
 /// Our own deadline for a postStart hook (kubelet has none; baton's default is 60 s).
 const POST_START_DEADLINE: Duration = Duration::from_secs(30);
 /// loadgen clients that reuse one keep-alive connection each.
@@ -1014,6 +1016,37 @@ impl Demo {
     }
 
     /// Checks that `/status` is answered by `proc` with the expected generation and role.
+    /// Waits up to [`SUPERSEDED_DEADLINE`] for the serving instance's `/status` to list `old` as superseded.
+    async fn await_superseded(&self, old: &Slot, new_started: Instant) {
+        let pid = i64::from(old.proc.pid);
+        let deadline = Instant::now() + SUPERSEDED_DEADLINE;
+        while Instant::now() < deadline && old.proc.exited().is_none() {
+            let listed = get_status(self.admin).await.ok().and_then(|s| {
+                s.others
+                    .iter()
+                    .find(|o| o.pid == pid)
+                    .map(|o| o.phase.clone())
+            });
+            if listed.as_deref() == Some("superseded") {
+                log(format!(
+                    "proxy-{} ({}) handed everything over: superseded, holding nothing until the reset ({} after \
+                     the new slot started)",
+                    old.index,
+                    old.label,
+                    ms(new_started.elapsed())
+                ));
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        log(format!(
+            "proxy-{} ({}) not superseded yet after {}: resetting it anyway",
+            old.index,
+            old.label,
+            ms(new_started.elapsed())
+        ));
+    }
+
     async fn check_status(&mut self, slot: &Slot, generation: u64, role: &str) -> Result<Status> {
         let proc = &slot.proc;
         // The admin socket may still be served by the old process for a moment after the handoff.
@@ -1112,6 +1145,9 @@ impl Demo {
         let new_started = Instant::now();
         let (new, handoff) = self.start_slot(new_slot, new_label, version, alt).await?;
         self.check_status(&new, generation, "takeover").await?;
+        // Meanwhile the old slot hands over its connections, ends its probation, and (the Kruise env is set) idles
+        // as superseded instead of exiting into a kubelet restart.
+        self.await_superseded(&old, new_started).await;
 
         // The controller resets the old slot to the empty image once the new one is running and ready.
         log(format!("=== reset: proxy-{old_slot} gets the empty image"));
