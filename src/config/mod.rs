@@ -201,7 +201,8 @@ impl Config {
 
     /// Parses and validates YAML or JSON text. [`Config::source`] is then `text`.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        RawConfig::from_yaml(text)?.validate(text)
+        let (raw, unknown_fields) = RawConfig::from_yaml(text)?;
+        raw.validate(text, unknown_fields)
     }
 
     /// The text this config was parsed from: the file's contents for [`Config::load`], the text for
@@ -398,6 +399,48 @@ handoff: {timeout: 10, drain_timeout: 1x}
             assert!(p.iter().any(|x| x.contains(w)), "missing {w:?} in {p:#?}");
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    /// Unknown fields, at any depth and in any number, are reported with the other problems, not instead of them.
+    #[test]
+    fn unknown_fields_hide_no_other_problem() {
+        let p = problems(
+            r#"
+listeners:
+  - {name: a, address: "127.0.0.1:1", cluster: nope, colour: red}
+clusters:
+  - {name: app, endpoints: ["127.0.0.1:2"], connect_timeout: 3 parsecs, retries: 3}
+admin: {address: "127.0.0.1:1", port: 9}
+tracing: on
+handoff: {timeout: 10, grace: 2s}
+"#,
+        );
+        let want = [
+            "listeners[0]: unknown field `colour`, expected one of `name`, `address`, `protocol`, `cluster`",
+            "clusters[0]: unknown field `retries`, expected one of `name`, `endpoints`, `connect_timeout`, \
+             `request_timeout`, `pool_idle_timeout`, `protocol`",
+            "admin: unknown field `port`, expected `address`",
+            "unknown field `tracing`, expected one of `listeners`, `clusters`, `admin`, `handoff`",
+            "handoff: unknown field `grace`, expected one of `uds_dir`, `timeout`, `drain_timeout`, `inherit_config`",
+            "clusters[0].connect_timeout: \"3 parsecs\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+            "listeners[0].cluster: no cluster named \"nope\"",
+            "admin.address: 127.0.0.1:1 is already used by listeners[0].address",
+            "handoff.timeout: \"10\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+        ];
+        let mut sorted = p.clone();
+        sorted.sort();
+        let mut want_sorted = want.map(String::from).to_vec();
+        want_sorted.sort();
+        assert_eq!(sorted, want_sorted, "{p:#?}");
+        // A type error still stops the parser, but not before the unknown fields are named.
+        let p = problems("listeners: 5\ncolour: red\n");
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(p[0].starts_with("unknown field `colour`"), "{p:#?}");
+        assert!(p[1].contains("listeners") && p[1].contains("invalid type"), "{p:#?}");
+        // Without unknown fields a type error keeps its line.
+        let p = problems("handoff: {timeout: 1s}\nlisteners: 5\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("line 2"), "{p:#?}");
     }
 
     #[test]
