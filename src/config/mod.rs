@@ -93,6 +93,9 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// HTTP/1 only: how long an idle pooled upstream connection is kept (`0`: none is kept).
     pub pool_idle_timeout: Duration,
+    /// HTTP only: once the request head was read, how long an exchange (or an upgraded connection) may move no
+    /// byte either way before it is ended (`0`: never).
+    pub stream_idle_timeout: Duration,
     /// HTTP only: what the endpoints speak. TCP listeners relay bytes whatever it says.
     pub protocol: UpstreamProtocol,
 }
@@ -249,13 +252,15 @@ impl Config {
         for c in &self.clusters {
             let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
             out.push_str(&format!(
-                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={} pool_idle_timeout={}\n",
+                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={} pool_idle_timeout={} \
+                 stream_idle_timeout={}\n",
                 c.name,
                 eps.join(", "),
                 c.protocol,
                 format_duration(c.connect_timeout),
                 format_duration(c.request_timeout),
-                format_duration(c.pool_idle_timeout)
+                format_duration(c.pool_idle_timeout),
+                format_duration(c.stream_idle_timeout)
             ));
         }
         match &self.admin {
@@ -337,9 +342,10 @@ handoff:
             "above the 1 s SYN retransmit"
         );
         assert_eq!(c.clusters[0].pool_idle_timeout, Duration::from_secs(50));
+        assert_eq!(c.clusters[0].stream_idle_timeout, Duration::from_secs(300));
         assert!(
             c.summary()
-                .contains("connect_timeout=3s request_timeout=30s pool_idle_timeout=50s"),
+                .contains("connect_timeout=3s request_timeout=30s pool_idle_timeout=50s stream_idle_timeout=5m"),
             "{}",
             c.summary()
         );
@@ -356,6 +362,31 @@ handoff:
                 "clusters[0].pool_idle_timeout: \"50\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
                 "clusters[1].pool_idle_timeout: \"2h\" is longer than 1h, the most allowed (upstreams close idle \
                  connections long before; 0s keeps none)",
+            ],
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn stream_idle_timeout_is_a_duration_of_at_most_an_hour_and_0s_turns_it_off() {
+        let c = Config::parse(
+            "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 500ms}\n  \
+             - {name: b, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 0s}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.clusters[0].stream_idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.clusters[1].stream_idle_timeout, Duration::ZERO);
+        assert!(c.summary().contains("stream_idle_timeout=500ms"), "{}", c.summary());
+        assert!(c.summary().contains("stream_idle_timeout=0s"), "{}", c.summary());
+        let p = problems(
+            "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 5}\n  \
+             - {name: b, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 61m}\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "clusters[0].stream_idle_timeout: \"5\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+                "clusters[1].stream_idle_timeout: \"61m\" is longer than 1h, the most allowed (0s turns it off)",
             ],
             "{p:#?}"
         );
@@ -418,7 +449,7 @@ handoff: {timeout: 10, grace: 2s}
         let want = [
             "listeners[0]: unknown field `colour`, expected one of `name`, `address`, `protocol`, `cluster`",
             "clusters[0]: unknown field `retries`, expected one of `name`, `endpoints`, `connect_timeout`, \
-             `request_timeout`, `pool_idle_timeout`, `protocol`",
+             `request_timeout`, `pool_idle_timeout`, `stream_idle_timeout`, `protocol`",
             "admin: unknown field `port`, expected `address`",
             "unknown field `tracing`, expected one of `listeners`, `clusters`, `admin`, `handoff`",
             "handoff: unknown field `grace`, expected one of `uds_dir`, `timeout`, `drain_timeout`, `inherit_config`",

@@ -31,6 +31,13 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// The longest `clusters[].pool_idle_timeout` accepted.
 const MAX_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
+/// `clusters[].stream_idle_timeout` when absent: Envoy's default for the same timeout. A stream that sends
+/// something (an event, a heartbeat) more often than this is never cut.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest `clusters[].stream_idle_timeout` accepted (`0s` turns it off, for streams silent for longer).
+const MAX_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The file as written. Serde's messages name these types (`expected struct RawConfig`), so renaming one changes
 /// what `baton check` prints.
 #[derive(Deserialize, Default)]
@@ -67,6 +74,7 @@ struct RawCluster {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     pool_idle_timeout: Option<String>,
+    stream_idle_timeout: Option<String>,
     protocol: Option<String>,
 }
 
@@ -303,6 +311,18 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
                 c.pool_idle_timeout.as_deref().unwrap_or_default()
             ));
         }
+        let stream_idle_timeout = duration_or(
+            problems,
+            &format!("{at}.stream_idle_timeout"),
+            &c.stream_idle_timeout,
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+        );
+        if stream_idle_timeout > MAX_STREAM_IDLE_TIMEOUT {
+            problems.push(format!(
+                "{at}.stream_idle_timeout: {:?} is longer than 1h, the most allowed (0s turns it off)",
+                c.stream_idle_timeout.as_deref().unwrap_or_default()
+            ));
+        }
         let protocol = match c.protocol.as_deref() {
             None | Some("http1") => UpstreamProtocol::Http1,
             Some("h2c") => UpstreamProtocol::H2c,
@@ -317,6 +337,7 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             connect_timeout,
             request_timeout,
             pool_idle_timeout,
+            stream_idle_timeout,
             protocol,
         });
     }

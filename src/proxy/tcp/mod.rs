@@ -214,6 +214,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             protocol: UpstreamProtocol::Http1,
             pool_idle_timeout: Duration::from_secs(50),
+            stream_idle_timeout: Duration::from_secs(300),
         }));
         let metrics = Arc::new(ListenerMetrics::new("raw", "tcp"));
         let proxy = ListenerProxy::new("raw", Protocol::Tcp, cluster, metrics, drain.clone());
