@@ -17,15 +17,17 @@ pub enum Cause {
     Exchange = 1,
     /// No response head within `request_timeout`.
     Timeout = 2,
+    /// No byte moved either way within `stream_idle_timeout`.
+    StreamIdle = 3,
 }
 
 /// The rate limits of one listener.
 #[derive(Debug, Default)]
 pub struct Warnings {
     /// Per cause: milliseconds since [`epoch`] when the last warning was logged, plus one (0: never).
-    last: [AtomicU64; 3],
+    last: [AtomicU64; 4],
     /// Per cause: occurrences not logged since the last warning.
-    suppressed: [AtomicU64; 3],
+    suppressed: [AtomicU64; 4],
 }
 
 fn epoch() -> Instant {
