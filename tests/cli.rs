@@ -110,6 +110,35 @@ fn check_rejects_unknown_top_level_field() {
     assert_invalid(&yaml, &["tracing"]);
 }
 
+/// An unknown field does not hide the other problems: `baton check` lists every one of them in one run.
+#[test]
+fn check_reports_unknown_fields_with_every_other_problem() {
+    let yaml = valid_config()
+        .to_yaml()
+        .replace("    protocol: tcp\n", "    protocol: tcp\n    protcol: http\n")
+        .replace("    cluster: app\n", "    cluster: nowhere\n")
+        .replace(
+            "    connect_timeout: 1s\n",
+            "    connect_timeout: 3 parsecs\n    retries: 3\n",
+        );
+    let yaml = format!("{yaml}tracing: on\n");
+    assert!(
+        yaml.contains("protcol") && yaml.contains("nowhere") && yaml.contains("parsecs"),
+        "test bug:\n{yaml}"
+    );
+    assert_invalid(
+        &yaml,
+        &[
+            "listeners[1]: unknown field `protcol`",
+            "clusters[0]: unknown field `retries`",
+            "unknown field `tracing`",
+            "listeners[0].cluster: no cluster named \"nowhere\"",
+            "listeners[1].cluster: no cluster named \"nowhere\"",
+            "clusters[0].connect_timeout: \"3 parsecs\" is not a duration",
+        ],
+    );
+}
+
 #[test]
 fn check_rejects_duplicate_listener_name() {
     let mut cfg = valid_config();

@@ -93,6 +93,9 @@ pub struct ClusterConfig {
     pub request_timeout: Duration,
     /// HTTP/1 only: how long an idle pooled upstream connection is kept (`0`: none is kept).
     pub pool_idle_timeout: Duration,
+    /// HTTP only: once the request head was read, how long an exchange (or an upgraded connection) may move no
+    /// byte either way before it is ended (`0`: never).
+    pub stream_idle_timeout: Duration,
     /// HTTP only: what the endpoints speak. TCP listeners relay bytes whatever it says.
     pub protocol: UpstreamProtocol,
 }
@@ -207,7 +210,8 @@ impl Config {
 
     /// Parses and validates YAML or JSON text. [`Config::source`] is then `text`.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        RawConfig::from_yaml(text)?.validate(text)
+        let (raw, unknown_fields) = RawConfig::from_yaml(text)?;
+        raw.validate(text, unknown_fields)
     }
 
     /// The text this config was parsed from: the file's contents for [`Config::load`], the text for
@@ -254,13 +258,15 @@ impl Config {
         for c in &self.clusters {
             let eps: Vec<String> = c.endpoints.iter().map(|e| e.to_string()).collect();
             out.push_str(&format!(
-                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={} pool_idle_timeout={}\n",
+                "  {:<16} [{}] protocol={} connect_timeout={} request_timeout={} pool_idle_timeout={} \
+                 stream_idle_timeout={}\n",
                 c.name,
                 eps.join(", "),
                 c.protocol,
                 format_duration(c.connect_timeout),
                 format_duration(c.request_timeout),
-                format_duration(c.pool_idle_timeout)
+                format_duration(c.pool_idle_timeout),
+                format_duration(c.stream_idle_timeout)
             ));
         }
         match &self.admin {
@@ -343,9 +349,10 @@ handoff:
             "above the 1 s SYN retransmit"
         );
         assert_eq!(c.clusters[0].pool_idle_timeout, Duration::from_secs(50));
+        assert_eq!(c.clusters[0].stream_idle_timeout, Duration::from_secs(300));
         assert!(
             c.summary()
-                .contains("connect_timeout=3s request_timeout=30s pool_idle_timeout=50s"),
+                .contains("connect_timeout=3s request_timeout=30s pool_idle_timeout=50s stream_idle_timeout=5m"),
             "{}",
             c.summary()
         );
@@ -362,6 +369,31 @@ handoff:
                 "clusters[0].pool_idle_timeout: \"50\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
                 "clusters[1].pool_idle_timeout: \"2h\" is longer than 1h, the most allowed (upstreams close idle \
                  connections long before; 0s keeps none)",
+            ],
+            "{p:#?}"
+        );
+    }
+
+    #[test]
+    fn stream_idle_timeout_is_a_duration_of_at_most_an_hour_and_0s_turns_it_off() {
+        let c = Config::parse(
+            "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 500ms}\n  \
+             - {name: b, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 0s}\n",
+        )
+        .expect("valid");
+        assert_eq!(c.clusters[0].stream_idle_timeout, Duration::from_millis(500));
+        assert_eq!(c.clusters[1].stream_idle_timeout, Duration::ZERO);
+        assert!(c.summary().contains("stream_idle_timeout=500ms"), "{}", c.summary());
+        assert!(c.summary().contains("stream_idle_timeout=0s"), "{}", c.summary());
+        let p = problems(
+            "clusters:\n  - {name: a, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 5}\n  \
+             - {name: b, endpoints: [\"127.0.0.1:9\"], stream_idle_timeout: 61m}\n",
+        );
+        assert_eq!(
+            p,
+            [
+                "clusters[0].stream_idle_timeout: \"5\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+                "clusters[1].stream_idle_timeout: \"61m\" is longer than 1h, the most allowed (0s turns it off)",
             ],
             "{p:#?}"
         );
@@ -405,6 +437,48 @@ handoff: {timeout: 10, drain_timeout: 1x}
             assert!(p.iter().any(|x| x.contains(w)), "missing {w:?} in {p:#?}");
         }
         assert_eq!(p.len(), want.len(), "{p:#?}");
+    }
+
+    /// Unknown fields, at any depth and in any number, are reported with the other problems, not instead of them.
+    #[test]
+    fn unknown_fields_hide_no_other_problem() {
+        let p = problems(
+            r#"
+listeners:
+  - {name: a, address: "127.0.0.1:1", cluster: nope, colour: red}
+clusters:
+  - {name: app, endpoints: ["127.0.0.1:2"], connect_timeout: 3 parsecs, retries: 3}
+admin: {address: "127.0.0.1:1", port: 9}
+tracing: on
+handoff: {timeout: 10, grace: 2s}
+"#,
+        );
+        let want = [
+            "listeners[0]: unknown field `colour`, expected one of `name`, `address`, `protocol`, `cluster`",
+            "clusters[0]: unknown field `retries`, expected one of `name`, `endpoints`, `connect_timeout`, \
+             `request_timeout`, `pool_idle_timeout`, `stream_idle_timeout`, `protocol`",
+            "admin: unknown field `port`, expected `address`",
+            "unknown field `tracing`, expected one of `listeners`, `clusters`, `admin`, `handoff`",
+            "handoff: unknown field `grace`, expected one of `uds_dir`, `timeout`, `drain_timeout`, `inherit_config`",
+            "clusters[0].connect_timeout: \"3 parsecs\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+            "listeners[0].cluster: no cluster named \"nope\"",
+            "admin.address: 127.0.0.1:1 is already used by listeners[0].address",
+            "handoff.timeout: \"10\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
+        ];
+        let mut sorted = p.clone();
+        sorted.sort();
+        let mut want_sorted = want.map(String::from).to_vec();
+        want_sorted.sort();
+        assert_eq!(sorted, want_sorted, "{p:#?}");
+        // A type error still stops the parser, but not before the unknown fields are named.
+        let p = problems("listeners: 5\ncolour: red\n");
+        assert_eq!(p.len(), 2, "{p:#?}");
+        assert!(p[0].starts_with("unknown field `colour`"), "{p:#?}");
+        assert!(p[1].contains("listeners") && p[1].contains("invalid type"), "{p:#?}");
+        // Without unknown fields a type error keeps its line.
+        let p = problems("handoff: {timeout: 1s}\nlisteners: 5\n");
+        assert_eq!(p.len(), 1, "{p:#?}");
+        assert!(p[0].contains("line 2"), "{p:#?}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! From the text to a [`Config`]: serde structs that mirror the file (unknown fields refused), then checks that
-//! collect every problem, each starting with the path of its field, instead of stopping at the first.
+//! From the text to a [`Config`]: serde structs that mirror the file, then checks that collect every problem, each
+//! starting with the path of its field, instead of stopping at the first.
 //!
-//! A YAML syntax or type error is the one exception: the parser cannot go on past it, so it is the only problem
-//! reported. Otherwise problems come section by section: clusters (listeners name them), listeners, admin (its
-//! address must differ from the listeners'), handoff.
+//! Unknown fields are problems like the others: the text is first read as a YAML value tree, every field the
+//! structs do not know is reported with its path and taken out, and what is left goes on to the structs and the
+//! checks. A YAML syntax or type error is the one exception: the parser cannot go on past it, so it is reported
+//! alone (with the unknown fields, if any). Otherwise problems come in this order: unknown fields, clusters
+//! (listeners name them), listeners, admin (its address must differ from the listeners'), handoff.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -29,6 +31,13 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// The longest `clusters[].pool_idle_timeout` accepted.
 const MAX_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// `clusters[].stream_idle_timeout` when absent: Envoy's default for the same timeout. A stream that sends
+/// something (an event, a heartbeat) more often than this is never cut.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest `clusters[].stream_idle_timeout` accepted (`0s` turns it off, for streams silent for longer).
+const MAX_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// The file as written. Serde's messages name these types (`expected struct RawConfig`), so renaming one changes
 /// what `baton check` prints.
@@ -66,6 +75,7 @@ struct RawCluster {
     connect_timeout: Option<String>,
     request_timeout: Option<String>,
     pool_idle_timeout: Option<String>,
+    stream_idle_timeout: Option<String>,
     protocol: Option<String>,
 }
 
@@ -87,18 +97,38 @@ struct RawHandoff {
 }
 
 impl RawConfig {
-    /// Parses YAML or JSON text; blank text is an empty config.
-    pub(super) fn from_yaml(text: &str) -> Result<RawConfig, ConfigError> {
+    /// Parses YAML or JSON text; blank text is an empty config. Unknown fields do not stop it: each is a problem
+    /// in the list returned with the config, which [`RawConfig::validate`] reports with the others.
+    pub(super) fn from_yaml(text: &str) -> Result<(RawConfig, Vec<String>), ConfigError> {
         if text.trim().is_empty() {
-            return Ok(RawConfig::default());
+            return Ok((RawConfig::default(), Vec::new()));
         }
-        yaml_serde::from_str(text).map_err(|e| invalid(vec![yaml_problem(&e)]))
+        let mut tree: yaml_serde::Value = yaml_serde::from_str(text).map_err(|e| invalid(vec![yaml_problem(&e)]))?;
+        let mut unknown = Vec::new();
+        strip_unknown_fields(&mut tree, &mut unknown);
+        let parsed = if unknown.is_empty() {
+            // From the text: a type error then says on which line it is.
+            yaml_serde::from_str(text).map_err(|e| yaml_problem(&e))
+        } else {
+            // From the tree written out again, read as text is: a plain scalar is a string where a string is
+            // wanted (`timeout: 10` is the string "10", and its problem is that it has no unit). Its lines are not
+            // the file's: a type error goes without one.
+            yaml_serde::to_string(&tree)
+                .and_then(|again| yaml_serde::from_str(&again))
+                .map_err(|e| without_location(&e.to_string()).to_string())
+        };
+        match parsed {
+            Ok(raw) => Ok((raw, unknown)),
+            Err(problem) => {
+                unknown.push(problem);
+                Err(invalid(unknown))
+            }
+        }
     }
 
     /// Checks every section and builds the [`Config`] whose [`Config::source`] is `source`, or reports every
-    /// problem found.
-    pub(super) fn validate(self, source: &str) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
+    /// problem found, after `problems` (the unknown fields [`RawConfig::from_yaml`] found).
+    pub(super) fn validate(self, source: &str, mut problems: Vec<String>) -> Result<Config, ConfigError> {
         let clusters = check_clusters(&mut problems, &self.clusters);
         let mut addresses = Vec::new();
         let listeners = check_listeners(&mut problems, &self.listeners, &clusters, &mut addresses);
@@ -129,7 +159,110 @@ fn invalid(problems: Vec<String>) -> ConfigError {
     }
 }
 
-/// yaml_serde says `listeners[0]: unknown field ...` with the path first; keep it, and the line when known.
+/// Takes every field the structs do not know out of `tree`, each reported in `problems` the way serde words it,
+/// after the path of the mapping it is in: ``listeners[0]: unknown field `colour`, expected one of `name`, ...``.
+/// A section of the wrong type is left as it is, for serde to report.
+fn strip_unknown_fields(tree: &mut yaml_serde::Value, problems: &mut Vec<String>) {
+    let Some(root) = strip_mapping(tree, "", fields_of::<RawConfig>(), problems) else {
+        return;
+    };
+    for (section, fields) in [
+        ("listeners", fields_of::<RawListener>()),
+        ("clusters", fields_of::<RawCluster>()),
+    ] {
+        if let Some(yaml_serde::Value::Sequence(items)) = root.get_mut(section) {
+            for (i, item) in items.iter_mut().enumerate() {
+                strip_mapping(item, &format!("{section}[{i}]"), fields, problems);
+            }
+        }
+    }
+    for (section, fields) in [
+        ("admin", fields_of::<RawAdmin>()),
+        ("handoff", fields_of::<RawHandoff>()),
+    ] {
+        if let Some(value) = root.get_mut(section) {
+            strip_mapping(value, section, fields, problems);
+        }
+    }
+}
+
+/// Takes the keys that are not `fields` out of `value` if it is a mapping (which it returns), each reported as a
+/// problem at `at` (the root when empty). Keys that are not strings are left for serde to report.
+fn strip_mapping<'a>(
+    value: &'a mut yaml_serde::Value,
+    at: &str,
+    fields: &'static [&'static str],
+    problems: &mut Vec<String>,
+) -> Option<&'a mut yaml_serde::Mapping> {
+    let yaml_serde::Value::Mapping(map) = value else {
+        return None;
+    };
+    map.retain(|key, _| {
+        let Some(key) = key.as_str() else { return true };
+        if fields.contains(&key) {
+            return true;
+        }
+        let what = <serde::de::value::Error as serde::de::Error>::unknown_field(key, fields);
+        problems.push(if at.is_empty() {
+            what.to_string()
+        } else {
+            format!("{at}: {what}")
+        });
+        false
+    });
+    Some(map)
+}
+
+/// The fields of a struct that derives `Deserialize`, as its derive names them (what `deny_unknown_fields`
+/// accepts), asked of the derive itself so that this list is never written twice.
+fn fields_of<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    let mut probe = FieldsProbe(&[]);
+    let _ = T::deserialize(&mut probe);
+    probe.0
+}
+
+/// A deserializer that only records the field names a struct asks it for, and fails.
+struct FieldsProbe(&'static [&'static str]);
+
+impl<'de> serde::Deserializer<'de> for &mut FieldsProbe {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        Err(serde::de::Error::custom("only structs are probed"))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0 = fields;
+        Err(serde::de::Error::custom("probed"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+/// A yaml_serde message without the ` at line L column C` it ends with, if it does.
+fn without_location(msg: &str) -> &str {
+    match msg.rfind(" at line ") {
+        Some(i)
+            if msg[i + " at line ".len()..]
+                .split(" column ")
+                .map(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                .eq([true, true]) =>
+        {
+            &msg[..i]
+        }
+        _ => msg,
+    }
+}
+
+/// yaml_serde says `listeners[0]: invalid type ...` with the path first; keep it, and the line when known.
 fn yaml_problem(e: &yaml_serde::Error) -> String {
     let msg = e.to_string();
     match e.location() {
@@ -180,6 +313,18 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
                 c.pool_idle_timeout.as_deref().unwrap_or_default()
             ));
         }
+        let stream_idle_timeout = duration_or(
+            problems,
+            &format!("{at}.stream_idle_timeout"),
+            &c.stream_idle_timeout,
+            DEFAULT_STREAM_IDLE_TIMEOUT,
+        );
+        if stream_idle_timeout > MAX_STREAM_IDLE_TIMEOUT {
+            problems.push(format!(
+                "{at}.stream_idle_timeout: {:?} is longer than 1h, the most allowed (0s turns it off)",
+                c.stream_idle_timeout.as_deref().unwrap_or_default()
+            ));
+        }
         let protocol = match c.protocol.as_deref() {
             None | Some("http1") => UpstreamProtocol::Http1,
             Some("h2c") => UpstreamProtocol::H2c,
@@ -194,6 +339,7 @@ fn check_clusters(problems: &mut Vec<String>, raw: &[RawCluster]) -> Vec<Cluster
             connect_timeout,
             request_timeout,
             pool_idle_timeout,
+            stream_idle_timeout,
             protocol,
         });
     }

@@ -36,6 +36,52 @@ pub struct ListenerCtx {
     pub warnings: warn::Warnings,
 }
 
+/// Where an exchange stood when its stream idle timeout ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleAt {
+    /// Waiting for the client's request body.
+    RequestBody,
+    /// Waiting for the upstream to take the request body.
+    UpstreamRead,
+    /// The response body was being passed on (its head was sent): waiting for the upstream's next bytes.
+    ResponseBody,
+    /// The response body was being passed on: waiting for the client to read.
+    ClientRead,
+    /// An upgraded connection (after a `101`).
+    Tunnel,
+}
+
+impl IdleAt {
+    /// For the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdleAt::RequestBody => "waiting for the client's request body",
+            IdleAt::UpstreamRead => "waiting for the upstream to read the request body",
+            IdleAt::ResponseBody => "waiting for the upstream's response body",
+            IdleAt::ClientRead => "waiting for the client to read the response body",
+            IdleAt::Tunnel => "in an upgraded connection",
+        }
+    }
+}
+
+impl ListenerCtx {
+    /// Counts an exchange (or upgraded connection) to `endpoint` that moved no byte either way for the cluster's
+    /// `stream_idle_timeout` and is ended, and logs it at `warn` at most once per [`warn::EVERY`].
+    pub fn stream_idled(&self, endpoint: Option<SocketAddr>, at: IdleAt) {
+        self.metrics
+            .stream_idle_timeouts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cluster = &self.cluster.name;
+        let timeout = crate::config::format_duration(self.cluster.stream_idle_timeout);
+        let endpoint = endpoint.map(tracing::field::display);
+        if let Some(more) = self.warnings.due(warn::Cause::StreamIdle) {
+            tracing::warn!(listener = %self.listener, cluster, endpoint, stream_idle_timeout = %timeout, at = at.as_str(), failed_since = more, "no byte moved either way within stream_idle_timeout: exchange ended");
+        } else {
+            tracing::debug!(cluster, endpoint, at = at.as_str(), "stream idle timeout");
+        }
+    }
+}
+
 /// A proxy listener: what it speaks, and what its connections share.
 #[derive(Clone)]
 pub struct ListenerProxy {

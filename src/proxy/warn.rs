@@ -17,15 +17,19 @@ pub enum Cause {
     Exchange = 1,
     /// No response head within `request_timeout`.
     Timeout = 2,
+    /// No byte moved either way within `stream_idle_timeout`.
+    StreamIdle = 3,
+    /// The upstream of an `http1` cluster answered in another protocol (HTTP/2, ...).
+    NotHttp1 = 4,
 }
 
 /// The rate limits of one listener.
 #[derive(Debug, Default)]
 pub struct Warnings {
     /// Per cause: milliseconds since [`epoch`] when the last warning was logged, plus one (0: never).
-    last: [AtomicU64; 3],
+    last: [AtomicU64; 5],
     /// Per cause: occurrences not logged since the last warning.
-    suppressed: [AtomicU64; 3],
+    suppressed: [AtomicU64; 5],
 }
 
 fn epoch() -> Instant {

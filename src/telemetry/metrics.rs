@@ -98,6 +98,9 @@ pub struct ListenerMetrics {
     pub upstream_connect_errors: AtomicU64,
     /// Upstream responses that did not arrive in time.
     pub upstream_timeouts: AtomicU64,
+    /// HTTP exchanges and upgraded connections ended because no byte moved either way for the cluster's
+    /// `stream_idle_timeout`.
+    pub stream_idle_timeouts: AtomicU64,
 }
 
 impl ListenerMetrics {
@@ -114,6 +117,7 @@ impl ListenerMetrics {
             bytes_out: AtomicU64::new(0),
             upstream_connect_errors: AtomicU64::new(0),
             upstream_timeouts: AtomicU64::new(0),
+            stream_idle_timeouts: AtomicU64::new(0),
         }
     }
 
@@ -140,6 +144,7 @@ impl ListenerMetrics {
             connections_total: self.connections_total.load(Ordering::Relaxed),
             upstream_connect_errors: self.upstream_connect_errors.load(Ordering::Relaxed),
             upstream_timeouts: self.upstream_timeouts.load(Ordering::Relaxed),
+            stream_idle_timeouts: self.stream_idle_timeouts.load(Ordering::Relaxed),
             duration: self.duration.counts(),
         }
     }
@@ -154,6 +159,7 @@ impl ListenerMetrics {
         add_saturating(&self.connections_total, c.connections_total);
         add_saturating(&self.upstream_connect_errors, c.upstream_connect_errors);
         add_saturating(&self.upstream_timeouts, c.upstream_timeouts);
+        add_saturating(&self.stream_idle_timeouts, c.stream_idle_timeouts);
         self.duration.add(&c.duration);
     }
 }
@@ -393,6 +399,8 @@ pub struct ListenerCounters {
     pub upstream_connect_errors: u64,
     /// Upstream responses that did not arrive in time.
     pub upstream_timeouts: u64,
+    /// Exchanges ended by the stream idle timeout.
+    pub stream_idle_timeouts: u64,
     /// The request duration histogram.
     pub duration: HistogramCounts,
 }
@@ -407,6 +415,7 @@ impl ListenerCounters {
             connections_total: f(self.connections_total, o.connections_total),
             upstream_connect_errors: f(self.upstream_connect_errors, o.upstream_connect_errors),
             upstream_timeouts: f(self.upstream_timeouts, o.upstream_timeouts),
+            stream_idle_timeouts: f(self.stream_idle_timeouts, o.stream_idle_timeouts),
             duration: self.duration.zip(&o.duration, f),
         }
     }
@@ -436,6 +445,7 @@ impl ListenerCounters {
             "connections_total": self.connections_total,
             "upstream_connect_errors": self.upstream_connect_errors,
             "upstream_timeouts": self.upstream_timeouts,
+            "stream_idle_timeouts": self.stream_idle_timeouts,
             "duration": self.duration.to_json(),
         })
     }
@@ -462,6 +472,11 @@ impl ListenerCounters {
             connections_total: read_u64(obj, "connections_total", at, problems),
             upstream_connect_errors: read_u64(obj, "upstream_connect_errors", at, problems),
             upstream_timeouts: read_u64(obj, "upstream_timeouts", at, problems),
+            // Newer than the others: a predecessor of an older build sends none.
+            stream_idle_timeouts: match obj.get("stream_idle_timeouts") {
+                None => 0,
+                Some(_) => read_u64(obj, "stream_idle_timeouts", at, problems),
+            },
             duration: read_duration(obj, at, problems),
         };
         Some((counters, protocol))
@@ -642,7 +657,7 @@ type Reader = fn(&ListenerMetrics) -> i128;
 
 /// Per listener: connections, bytes and upstream failures, one labelled value each.
 fn traffic(o: &mut String, listeners: &[Arc<ListenerMetrics>]) {
-    let per_listener: [(&str, &str, &str, Reader); 6] = [
+    let per_listener: [(&str, &str, &str, Reader); 7] = [
         (
             "baton_connections_active",
             "gauge",
@@ -675,6 +690,12 @@ fn traffic(o: &mut String, listeners: &[Arc<ListenerMetrics>]) {
             "counter",
             "Upstream responses that did not arrive within request_timeout.",
             |l| i128::from(l.upstream_timeouts.load(Ordering::Relaxed)),
+        ),
+        (
+            "baton_stream_idle_timeouts_total",
+            "counter",
+            "HTTP exchanges and upgraded connections ended because no byte moved either way within stream_idle_timeout.",
+            |l| i128::from(l.stream_idle_timeouts.load(Ordering::Relaxed)),
         ),
     ];
     for (name, kind, help, get) in per_listener {
@@ -759,12 +780,21 @@ mod tests {
         l.response(200, Duration::from_millis(2));
         l.response(503, Duration::from_secs(30));
         l.bytes_in.fetch_add(5, Ordering::Relaxed);
+        l.stream_idle_timeouts.fetch_add(2, Ordering::Relaxed);
         l.connections_active.fetch_add(4, Ordering::Relaxed);
         let c = l.counters();
         let mut problems = Problems::default();
         let (back, protocol) = ListenerCounters::from_json(&c.to_json("http"), "x", &mut problems).expect("object");
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!((back, protocol.as_deref()), (c, Some("http")));
+
+        // A predecessor of a build before `stream_idle_timeouts` sends none: 0, and no problem.
+        let mut older = c.to_json("http");
+        older.as_object_mut().expect("object").remove("stream_idle_timeouts");
+        let (old, _) = ListenerCounters::from_json(&older, "x", &mut problems).expect("object");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(old.stream_idle_timeouts, 0);
+        assert_eq!(old.bytes_in, 5);
 
         let other = ListenerMetrics::new("a", "http");
         other.add_counters(&back);

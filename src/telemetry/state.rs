@@ -312,6 +312,7 @@ impl State {
     /// ```json
     /// {"listeners": {"ingress": {"protocol": "http", "requests": [0, 12, 0, 1, 2], "bytes_in": 1, "bytes_out": 2,
     ///                            "connections_total": 3, "upstream_connect_errors": 0, "upstream_timeouts": 0,
+    ///                            "stream_idle_timeouts": 0,
     ///                            "duration": {"bounds": [...], "buckets": [...], "count": 15, "sum_nanos": 9}}},
     ///  "handoff": {"sent_committed": 1, "sent_failed": 0, "received_committed": 1, "received_fresh": 0,
     ///              "received_failed": 0, "duration": {...}}}
@@ -534,6 +535,7 @@ mod tests {
         let m = listener(&a, "ingress", "http");
         traffic(&m, 4);
         m.upstream_timeouts.fetch_add(2, Ordering::Relaxed);
+        m.stream_idle_timeouts.fetch_add(3, Ordering::Relaxed);
         let _open = crate::telemetry::state::ConnectionGuard::new(&m);
         a.handoff.sent_failed.fetch_add(1, Ordering::Relaxed);
         a.handoff.duration.observe(Duration::from_millis(2));
@@ -546,6 +548,7 @@ mod tests {
         assert_eq!(l["connections_total"], 5, "4 counted by hand, 1 by the guard");
         assert_eq!(l["upstream_connect_errors"], 1);
         assert_eq!(l["upstream_timeouts"], 2);
+        assert_eq!(l["stream_idle_timeouts"], 3);
         assert_eq!(l["duration"]["count"], 5);
         assert_eq!(l["duration"]["sum_nanos"], 15_000_000);
         assert_eq!(l["duration"]["buckets"].as_array().map(Vec::len), Some(14));
@@ -703,6 +706,7 @@ mod tests {
         let old = listener(&a, "ingress", "http");
         traffic(&old, 4);
         old.upstream_timeouts.fetch_add(1, Ordering::Relaxed);
+        old.stream_idle_timeouts.fetch_add(2, Ordering::Relaxed);
         a.handoff.sent_committed.fetch_add(1, Ordering::Relaxed);
         a.handoff.duration.observe(Duration::from_millis(4));
 
@@ -729,6 +733,7 @@ mod tests {
             "baton_sent_bytes_total{listener=\"ingress\"} 100\n",
             "baton_upstream_connect_errors_total{listener=\"ingress\"} 2\n",
             "baton_upstream_timeouts_total{listener=\"ingress\"} 1\n",
+            "baton_stream_idle_timeouts_total{listener=\"ingress\"} 2\n",
             "baton_handoffs_total{side=\"old\",outcome=\"committed\"} 1\n",
             "baton_handoffs_total{side=\"new\",outcome=\"committed\"} 1\n",
             "baton_handoff_duration_seconds_bucket{le=\"0.001\"} 1\n",

@@ -1,13 +1,59 @@
-//! The body of a client's request on its way upstream.
+//! The body of a client's request on its way upstream, and the clock of an exchange's moving bytes.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+
+/// When a byte of an exchange last moved, for its stream idle timeout: told by whatever moves its bytes, possibly
+/// in several tasks (a request body is read by the upstream connection's task, its response by the client's).
+#[derive(Debug)]
+pub struct Activity {
+    since: Instant,
+    /// Milliseconds after `since`.
+    last: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Activity {
+        Activity {
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Activity {
+    /// Bytes moved now.
+    pub fn touch(&self) {
+        let ms = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// When bytes last moved (to the millisecond; its creation if never).
+    pub fn last(&self) -> Instant {
+        self.since + Duration::from_millis(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once no byte moved for `timeout`; never if it is zero.
+    pub async fn idle_for(&self, timeout: Duration) {
+        if timeout.is_zero() {
+            return std::future::pending().await;
+        }
+        loop {
+            let deadline = self.last() + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
+        }
+    }
+}
 
 /// A client's request body, forwarded upstream, that can tell its client connection whether it was read to its
 /// end: a connection whose last request body was left unread cannot carry another request (hyper closes it).
@@ -17,6 +63,8 @@ pub struct RequestBody {
     /// Set by the caller while the body may be unread; cleared here once it was read to its end.
     unread: Option<Arc<AtomicBool>>,
     done: bool,
+    /// Told of every frame forwarded, if anyone watches the exchange's activity.
+    activity: Option<Arc<Activity>>,
 }
 
 impl RequestBody {
@@ -27,7 +75,13 @@ impl RequestBody {
             inner: Some(inner),
             unread,
             done,
+            activity: None,
         }
+    }
+
+    /// Tells `activity` of every frame of this body from now on.
+    pub fn watched_by(&mut self, activity: Arc<Activity>) {
+        self.activity = Some(activity);
     }
 
     /// No body.
@@ -36,6 +90,7 @@ impl RequestBody {
             inner: None,
             unread: None,
             done: true,
+            activity: None,
         }
     }
 }
@@ -51,6 +106,9 @@ impl Body for RequestBody {
         let polled = Pin::new(&mut *inner).poll_frame(cx);
         if matches!(polled, Poll::Ready(None)) || inner.is_end_stream() {
             self.done = true;
+        }
+        if let (Poll::Ready(Some(Ok(_))), Some(activity)) = (&polled, &self.activity) {
+            activity.touch();
         }
         polled
     }

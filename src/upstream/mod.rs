@@ -77,6 +77,8 @@ pub struct Cluster {
     pub request_timeout: Duration,
     /// HTTP/1: how long an idle pooled connection is kept.
     pub pool_idle_timeout: Duration,
+    /// HTTP: how long an exchange or an upgraded connection may move no byte before it is ended (`0`: never).
+    pub stream_idle_timeout: Duration,
     /// HTTP: what the endpoints speak.
     pub protocol: UpstreamProtocol,
 }
@@ -105,6 +107,7 @@ impl Cluster {
             connect_timeout: config.connect_timeout,
             request_timeout: config.request_timeout,
             pool_idle_timeout: config.pool_idle_timeout,
+            stream_idle_timeout: config.stream_idle_timeout,
             protocol: config.protocol,
         }
     }
@@ -301,6 +304,7 @@ mod tests {
             connect_timeout,
             request_timeout: Duration::from_secs(30),
             pool_idle_timeout: Duration::from_secs(50),
+            stream_idle_timeout: Duration::from_secs(300),
             protocol: UpstreamProtocol::Http1,
         })
     }

@@ -20,6 +20,8 @@ pub struct ClusterCfg {
     pub endpoints: Vec<String>,
     pub connect_timeout: Option<String>,
     pub request_timeout: Option<String>,
+    /// `stream_idle_timeout`; omitted from the file when `None` (the default).
+    pub stream_idle_timeout: Option<String>,
     /// `http1` or `h2c`; omitted from the file when `None` (http1).
     pub protocol: Option<String>,
 }
@@ -56,6 +58,7 @@ impl Config {
             endpoints: endpoints.iter().map(|e| e.to_string()).collect(),
             connect_timeout: Some("1s".into()),
             request_timeout: Some("5s".into()),
+            stream_idle_timeout: None,
             protocol: None,
         });
         self
@@ -67,6 +70,14 @@ impl Config {
         if let Some(c) = self.clusters.last_mut() {
             c.protocol = Some(protocol.into());
             c.request_timeout = Some(request_timeout.into());
+        }
+        self
+    }
+
+    /// The last cluster added ends an exchange that moves no byte for `timeout` (`0s`: never).
+    pub fn stream_idle_timeout(mut self, timeout: &str) -> Self {
+        if let Some(c) = self.clusters.last_mut() {
+            c.stream_idle_timeout = Some(timeout.into());
         }
         self
     }
@@ -119,6 +130,9 @@ impl Config {
             if let Some(t) = &c.request_timeout {
                 y.push_str(&format!("    request_timeout: {t}\n"));
             }
+            if let Some(t) = &c.stream_idle_timeout {
+                y.push_str(&format!("    stream_idle_timeout: {t}\n"));
+            }
             if let Some(p) = &c.protocol {
                 y.push_str(&format!("    protocol: {p}\n"));
             }
@@ -170,6 +184,9 @@ impl Config {
                 }
                 if let Some(t) = &c.request_timeout {
                     v["request_timeout"] = t.clone().into();
+                }
+                if let Some(t) = &c.stream_idle_timeout {
+                    v["stream_idle_timeout"] = t.clone().into();
                 }
                 if let Some(p) = &c.protocol {
                     v["protocol"] = p.clone().into();

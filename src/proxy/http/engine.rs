@@ -28,7 +28,7 @@ use crate::proxy::http::parse::{canonical_reason, parse_request, Parsed};
 use crate::proxy::http::{depart, hyper_path};
 use crate::proxy::io::ClientIo;
 use crate::proxy::tcp;
-use crate::proxy::ListenerCtx;
+use crate::proxy::{IdleAt, ListenerCtx};
 use crate::telemetry::metrics::ListenerMetrics;
 
 /// Serves HTTP/1 on an accepted connection whose first bytes (`read`) are not an HTTP/2 preface.
@@ -173,6 +173,29 @@ async fn run(
                 tracing::debug!(cluster = %cluster.name, endpoint = %ex.endpoint, error = %why, "exchange cut short");
                 return;
             }
+            Step::Idle(at) => {
+                ctx.stream_idled(Some(ex.endpoint), at);
+                let answer = match at {
+                    IdleAt::RequestBody => Some((408, "baton: request body stalled")),
+                    IdleAt::UpstreamRead => Some((504, "baton: upstream stalled")),
+                    IdleAt::ResponseBody | IdleAt::ClientRead | IdleAt::Tunnel => None,
+                };
+                // The upstream connection is dropped with the exchange, never pooled.
+                let started = ex.started();
+                drop(ex);
+                let Some((status, message)) = answer else {
+                    // The response is part-way: the client must see that it was cut, even one whose body ends
+                    // with the connection, so the connection is reset rather than closed.
+                    return abort(client);
+                };
+                // No response head was sent yet: the client gets ours, and the connection closes (its request
+                // body was not read to its end).
+                ctx.metrics.response(status, started.elapsed());
+                let mut out = Vec::with_capacity(256);
+                our_response(&mut out, status, message, true);
+                let _ = write(&mut client, &out, metrics).await;
+                return lingering_close(client).await;
+            }
             Step::Tunnel => return tunnel(client, ex, cbuf, ctx, may_migrate).await,
             Step::Depart => {
                 let detached = match ex.detach(client, std::mem::take(&mut cbuf), ctx.listener.clone()) {
@@ -222,6 +245,13 @@ async fn answer_failure(
 
 async fn shutdown(mut client: TcpStream) {
     let _ = client.shutdown().await;
+}
+
+/// Closes a connection with a reset (SO_LINGER 0): what is unsent is dropped, and the client cannot take a response
+/// cut short for a whole one.
+fn abort(client: TcpStream) {
+    let _ = socket2::SockRef::from(&client).set_linger(Some(std::time::Duration::ZERO));
+    drop(client);
 }
 
 /// Longest a client connection is read and discarded after its response, when its request body was not read.

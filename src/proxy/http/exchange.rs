@@ -6,6 +6,10 @@
 //! bytes read and not yet written in each direction, the upstream bytes of an incomplete response head, and where
 //! each body ends (`BodyEnd`). At a migration that is what travels (`Exchange::detach`), and the successor
 //! continues the same exchange (`Exchange::restore`), then the keep-alive connection.
+//!
+//! Past the request head, an exchange that moves no byte either way (request body in, response body out) for the
+//! cluster's `stream_idle_timeout` ends (`Step::Idle`), except while it waits for the response head, which
+//! `request_timeout` bounds. The time of the last byte moved does not travel: a successor starts its own count.
 
 use std::io::ErrorKind;
 use std::net::SocketAddr;
@@ -24,7 +28,7 @@ use crate::drain::{ConnKind, Detached};
 use crate::proxy::http::failure::Failure;
 use crate::proxy::http::framing::{BodyEnd, BODY_CHUNK};
 use crate::proxy::http::parse::{interim, parse_response, Framing, Request};
-use crate::proxy::ListenerCtx;
+use crate::proxy::{IdleAt, ListenerCtx};
 
 /// Room kept free in a buffer before each read.
 pub(super) const READ_ROOM: usize = 8 * 1024;
@@ -100,6 +104,9 @@ pub(super) enum Step {
     BadRequest(&'static str),
     /// A side failed part-way: the client connection must close.
     Cut(Cut),
+    /// No byte moved either way for the cluster's `stream_idle_timeout`, at this point of the exchange (never
+    /// while waiting for the response head).
+    Idle(IdleAt),
 }
 
 /// Why an exchange could not be carried to its end (the client connection must close).
@@ -148,6 +155,8 @@ pub(super) struct Exchange {
     started: Instant,
     /// Since when the response head is awaited (set on entering [`Stage::Head`]).
     head_since: Option<Instant>,
+    /// When a byte last moved in the request or response body stage (the stream idle timeout counts from it).
+    moved: Instant,
 }
 
 /// Reusable buffers of a connection's exchanges.
@@ -207,6 +216,7 @@ impl Exchange {
             ubuf: bufs.ubuf,
             started: Instant::now(),
             head_since: None,
+            moved: Instant::now(),
         })
     }
 
@@ -267,7 +277,8 @@ impl Exchange {
     }
 
     /// Carries the exchange on until the response has been passed on, something fails, or (`stop` given) a
-    /// migration starts. `timer` is reset to the response-head deadline and must be polled by nobody else.
+    /// migration starts. `timer` is reset to the response-head deadline while the head is awaited, and to the
+    /// stream idle deadline in the body stages; nobody else may poll it.
     pub(super) async fn drive(
         &mut self,
         client: &mut TcpStream,
@@ -278,9 +289,9 @@ impl Exchange {
     ) -> Step {
         loop {
             let step = match self.stage {
-                Stage::Request { .. } => self.request(client, cbuf, ctx, &mut stop).await,
+                Stage::Request { .. } => self.request(client, cbuf, ctx, &mut stop, timer.as_mut()).await,
                 Stage::Head { body_unread } => self.head(body_unread, ctx, &mut stop, timer.as_mut()).await,
-                Stage::Body { .. } => self.body(client, ctx, &mut stop).await,
+                Stage::Body { .. } => self.body(client, ctx, &mut stop, timer.as_mut()).await,
             };
             if let Some(step) = step {
                 return step;
@@ -295,16 +306,22 @@ impl Exchange {
         cbuf: &mut Vec<u8>,
         ctx: &ListenerCtx,
         stop: &mut Option<&mut Wait<'_>>,
+        mut timer: Pin<&mut Sleep>,
     ) -> Option<Step> {
         let Stage::Request { body } = &mut self.stage else {
             return None;
         };
+        let mut idle = IdleWatch::new(ctx.cluster.stream_idle_timeout);
         loop {
             if self.sent < self.to_up.len() {
                 match self.up.try_write(&self.to_up[self.sent..]) {
-                    Ok(n) => self.sent += n,
+                    Ok(n) => {
+                        self.sent += n;
+                        self.moved = Instant::now();
+                    }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
                         let mut probe = [0u8; 1];
+                        idle.arm(timer.as_mut(), self.moved);
                         tokio::select! {
                             biased;
                             _ = stopped(stop) => return Some(Step::Depart),
@@ -316,9 +333,15 @@ impl Exchange {
                             // The upstream says something (or closes) before taking the whole request.
                             _ = self.up.peek(&mut probe) => {
                                 let unread = body.is_some();
+                                self.moved = Instant::now();
                                 if upstream_spoke(&self.up, &mut self.ubuf, client, ctx).await {
                                     self.enter_head(unread);
                                     return None;
+                                }
+                            }
+                            _ = timer.as_mut(), if idle.on() => {
+                                if idle.expired(timer.as_mut(), self.moved) {
+                                    return Some(Step::Idle(IdleAt::UpstreamRead));
                                 }
                             }
                         }
@@ -366,14 +389,22 @@ impl Exchange {
             }
             cbuf.reserve(BODY_CHUNK);
             let mut probe = [0u8; 1];
+            idle.arm(timer.as_mut(), self.moved);
             let got = tokio::select! {
                 biased;
                 _ = stopped(stop) => return Some(Step::Depart),
                 r = client.read_buf(cbuf) => r,
                 _ = self.up.peek(&mut probe) => {
+                    self.moved = Instant::now();
                     if upstream_spoke(&self.up, &mut self.ubuf, client, ctx).await {
                         self.enter_head(true);
                         return None;
+                    }
+                    continue;
+                }
+                _ = timer.as_mut(), if idle.on() => {
+                    if idle.expired(timer.as_mut(), self.moved) {
+                        return Some(Step::Idle(IdleAt::RequestBody));
                     }
                     continue;
                 }
@@ -381,6 +412,7 @@ impl Exchange {
             match got {
                 Ok(0) | Err(_) => return Some(Step::Cut(Cut::ClientGone)),
                 Ok(n) => {
+                    self.moved = Instant::now();
                     ctx.metrics.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                 }
             }
@@ -484,6 +516,7 @@ impl Exchange {
         client: &mut TcpStream,
         ctx: &ListenerCtx,
         stop: &mut Option<&mut Wait<'_>>,
+        mut timer: Pin<&mut Sleep>,
     ) -> Option<Step> {
         let Stage::Body {
             end,
@@ -495,20 +528,28 @@ impl Exchange {
         else {
             return None;
         };
+        let mut idle = IdleWatch::new(ctx.cluster.stream_idle_timeout);
         loop {
             if self.written < self.filled {
                 match client.try_write(&self.to_client[self.written..self.filled]) {
                     Ok(n) => {
                         self.written += n;
+                        self.moved = Instant::now();
                         ctx.metrics.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        idle.arm(timer.as_mut(), self.moved);
                         tokio::select! {
                             biased;
                             _ = stopped(stop) => return Some(Step::Depart),
                             r = client.writable() => {
                                 if let Err(e) = r {
                                     return Some(Step::Cut(Cut::Client(e)));
+                                }
+                            }
+                            _ = timer.as_mut(), if idle.on() => {
+                                if idle.expired(timer.as_mut(), self.moved) {
+                                    return Some(Step::Idle(IdleAt::ClientRead));
                                 }
                             }
                         }
@@ -524,11 +565,19 @@ impl Exchange {
             if self.to_client.len() < want {
                 self.to_client.resize(want, 0);
             }
+            idle.arm(timer.as_mut(), self.moved);
             let got = tokio::select! {
                 biased;
                 _ = stopped(stop) => return Some(Step::Depart),
                 r = self.up.read(&mut self.to_client[..want]) => r,
+                _ = timer.as_mut(), if idle.on() => {
+                    if idle.expired(timer.as_mut(), self.moved) {
+                        return Some(Step::Idle(IdleAt::ResponseBody));
+                    }
+                    continue;
+                }
             };
+            self.moved = Instant::now();
             let n = match got {
                 Ok(0) if *until_close => {
                     (*done, *reuse) = (true, false);
@@ -621,6 +670,7 @@ impl Exchange {
             filled,
             ubuf,
             started: since,
+            moved: now,
         };
         Ok((client, cbuf, exchange))
     }
@@ -657,6 +707,48 @@ async fn upstream_spoke(up: &TcpStream, ubuf: &mut Vec<u8>, client: &mut TcpStre
             }
             Ok(None) | Err(_) => return true,
         }
+    }
+}
+
+/// The stream idle timeout of one body stage, on the exchange's timer: armed (set to the last byte moved plus the
+/// timeout) before the stage first waits, and moved on lazily when it fires after bytes moved meanwhile, so that a
+/// byte moved costs a clock read, not a timer update.
+struct IdleWatch {
+    /// `None`: off (`stream_idle_timeout: 0s`).
+    timeout: Option<Duration>,
+    armed: bool,
+}
+
+impl IdleWatch {
+    fn new(timeout: Duration) -> IdleWatch {
+        IdleWatch {
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            armed: false,
+        }
+    }
+
+    fn on(&self) -> bool {
+        self.timeout.is_some()
+    }
+
+    /// Before a wait: sets `timer` to the idle deadline, once per stage (it may hold another deadline until then).
+    fn arm(&mut self, timer: Pin<&mut Sleep>, moved: Instant) {
+        if let (Some(timeout), false) = (self.timeout, self.armed) {
+            timer.reset(tokio::time::Instant::from_std(moved + timeout));
+            self.armed = true;
+        }
+    }
+
+    /// `timer` fired: whether the stream was idle for the whole timeout; if not, `timer` is moved on to the new
+    /// deadline.
+    fn expired(&self, timer: Pin<&mut Sleep>, moved: Instant) -> bool {
+        let Some(timeout) = self.timeout else { return false };
+        let deadline = moved + timeout;
+        if Instant::now() >= deadline {
+            return true;
+        }
+        timer.reset(tokio::time::Instant::from_std(deadline));
+        false
     }
 }
 

@@ -52,12 +52,23 @@ impl Failure {
                     grpc_status: 14,
                 }
             }
+            Failure::Exchange(why) if not_http1(&why) => {
+                // A misconfiguration rather than a failure: its own rate limit, so that other failures of the
+                // same upstream never hide it.
+                if let Some(more) = ctx.warnings.due(Cause::NotHttp1) {
+                    tracing::warn!(listener = %ctx.listener, cluster, %endpoint, error = %why, failed_since = more, "{NOT_HTTP1_WARNING}: answering 502");
+                } else {
+                    tracing::debug!(cluster, %endpoint, error = %why, "{NOT_HTTP1_WARNING}");
+                }
+                Answer {
+                    status: 502,
+                    message: "baton: upstream request failed",
+                    grpc_status: 14,
+                }
+            }
             Failure::Exchange(why) => {
                 if let Some(more) = ctx.warnings.due(Cause::Exchange) {
-                    let hint = speaks_http2(&why).then_some(
-                        "the upstream answers in HTTP/2: set `protocol: h2c` on this cluster if it speaks only HTTP/2",
-                    );
-                    tracing::warn!(listener = %ctx.listener, cluster, %endpoint, error = %why, hint, failed_since = more, "upstream request failed: answering 502");
+                    tracing::warn!(listener = %ctx.listener, cluster, %endpoint, error = %why, failed_since = more, "upstream request failed: answering 502");
                 } else {
                     tracing::debug!(cluster, %endpoint, error = %why, "upstream request failed");
                 }
@@ -83,10 +94,18 @@ impl Failure {
     }
 }
 
-/// What an HTTP/1 client says when the upstream answered in HTTP/2 (hyper's parser, or the engine's).
-fn speaks_http2(why: &str) -> bool {
-    why.contains("invalid HTTP version") || why.contains(HTTP2_FRAMES)
+/// Whether an HTTP/1 client's reason says the upstream answered in another protocol than HTTP/1.x: HTTP/2 frames,
+/// or no status line at all (the engine's parser), or hyper's parser refusing the first bytes as a version.
+fn not_http1(why: &str) -> bool {
+    why == HTTP2_FRAMES || why == NOT_HTTP1 || why.contains("invalid HTTP version")
 }
+
+/// The warning logged when an upstream of an `http1` cluster answers in another protocol.
+pub const NOT_HTTP1_WARNING: &str =
+    "upstream answered with something that is not HTTP/1.x (an HTTP/2-only server? set the cluster's protocol: h2c)";
+
+/// The engine's reason for a response that does not start with an HTTP/1 status line.
+pub const NOT_HTTP1: &str = "the upstream's answer does not start with an HTTP/1.x status line";
 
 /// The reason given for a `101` the request did not ask for (both HTTP paths answer it 502).
 pub const UNASKED_101: &str = "101 Switching Protocols to a request that asked for no upgrade";
@@ -146,9 +165,11 @@ mod tests {
     }
 
     #[test]
-    fn an_http2_answer_to_http1_is_recognised() {
-        assert!(speaks_http2("exchange: invalid HTTP version parsed"));
-        assert!(speaks_http2(HTTP2_FRAMES));
-        assert!(!speaks_http2("connection reset by peer"));
+    fn an_answer_in_another_protocol_is_recognised() {
+        assert!(not_http1("exchange: invalid HTTP version parsed"));
+        assert!(not_http1(HTTP2_FRAMES));
+        assert!(not_http1(NOT_HTTP1));
+        assert!(!not_http1("connection reset by peer"));
+        assert!(!not_http1("malformed response head"));
     }
 }

@@ -1,7 +1,7 @@
 //! The general HTTP path, through hyper: h2c connections, and HTTP/1 requests the engine ([`super::engine`])
 //! leaves to it (malformed, streamed bodies, `Expect`, `Upgrade`, absolute-form targets, HTTP/1.0, ...). Each
 //! request goes to the cluster through the pooled hyper client ([`crate::upstream::h1`], [`crate::upstream::h2`]), bodies streamed both
-//! ways.
+//! ways, under the cluster's `stream_idle_timeout` once the response head is in ([`super::stream_idle`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,14 +24,15 @@ use crate::config::UpstreamProtocol;
 use crate::proxy::http::failure::{grpc_message, is_grpc, Answer, Failure, UNASKED_101};
 use crate::proxy::http::fields::{tokens, Field};
 use crate::proxy::http::quiescence::{ConnCtl, Tracked};
+use crate::proxy::http::stream_idle::{is_idle_cut, IdleCut};
 use crate::proxy::http::{depart, MAX_REQUEST_HEAD};
 use crate::proxy::io::ClientIo;
 use crate::proxy::ListenerCtx;
-use crate::upstream::body::RequestBody;
+use crate::upstream::body::{Activity, RequestBody};
 use crate::upstream::{PoolError, ResponseBody};
 
-/// Response body: the upstream's, streamed, or a short one of ours.
-pub type ProxyBody = Either<ResponseBody, Full<Bytes>>;
+/// Response body: the upstream's, streamed under the stream idle timeout, or a short one of ours.
+pub type ProxyBody = Either<IdleCut<ResponseBody>, Full<Bytes>>;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -126,6 +127,13 @@ async fn run_h1(
                 if ended.is_err() || !pausing || !ctl.migratable() {
                     // Ended by the client, an error, or hyper's own keep-alive rules: close as hyper would.
                     let mut io = conn.into_parts().io.into_inner();
+                    if ended.as_ref().is_err_and(|e| is_idle_cut(e)) {
+                        // A response cut part-way by the stream idle timeout: a reset, so that no client takes
+                        // it for whole (an HTTP/1.0 client's body ends with the connection).
+                        let (_, stream) = io.into_parts();
+                        let _ = socket2::SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO));
+                        return None;
+                    }
                     let _ = io.shutdown().await;
                     return None;
                 }
@@ -197,7 +205,11 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 
 /// Forwards a request to the cluster: the response, and the status the listener's metrics count for it (the
 /// upstream's, or that of baton's own answer to a failure, which a gRPC client gets as a gRPC status).
-async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx) -> (Response<ProxyBody>, u16) {
+async fn forward(
+    mut req: Request<RequestBody>,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+) -> (Response<ProxyBody>, u16) {
     if req.method() == http::Method::CONNECT {
         // baton is a reverse proxy: it opens no tunnel to where a client asks, and forwards nothing.
         return (
@@ -208,6 +220,12 @@ async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx)
     let cluster = &ctx.cluster;
     let endpoint = cluster.pick();
     let grpc = is_grpc(req.headers());
+    // A request body still streaming when the response starts keeps the exchange alive as the response does.
+    let activity = (!cluster.stream_idle_timeout.is_zero() && !req.body().is_end_stream()).then(|| {
+        let activity = Arc::new(Activity::default());
+        req.body_mut().watched_by(activity.clone());
+        activity
+    });
     let (mut parts, body) = req.into_parts();
     shape(&mut parts, cluster.protocol, &endpoint.authority, peer);
     let upstream = cluster.send(endpoint, Request::from_parts(parts, body));
@@ -221,7 +239,10 @@ async fn forward(req: Request<RequestBody>, peer: SocketAddr, ctx: &ListenerCtx)
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             match one_content_length(&mut parts.headers) {
-                Ok(()) => return (Response::from_parts(parts, Either::Left(body)), status),
+                Ok(()) => {
+                    let body = IdleCut::new(body, ctx, endpoint.addr, activity);
+                    return (Response::from_parts(parts, Either::Left(body)), status);
+                }
                 Err(why) => Failure::Exchange(why.into()),
             }
         }

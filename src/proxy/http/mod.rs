@@ -3,7 +3,9 @@
 //! A connection's first bytes say which protocol it speaks ([`mod@sniff`]). HTTP/1 goes to the HTTP/1 engine
 //! ([`engine`], with its parsers in [`parse`] and body framing in [`framing`]), which serves the common request
 //! itself and hands anything else to hyper ([`hyper_path`]) with the bytes read so far; h2c goes to hyper at once.
-//! Both paths share the hop-by-hop field rules ([`fields`]) and the answers to upstream failures ([`failure`]).
+//! Both paths share the hop-by-hop field rules ([`fields`]) and the answers to upstream failures ([`failure`]);
+//! each ends an exchange that moves no byte for the cluster's `stream_idle_timeout` (the engine in [`exchange`],
+//! hyper's in [`stream_idle`]).
 //!
 //! At a migration an HTTP/1 connection leaves between two exchanges (the engine: with the bytes read and not
 //! forwarded; hyper: at a response boundary, see [`quiescence`]); HTTP/2 gets GOAWAY and finishes here.
@@ -17,6 +19,7 @@ pub mod hyper_path;
 pub mod parse;
 pub mod quiescence;
 pub mod sniff;
+pub mod stream_idle;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 
 use std::mem::MaybeUninit;
 
-use crate::proxy::http::failure::{HTTP2_FRAMES, UNASKED_101};
+use crate::proxy::http::failure::{HTTP2_FRAMES, NOT_HTTP1, UNASKED_101};
 use crate::proxy::http::fields::{tokens, Field};
 
 /// Largest request or response head handled here: hyper's limit, which answers a larger request head 431.
@@ -94,6 +94,8 @@ pub(super) fn parse_response(
                 Ok(httparse::Status::Partial) => return Err("response head too large"),
                 // An HTTP/2-only upstream answers an HTTP/1.1 request with a SETTINGS or GOAWAY frame.
                 Err(_) if buf.len() >= 4 && buf[0] == 0 && matches!(buf[3], 0x04 | 0x07) => return Err(HTTP2_FRAMES),
+                // Not even the start of a status line: another protocol (TLS, a banner, ...).
+                Err(_) if !buf.starts_with(&b"HTTP/1."[..buf.len().min(7)]) => return Err(NOT_HTTP1),
                 Err(_) => return Err("malformed response head"),
             };
         let status = resp.code.unwrap_or(0);
@@ -610,7 +612,12 @@ mod tests {
         assert!(response("HTTP/1.1 101 Switching Protocols\r\n\r\n", false, false)
             .0
             .is_err());
-        assert!(response("NOT HTTP\r\n\r\n", false, false).0.is_err());
+        assert_eq!(response("NOT HTTP\r\n\r\n", false, false).0, Err(NOT_HTTP1));
+        assert_eq!(response("SSH-2.0-OpenSSH_9.2\r\n", false, false).0, Err(NOT_HTTP1));
+        assert_eq!(
+            response("HTTP/1.1 2xx OK\r\n\r\n", false, false).0,
+            Err("malformed response head")
+        );
         // An HTTP/2-only upstream: a SETTINGS frame, then GOAWAY.
         let frames = "\0\0\x06\x04\0\0\0\0\0\0\x03\0\0\0\x64\0\0\x08\x07\0\0\0\0\0";
         assert_eq!(response(frames, false, false).0, Err(HTTP2_FRAMES));

@@ -2,7 +2,8 @@
 //!
 //! At a migration a stream leaves when neither direction has bytes inside this process; bytes read but not yet
 //! written travel with both fds. The same relay carries an HTTP listener's upgraded connections (WebSocket and
-//! other `101` tunnels, [`serve_tunnel`]), which migrate the same way.
+//! other `101` tunnels, [`serve_tunnel`]), which migrate the same way, and which end when no byte moved either way
+//! for the cluster's `stream_idle_timeout` (a TCP listener's streams have no such limit).
 
 pub mod splice;
 
@@ -16,7 +17,8 @@ use tokio::net::TcpStream;
 use crate::drain::detached::{fd_stream, stream_fd};
 use crate::drain::{ConnKind, Detached, Latch};
 use crate::proxy::warn::Cause;
-use crate::proxy::ListenerCtx;
+use crate::proxy::{IdleAt, ListenerCtx};
+use crate::upstream::body::Activity;
 use splice::RelayEnd;
 
 /// Relays one accepted connection until either side closes, a migration takes it, or the drain deadline drops it. A
@@ -97,12 +99,20 @@ async fn run(
 ) {
     let never = Latch::default();
     let mut when = if may_migrate { Stop::Migration } else { Stop::Never };
+    // Upgraded HTTP connections only: a TCP listener's streams (a database connection, ...) may be silent for long.
+    let idle = match kind {
+        ConnKind::Tunnel => ctx.cluster.stream_idle_timeout,
+        _ => Duration::ZERO,
+    };
+    let moved = Activity::default();
     loop {
         let metrics = &ctx.metrics;
         let up = |n| {
+            moved.touch();
             metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
         };
         let down = |n| {
+            moved.touch();
             metrics.bytes_out.fetch_add(n, Ordering::Relaxed);
         };
         let later = Latch::default();
@@ -122,6 +132,10 @@ async fn run(
             r = splice::relay(&client, &upstream, up, down, pending, stop) => r,
             _ = timer => return,
             _ = ctx.drain.deadline() => return,
+            _ = moved.idle_for(idle) => {
+                ctx.stream_idled(upstream.peer_addr().ok(), IdleAt::Tunnel);
+                return;
+            }
         };
         let (to_upstream, to_client) = match ended {
             Ok(RelayEnd::Done(..)) => return,
@@ -214,6 +228,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             protocol: UpstreamProtocol::Http1,
             pool_idle_timeout: Duration::from_secs(50),
+            stream_idle_timeout: Duration::from_secs(300),
         }));
         let metrics = Arc::new(ListenerMetrics::new("raw", "tcp"));
         let proxy = ListenerProxy::new("raw", Protocol::Tcp, cluster, metrics, drain.clone());
