@@ -61,7 +61,7 @@ impl BodyEnd {
 
 /// Finds the end of a chunked body passed through as it is (RFC 9112 §7.1), trailers included.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(super) struct ChunkedDecoder {
+pub struct ChunkedDecoder {
     state: ChunkState,
     /// Chunk size read so far, or bytes of chunk data left.
     size: u64,
@@ -95,7 +95,7 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 
 impl ChunkedDecoder {
     /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
-    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
         use ChunkState::*;
         let mut i = 0;
         while i < bytes.len() && self.state != Done {
