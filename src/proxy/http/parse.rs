@@ -110,16 +110,16 @@ pub fn parse_response(
             buf.drain(..head_len);
             continue;
         }
-        let mut keep_alive = resp.version == Some(1);
+        let (mut close_option, mut keep_alive_option) = (false, false);
         let (mut length, mut chunked, mut named) = (None, None, false);
         for f in resp.headers.iter() {
             match Field::of(f.name) {
                 Field::Connection => {
                     for token in tokens(f.value) {
                         if token.eq_ignore_ascii_case(b"close") {
-                            keep_alive = false;
+                            close_option = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive |= resp.version == Some(0);
+                            keep_alive_option = true;
                         } else {
                             named = true;
                         }
@@ -133,16 +133,17 @@ pub fn parse_response(
                     }
                     length = Some(n);
                 }
-                Field::TransferEncoding => {
-                    chunked = Some(
-                        tokens(f.value)
-                            .last()
-                            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-                    );
-                }
+                // The last coding of all the fields, one list (RFC 9110 §5.3): an empty field adds none.
+                Field::TransferEncoding => match tokens(f.value).last() {
+                    Some(coding) => chunked = Some(coding.eq_ignore_ascii_case(b"chunked")),
+                    None => chunked = chunked.or(Some(false)),
+                },
                 _ => {}
             }
         }
+        // `close` ends the connection whatever else it says; HTTP/1.0 persists with `keep-alive` only (RFC 9112
+        // §9.3).
+        let keep_alive = !close_option && (resp.version == Some(1) || keep_alive_option);
         let framing = if status == 101 {
             Framing::Tunnel
         } else if head_request || status == 204 || status == 304 {
@@ -649,6 +650,45 @@ mod tests {
         let (parsed, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, false);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(parsed.expect("valid").expect("complete").framing, Framing::Empty);
+    }
+
+    /// Found with the `h1_response` fuzz target's properties: `close` lost to a later `keep-alive` on HTTP/1.0,
+    /// and an empty `Transfer-Encoding` field after `chunked` made a chunked body one to the close.
+    #[test]
+    fn close_wins_and_the_last_coding_of_all_fields_frames_the_body() {
+        for raw in [
+            "HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nConnection: Close, keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        ] {
+            let head = response(raw, false, false).0.expect("valid").expect("complete");
+            assert!(!head.keep_alive, "{raw:?}");
+        }
+        let raw = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
+        assert!(
+            response(raw, false, false)
+                .0
+                .expect("valid")
+                .expect("complete")
+                .keep_alive
+        );
+        let framing = |raw: &str| response(raw, false, false).0.ok().flatten().map(|h| h.framing);
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n"),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Some(Framing::Close)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nContent-Length: 2\r\n\r\n"),
+            Some(Framing::Close)
+        );
     }
 
     #[test]
