@@ -41,6 +41,7 @@ lint:
 	$(CARGO) fmt --manifest-path bench/tools/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path bench/chart/Cargo.toml -- --check
 	$(CARGO) fmt --manifest-path migrate/fuzz/Cargo.toml -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --locked --manifest-path bench/tools/Cargo.toml --target-dir target/bench -- -D warnings
 	$(CARGO) clippy --locked --manifest-path bench/chart/Cargo.toml --target-dir target/bench -- -D warnings
 
@@ -68,14 +69,15 @@ bench-smoke:
 	CARGO=$(CARGO) bash scripts/bench.sh --smoke
 
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= frame_decoder conn_stream
+FUZZ_TARGETS ?= frame_decoder conn_stream h1_request h1_response h1_chunked
 
-## fuzz: each baton-migrate fuzz target for $(FUZZ_SECONDS) s (nightly toolchain; installs cargo-fuzz if missing)
+## fuzz: each fuzz target in FUZZ_TARGETS for $(FUZZ_SECONDS) s: baton-migrate's frame_decoder, conn_stream (migrate/fuzz) and the HTTP/1 engine's h1_request, h1_response, h1_chunked (fuzz); nightly toolchain, installs cargo-fuzz if missing
 fuzz:
 	$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
-	cd migrate && for t in $(FUZZ_TARGETS); do \
-		mkdir -p fuzz/corpus/$$t && \
-		$(CARGO) +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; \
+	for t in $(FUZZ_TARGETS); do \
+		if [ -e migrate/fuzz/fuzz_targets/$$t.rs ]; then dir=migrate; else dir=.; fi; \
+		mkdir -p $$dir/fuzz/corpus/$$t && \
+		(cd $$dir && $(CARGO) +nightly fuzz run $$t fuzz/corpus/$$t fuzz/seeds/$$t -- -max_total_time=$(FUZZ_SECONDS)) || exit 1; \
 	done
 
 ## clean: remove build outputs

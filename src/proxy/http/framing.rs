@@ -61,7 +61,7 @@ impl BodyEnd {
 
 /// Finds the end of a chunked body passed through as it is (RFC 9112 §7.1), trailers included.
 #[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub(super) struct ChunkedDecoder {
+pub struct ChunkedDecoder {
     state: ChunkState,
     /// Chunk size read so far, or bytes of chunk data left.
     size: u64,
@@ -78,6 +78,8 @@ pub(super) struct ChunkedDecoder {
 enum ChunkState {
     #[default]
     Size,
+    /// Whitespace after the size: only more of it, an extension (`;`) or the end of the line may follow.
+    SizeWs,
     Extension,
     SizeLf,
     Data,
@@ -95,7 +97,7 @@ const MAX_CHUNK_LINE: usize = 16 * 1024;
 
 impl ChunkedDecoder {
     /// Consumes `bytes` up to the end of the body: how many belong to it, and whether it ended.
-    pub(super) fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(usize, bool), &'static str> {
         use ChunkState::*;
         let mut i = 0;
         while i < bytes.len() && self.state != Done {
@@ -129,11 +131,20 @@ impl ChunkedDecoder {
                     self.size = self.size * 16 + u64::from((b as char).to_digit(16).unwrap_or(0));
                     Size
                 }
-                (Size, b';' | b' ' | b'\t') if self.sized => {
+                // `chunk-size [ chunk-ext ] CRLF`, `chunk-ext = *( BWS ";" ... )` (RFC 9112 §7.1): after the
+                // size's whitespace, nothing but more of it, a `;` or the CR (a `5 x` size is no size).
+                (Size | SizeWs, b' ' | b'\t') if self.sized => {
+                    self.line += 1;
+                    if self.line > MAX_CHUNK_LINE {
+                        return Err("chunk size line too long");
+                    }
+                    SizeWs
+                }
+                (Size | SizeWs, b';') if self.sized => {
                     self.line = 0;
                     Extension
                 }
-                (Size, b'\r') if self.sized => SizeLf,
+                (Size | SizeWs, b'\r') if self.sized => SizeLf,
                 (Extension, b'\r') => SizeLf,
                 (Extension, b'\n') => return Err("bare LF in a chunk extension"),
                 (Extension, _) => {
@@ -221,5 +232,35 @@ mod tests {
                 String::from_utf8_lossy(bad)
             );
         }
+    }
+
+    /// Found by the `h1_chunked` fuzz target (against httparse): a size followed by whitespace was taken with
+    /// anything after it, `5 x` as 5.
+    #[test]
+    fn only_an_extension_follows_the_whitespace_after_a_chunk_size() {
+        for good in [
+            &b"5 \r\n"[..],
+            b"5\t \r\n",
+            b"5 ;a=b\r\n",
+            b"5\t; a = \"b\"\r\n",
+            b"0 \r\n",
+        ] {
+            assert_eq!(
+                ChunkedDecoder::default().feed(good),
+                Ok((good.len(), false)),
+                "{:?}",
+                String::from_utf8_lossy(good)
+            );
+        }
+        for bad in [&b"5 x\r\n"[..], b"5 5\r\n", b"000 0\r\n", b"5\t=\r\n", b" 5\r\n"] {
+            assert!(
+                ChunkedDecoder::default().feed(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let mut whitespace = b"5".to_vec();
+        whitespace.resize(MAX_CHUNK_LINE + 2, b' ');
+        assert!(ChunkedDecoder::default().feed(&whitespace).is_err());
     }
 }

@@ -17,27 +17,29 @@ const RESPONSE_FIELDS: usize = 100;
 
 /// A request ready to forward: its rewritten head is in the output buffer.
 #[derive(Debug, PartialEq)]
-pub(super) struct Request {
+pub struct Request {
     /// Bytes of the client buffer its head takes.
-    pub(super) head_len: usize,
+    pub head_len: usize,
     /// Bytes of the client buffer it takes: head, and body if read whole.
-    pub(super) len: usize,
+    pub len: usize,
     /// A body streamed after the head (`Framing::Length` over 64 KiB, or `Framing::Chunked`): its bytes follow
     /// `len` in the client buffer as they arrive. `None`: the body, if any, is within `len`.
-    pub(super) streamed: Option<Framing>,
+    pub streamed: Option<Framing>,
     /// `HEAD`: the response has no body whatever its fields say.
-    pub(super) is_head: bool,
+    pub is_head: bool,
     /// Safe to send again if a reused upstream connection closed before answering (RFC 9110 §9.2.2).
-    pub(super) idempotent: bool,
+    pub idempotent: bool,
     /// The client asked to close after the response.
-    pub(super) close: bool,
+    pub close: bool,
     /// The client asked to switch protocols (`Upgrade`, named in `Connection`): on `101` the connection becomes a
     /// byte tunnel.
-    pub(super) upgrade: bool,
+    pub upgrade: bool,
 }
 
+/// What [`parse_request`] found at the start of the client buffer.
 #[derive(Debug, PartialEq)]
-pub(super) enum Parsed {
+pub enum Parsed {
+    /// A request this engine serves.
     Ready(Request),
     /// More bytes needed.
     Partial,
@@ -47,10 +49,12 @@ pub(super) enum Parsed {
 
 /// How the response body ends.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) enum Framing {
+pub enum Framing {
     /// No body (a `HEAD` request, 204, 304).
     Empty,
+    /// `Content-Length`: this many bytes.
     Length(u64),
+    /// `Transfer-Encoding: chunked`: up to the last chunk and the trailers.
     Chunked,
     /// Until the upstream closes: the client connection closes too.
     Close,
@@ -60,15 +64,17 @@ pub(super) enum Framing {
 
 /// A parsed upstream response head (the informational responses before it dropped from `ubuf`).
 #[derive(Debug, PartialEq)]
-pub(super) struct ResponseHead {
+pub struct ResponseHead {
     /// Bytes of `ubuf` it takes.
-    pub(super) head_len: usize,
-    pub(super) status: u16,
-    pub(super) framing: Framing,
+    pub head_len: usize,
+    /// Its status code.
+    pub status: u16,
+    /// How its body ends.
+    pub framing: Framing,
     /// The upstream keeps the connection open after it.
-    pub(super) keep_alive: bool,
+    pub keep_alive: bool,
     /// The client connection closes after it.
-    pub(super) close: bool,
+    pub close: bool,
 }
 
 /// Parses the response head at the start of `buf` (`Ok(None)`: incomplete) and writes the head the client gets
@@ -77,7 +83,7 @@ pub(super) struct ResponseHead {
 /// body ends with the connection. Informational (1xx) responses are removed from `buf`, as hyper's client does.
 /// A `101` is the answer to an `upgrade` request only (else an error): its head keeps `Upgrade` and says
 /// `Connection: upgrade`.
-pub(super) fn parse_response(
+pub fn parse_response(
     buf: &mut Vec<u8>,
     head_request: bool,
     upgrade: bool,
@@ -106,16 +112,16 @@ pub(super) fn parse_response(
             buf.drain(..head_len);
             continue;
         }
-        let mut keep_alive = resp.version == Some(1);
+        let (mut close_option, mut keep_alive_option) = (false, false);
         let (mut length, mut chunked, mut named) = (None, None, false);
         for f in resp.headers.iter() {
             match Field::of(f.name) {
                 Field::Connection => {
                     for token in tokens(f.value) {
                         if token.eq_ignore_ascii_case(b"close") {
-                            keep_alive = false;
+                            close_option = true;
                         } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            keep_alive |= resp.version == Some(0);
+                            keep_alive_option = true;
                         } else {
                             named = true;
                         }
@@ -129,16 +135,17 @@ pub(super) fn parse_response(
                     }
                     length = Some(n);
                 }
-                Field::TransferEncoding => {
-                    chunked = Some(
-                        tokens(f.value)
-                            .last()
-                            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked")),
-                    );
-                }
+                // The last coding of all the fields, one list (RFC 9110 §5.3): an empty field adds none.
+                Field::TransferEncoding => match tokens(f.value).last() {
+                    Some(coding) => chunked = Some(coding.eq_ignore_ascii_case(b"chunked")),
+                    None => chunked = chunked.or(Some(false)),
+                },
                 _ => {}
             }
         }
+        // `close` ends the connection whatever else it says; HTTP/1.0 persists with `keep-alive` only (RFC 9112
+        // §9.3).
+        let keep_alive = !close_option && (resp.version == Some(1) || keep_alive_option);
         let framing = if status == 101 {
             Framing::Tunnel
         } else if head_request || status == 204 || status == 304 {
@@ -274,7 +281,7 @@ fn plain_target_byte(b: u8) -> bool {
 /// origin-form target, HTTP/1.1, hop-by-hop fields removed, `X-Forwarded-For` extended with `forwarded_for`. An
 /// upgrade request without a body (`Upgrade`, named in `Connection`: WebSocket or any other protocol) keeps its
 /// `Upgrade` field and says `Connection: upgrade`.
-pub(super) fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) -> Parsed {
+pub fn parse_request(buf: &[u8], forwarded_for: &str, out: &mut Vec<u8>) -> Parsed {
     let mut fields = [httparse::EMPTY_HEADER; REQUEST_FIELDS];
     let mut req = httparse::Request::new(&mut fields);
     let head_len = match req.parse(buf) {
@@ -650,6 +657,45 @@ mod tests {
         let (parsed, out) = response("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", true, false);
         assert_eq!(out, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
         assert_eq!(parsed.expect("valid").expect("complete").framing, Framing::Empty);
+    }
+
+    /// Found with the `h1_response` fuzz target's properties: `close` lost to a later `keep-alive` on HTTP/1.0,
+    /// and an empty `Transfer-Encoding` field after `chunked` made a chunked body one to the close.
+    #[test]
+    fn close_wins_and_the_last_coding_of_all_fields_frames_the_body() {
+        for raw in [
+            "HTTP/1.0 200 OK\r\nConnection: close, keep-alive\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\nConnection: Close, keep-alive\r\nContent-Length: 2\r\n\r\nok",
+        ] {
+            let head = response(raw, false, false).0.expect("valid").expect("complete");
+            assert!(!head.keep_alive, "{raw:?}");
+        }
+        let raw = "HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok";
+        assert!(
+            response(raw, false, false)
+                .0
+                .expect("valid")
+                .expect("complete")
+                .keep_alive
+        );
+        let framing = |raw: &str| response(raw, false, false).0.ok().flatten().map(|h| h.framing);
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding:\r\n\r\n"),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Some(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Some(Framing::Close)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nTransfer-Encoding:\r\nContent-Length: 2\r\n\r\n"),
+            Some(Framing::Close)
+        );
     }
 
     #[test]
