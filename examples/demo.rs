@@ -1021,12 +1021,10 @@ impl Demo {
         let pid = i64::from(old.proc.pid);
         let deadline = Instant::now() + SUPERSEDED_DEADLINE;
         while Instant::now() < deadline && old.proc.exited().is_none() {
-            let listed = get_status(self.admin).await.ok().and_then(|s| {
-                s.others
-                    .iter()
-                    .find(|o| o.pid == pid)
-                    .map(|o| o.phase.clone())
-            });
+            let listed = get_status(self.admin)
+                .await
+                .ok()
+                .and_then(|s| s.others.iter().find(|o| o.pid == pid).map(|o| o.phase.clone()));
             if listed.as_deref() == Some("superseded") {
                 log(format!(
                     "proxy-{} ({}) handed everything over: superseded, holding nothing until the reset ({} after \
