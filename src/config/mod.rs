@@ -459,7 +459,8 @@ handoff: {timeout: 10, grace: 2s}
              `request_timeout`, `pool_idle_timeout`, `stream_idle_timeout`, `protocol`",
             "admin: unknown field `port`, expected `address`",
             "unknown field `tracing`, expected one of `listeners`, `clusters`, `admin`, `handoff`",
-            "handoff: unknown field `grace`, expected one of `uds_dir`, `timeout`, `drain_timeout`, `inherit_config`",
+            "handoff: unknown field `grace`, expected one of `uds_dir`, `timeout`, `drain_timeout`, `probation`, \
+             `inherit_config`",
             "clusters[0].connect_timeout: \"3 parsecs\" is not a duration (use e.g. 500ms, 30s, 2m, 1h)",
             "listeners[0].cluster: no cluster named \"nope\"",
             "admin.address: 127.0.0.1:1 is already used by listeners[0].address",
