@@ -12,6 +12,9 @@
 //! or 431), expectations other than `100-continue`, `CONNECT` and absolute-form requests, HTTP/1.0 clients, fields
 //! named in `Connection`, and transfer codings other than `chunked`.
 //!
+//! A connection idle between two requests holds no buffer and no exchange state, only its socket and a small task
+//! (see `bursts`); its buffers go to a per-thread spare list, for the next connection that wakes up.
+//!
 //! A migration takes the connection where it is: between two exchanges, with the bytes read and not forwarded
 //! (even a whole pipelined request), or in the middle of one, at its next read or blocked write, with the
 //! exchange's state ([`ConnKind::Exchange`](crate::drain::ConnKind::Exchange)).
@@ -36,7 +39,7 @@ use crate::telemetry::metrics::ListenerMetrics;
 pub async fn serve(client: TcpStream, read: Vec<u8>, peer: SocketAddr, ctx: Arc<ListenerCtx>, may_migrate: bool) {
     tokio::select! {
         biased;
-        _ = run(client, read, peer, &ctx, may_migrate, None) => {}
+        _ = bursts(client, read, peer, &ctx, may_migrate, None) => {}
         _ = ctx.drain.deadline() => {}
     }
 }
@@ -53,24 +56,90 @@ pub fn resume(
         let Ok(peer) = client.peer_addr() else { return };
         tokio::select! {
             biased;
-            _ = run(client, cbuf, peer, &ctx, true, Some(exchange)) => {}
+            _ = bursts(client, cbuf, peer, &ctx, true, Some(Box::new(exchange))) => {}
             _ = ctx.drain.deadline() => {}
         }
     })
 }
 
-async fn run(
+/// A connection idle between two requests, nothing read of the next one: [`run`] leaves it to [`bursts`], which waits
+/// for the next request without the burst's state.
+struct Idle {
+    client: TcpStream,
+    may_migrate: bool,
+}
+
+/// Serves a connection as a series of bursts: each runs its exchanges in a boxed [`run`], which returns as soon as
+/// the connection is idle between two requests. An idle connection (a keep-alive client that may stay silent for
+/// minutes, by the thousands) then holds only its socket and this small future: no buffer, no exchange state.
+async fn bursts(
     mut client: TcpStream,
     mut cbuf: Vec<u8>,
     peer: SocketAddr,
     ctx: &Arc<ListenerCtx>,
     mut may_migrate: bool,
+    mut resumed: Option<Box<Exchange>>,
+) {
+    let forwarded_for = peer.ip().to_string();
+    loop {
+        let mut idle = None;
+        // Built apart from its await: a temporary of the awaiting statement would take room in this future.
+        let burst = Box::pin(run(
+            client,
+            cbuf,
+            &forwarded_for,
+            peer,
+            ctx,
+            may_migrate,
+            resumed.take().map(|ex| *ex),
+            &mut idle,
+        ));
+        burst.await;
+        let Some(Idle {
+            client: quiet,
+            may_migrate: m,
+        }) = idle
+        else {
+            return; // the connection is done with
+        };
+        if !woken(&quiet, ctx, m).await {
+            return;
+        }
+        (client, cbuf, may_migrate) = (quiet, Vec::new(), m);
+    }
+}
+
+/// Waits until an idle connection is readable (true) or, if `may_migrate`, a migration starts (true: `run`'s first
+/// step hands it over). False when the socket failed.
+async fn woken(client: &TcpStream, ctx: &ListenerCtx, may_migrate: bool) -> bool {
+    tokio::select! {
+        biased;
+        ready = client.readable() => ready.is_ok(),
+        _ = ctx.drain.migration(), if may_migrate => true,
+    }
+}
+
+/// Runs exchanges on a connection until it ends, or until it is idle (then in `idle`; see [`bursts`]).
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut client: TcpStream,
+    mut cbuf: Vec<u8>,
+    forwarded_for: &str,
+    peer: SocketAddr,
+    ctx: &Arc<ListenerCtx>,
+    mut may_migrate: bool,
     mut resumed: Option<Exchange>,
+    idle: &mut Option<Idle>,
 ) {
     let metrics = &ctx.metrics;
     let cluster = &ctx.cluster;
-    let forwarded_for = peer.ip().to_string();
-    let mut bufs = Buffers::default();
+    // A burst woken by a readable socket reads here once whatever comes (the client may have sent part of a
+    // request, or nothing after all); any other wait with nothing of the next request read ends the burst.
+    let mut may_park = !cbuf.is_empty() || resumed.is_some();
+    let (spare, mut bufs) = Buffers::take();
+    if cbuf.capacity() == 0 {
+        cbuf = spare;
+    }
     let mut migration = ctx.drain.migration();
     let timer = tokio::time::sleep(cluster.request_timeout);
     tokio::pin!(timer);
@@ -91,14 +160,21 @@ async fn run(
                 let req = loop {
                     let out = bufs.request();
                     out.clear();
-                    match parse_request(&cbuf, &forwarded_for, out) {
+                    match parse_request(&cbuf, forwarded_for, out) {
                         Parsed::Ready(r) => break r,
                         Parsed::Elsewhere => {
                             let io = ClientIo::new(Bytes::from(cbuf), client, metrics.clone());
-                            return hyper_path::serve_h1(io, peer, ctx.clone(), may_migrate).await;
+                            // Boxed, as every rare path: a task is as large as its largest state, all its life.
+                            return Box::pin(hyper_path::serve_h1(io, peer, ctx.clone(), may_migrate)).await;
                         }
                         Parsed::Partial => {}
                     }
+                    if cbuf.is_empty() && may_park {
+                        std::mem::take(&mut bufs).spare(cbuf);
+                        *idle = Some(Idle { client, may_migrate });
+                        return;
+                    }
+                    may_park = true;
                     cbuf.reserve(READ_ROOM);
                     let got = tokio::select! {
                         biased;
@@ -196,7 +272,7 @@ async fn run(
                 let _ = write(&mut client, &out, metrics).await;
                 return lingering_close(client).await;
             }
-            Step::Tunnel => return tunnel(client, ex, cbuf, ctx, may_migrate).await,
+            Step::Tunnel => return Box::pin(tunnel(client, ex, cbuf, ctx, may_migrate)).await,
             Step::Depart => {
                 let detached = match ex.detach(client, std::mem::take(&mut cbuf), ctx.listener.clone()) {
                     Ok(d) => d,

@@ -60,11 +60,13 @@ async fn serve_from(mut stream: TcpStream, mut read: Vec<u8>, peer: SocketAddr, 
         };
         match sniffed {
             Sniffed::Gone => return,
-            Sniffed::H2(io) => return hyper_path::serve_h2(io, peer, ctx).await,
+            // hyper's paths are boxed: a connection task is as large as the largest state it can be in, for its
+            // whole life, and the engine's idle state is small.
+            Sniffed::H2(io) => return Box::pin(hyper_path::serve_h2(io, peer, ctx)).await,
             // The engine speaks HTTP/1.1 to the upstream: an h2c cluster's requests all go through hyper.
             Sniffed::H1(stream, read) if ctx.cluster.protocol == UpstreamProtocol::H2c => {
                 let io = ClientIo::new(Bytes::from(read), stream, ctx.metrics.clone());
-                return hyper_path::serve_h1(io, peer, ctx, may_migrate).await;
+                return Box::pin(hyper_path::serve_h1(io, peer, ctx, may_migrate)).await;
             }
             Sniffed::H1(stream, read) => return engine::serve(stream, read, peer, ctx, may_migrate).await,
             Sniffed::Silent(quiet, bytes) => match depart(&ctx, quiet, bytes).await {
