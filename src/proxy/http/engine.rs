@@ -114,7 +114,8 @@ async fn bursts(
 async fn woken(client: &TcpStream, ctx: &ListenerCtx, may_migrate: bool) -> bool {
     tokio::select! {
         biased;
-        ready = client.readable() => ready.is_ok(),
+        // poll_read_ready keeps the waker in the socket's registration: a smaller future than readable()'s.
+        ready = std::future::poll_fn(|cx| client.poll_read_ready(cx)) => ready.is_ok(),
         _ = ctx.drain.migration(), if may_migrate => true,
     }
 }
