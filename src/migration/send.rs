@@ -16,7 +16,7 @@ use crate::telemetry::state::State;
 use crate::upstream::Cluster;
 
 /// Most connections offered in one batch.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// Starts the migration on `drain`: every connection task heads for its quiescent point and departs, and a hub
 /// task sends them over `session`, with the idle upstream connections of `upstreams`. The hub ends, sending this
@@ -75,6 +75,8 @@ async fn run_hub(
                 None => break,
             }
         }
+        // The next connections leave while this batch travels.
+        departures.next_wave();
         // Each client connection of the batch gave its upstream connection back before departing: it goes first,
         // so that the successor has it before the client's next request.
         for d in &batch {
