@@ -84,9 +84,10 @@ impl Drain {
     /// Starts the migration of live connections: every connection task heads for its quiescent point and
     /// [`Drain::depart`]s. Returns the departures to offer to the successor; `None` if a migration already began.
     ///
-    /// The connection tasks waiting for the migration are woken in waves of [`MIGRATION_WAVE`] (the first one
-    /// now, the next ones as the [`Departures`] are taken: see there), so that the first ones reach the successor
-    /// while the others are still leaving, rather than all of them leaving before the first is sent. A task that
+    /// The connection tasks waiting for the migration are woken in waves (a quarter of [`MIGRATION_WAVE`] now, so
+    /// that the first batch leaves soon, then [`MIGRATION_WAVE`] at a time as the [`Departures`] are taken: see
+    /// there), so that the first ones reach the successor while the others are still leaving, rather than all of
+    /// them leaving before the first is sent. A task that
     /// wakes for another reason (a request) sees the migration begun and departs after its exchange.
     pub fn begin_migration(self: &Arc<Self>) -> Option<Departures> {
         let queue = self.queue.lock().ok()?.take()?;
