@@ -1884,7 +1884,7 @@ fn panels(r: &Results) -> Vec<chart::Figure> {
         groups: vec![
             "before".into(),
             "holding them".into(),
-            "baton: new instance after the upgrade".into(),
+            "baton, after upgrade".into(),
         ],
         series: rss,
         decimals: 1,
