@@ -622,18 +622,6 @@ cpu_sum() {
   echo "$total"
 }
 
-# kernel_ticks PIDS...: "USER KERNEL", the clock ticks the processes spent in user space and in the kernel so far
-# (/proc/PID/stat utime and stime: tick-sampled, so only their ratio over a whole run is used).
-kernel_ticks() {
-  local pid u=0 k=0 f
-  for pid in "$@"; do
-    f=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
-    read -r -a f <<<"$f"
-    u=$((u + f[11])) k=$((k + f[12]))
-  done
-  echo "$u $k"
-}
-
 # fixedrate_json ADDR RATE: one bench/tools fixedrate run (FR_CONNS keep-alive connections, FR_WARM s warm-up,
 # FR_SECS s measured); prints its JSON.
 fixedrate_json() {
@@ -656,14 +644,12 @@ fixed_rate() {
     for ((round = 1; round <= ROUNDS; round++)); do
       for t in "${FR_TARGETS[@]}"; do
         # shellcheck disable=SC2086  # a list of pids
-        c0=$(cpu_sum ${fr_pids[$t]:-}) && read -r u0 k0 <<<"$(kernel_ticks ${fr_pids[$t]:-})"
+        c0=$(cpu_sum ${fr_pids[$t]:-})
         run=$(fixedrate_json "${fr_addr[$t]}" "$rate")
         # shellcheck disable=SC2086
-        c1=$(cpu_sum ${fr_pids[$t]:-}) && read -r u1 k1 <<<"$(kernel_ticks ${fr_pids[$t]:-})"
+        c1=$(cpu_sum ${fr_pids[$t]:-})
         jq -c --argjson ns "$((c1 - c0))" --argjson has "$([[ -n ${fr_pids[$t]:-} ]] && echo true || echo false)" \
-          --argjson ut "$((u1 - u0))" --argjson kt "$((k1 - k0))" \
-          'if $has and .responses_total > 0 then . + {cpu_us_per_req: ($ns / 1e3 / .responses_total),
-             cpu_kernel_share: (if $ut + $kt > 0 then $kt / ($ut + $kt) else null end)} else . end' \
+          'if $has and .responses_total > 0 then . + {cpu_us_per_req: ($ns / 1e3 / .responses_total)} else . end' \
           <<<"$run" >>"$TMP/fr-$key-$rate-$t"
         log "$key $rate req/s $t, round $round: $(tail -1 "$TMP/fr-$key-$rate-$t" | jq -r '"achieved \(.achieved_rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors|add), unfinished \(.unfinished)\(if .cpu_us_per_req then ", CPU \(.cpu_us_per_req*100|round/100) us/req" else "" end)"')"
       done
@@ -676,7 +662,6 @@ fixed_rate() {
          achieved_rps: median(.achieved_rps), p50_us: median(.p50_us), p90_us: median(.p90_us),
          p99_us: median(.p99_us), p999_us: median(.p999_us), max_us: median(.max_us), mean_us: median(.mean_us),
          send_lag_p99_us: median(.send_lag_p99_us), cpu_us_per_req: median(.cpu_us_per_req),
-         cpu_kernel_share: median(.cpu_kernel_share),
          errors: ([$runs[].errors | add] | add), unfinished: ([$runs[].unfinished] | add),
          requests: ([$runs[].requests] | add), runs: $runs}' "$f") || die "fixed rate $key $rate $t: no runs"
       put ".$key.r$rate.$t" "$j"

@@ -437,11 +437,6 @@ fn grpc_unary(r: &mut Results, rep: &mut Report) {
     }
 }
 
-/// A share as a percentage.
-fn fmt_pct(v: Option<f64>) -> String {
-    v.map(|x| format!("{:.0}%", x * 100.0)).unwrap_or_else(|| "n/a".into())
-}
-
 /// A rate with thousands separators (2,000).
 fn rate_label(rate: f64) -> String {
     fmt_num(Some(rate), 0)
@@ -601,30 +596,6 @@ fn fixed_rate(r: &mut Results, rep: &mut Report) {
     );
     if let Some(row) = rep.rows.last_mut() {
         row.cells[0] = "—".into();
-    }
-    // How much of that CPU is the kernel's (network stack, wake-ups): what no user-space change can remove.
-    let share = PROXIES.map(|p| r.opt(&format!("fixed_rate/r{cpu_rate:.0}/{p}/cpu_kernel_share")));
-    if share[1].is_some() {
-        rep.push(Row {
-            metric: format!(
-                "8 of that CPU at {} req/s, the share spent in the kernel (utime/stime ticks)",
-                rate_label(cpu_rate)
-            ),
-            cells: ["—".into(), fmt_pct(share[1]), fmt_pct(share[2]), fmt_pct(share[3])],
-            ratio: "—".into(),
-            target: String::new(),
-            status: None,
-        });
-        let best = [cpu[2], cpu[3]].into_iter().flatten().reduce(f64::min);
-        if let (Some(b), Some(k), Some(best)) = (cpu[1], share[1], best) {
-            rep.notes.push(format!(
-                "CPU per request at {} req/s: {:.0}% of baton's is kernel time (the TCP stack on both hops, wake-ups); with none of its own user-space time left, baton would still use {:.2} µs per request, {:.2}× the best peer's {best:.2} µs",
-                rate_label(cpu_rate),
-                k * 100.0,
-                b * k,
-                b * k / best
-            ));
-        }
     }
     rep.notes.push(
         "fixed-rate rows: \"latency added\" is the proxy's percentile minus direct's at the same rate (the direct column holds direct's own); a proxy that achieves less than 95% of the asked rate does not sustain it, and its latencies then include the queue that builds up".into(),
@@ -1881,11 +1852,7 @@ fn panels(r: &Results) -> Vec<chart::Figure> {
     figures.push(Figure::Bars(Panel {
         title: format!("{} idle keep-alive connections: RSS", fmt_num(Some(n), 0)),
         y_label: "MiB".into(),
-        groups: vec![
-            "before".into(),
-            "holding them".into(),
-            "baton, after upgrade".into(),
-        ],
+        groups: vec!["before".into(), "holding them".into(), "baton, after upgrade".into()],
         series: rss,
         decimals: 1,
         clip: None,
