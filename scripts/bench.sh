@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # baton benchmark suite: baton against a direct connection, nginx and HAProxy, all on 127.0.0.1.
 #
-#   scripts/bench.sh            full run (~7-8 min plus builds): bench/results.{md,json,png}
-#   scripts/bench.sh --smoke    ~1 s per scenario, minimal counts, proves the harness end to end (< 90 s with
-#                               warm builds); results in target/bench/smoke/
+#   scripts/bench.sh            full run (~8 min plus builds): bench/results.{md,json,png}
+#   scripts/bench.sh --smoke    a fraction of a second to ~1 s per scenario, minimal counts, proves the harness end
+#                               to end (< 2 min with warm builds); results in target/bench/smoke/
 #
 # Run from anywhere as root (scripts/deps.sh installs missing Debian packages: nginx, libnginx-mod-stream, haproxy,
 # wrk, nghttp2-client, curl, jq, fonts-dejavu-core), no stdin needed. Every proxy gets ONE worker/thread in front of
@@ -17,6 +17,7 @@
 #  3c gRPC unary            bench/tools grpcload (checks every answer: grpc-status 0 in the trailers) against
 #                           bench/tools grpcserver, direct and through the same three HTTP/2 upstream setups
 #   4 TCP relay             one bulk stream (bench/tools tcpbulk) direct, through baton, nginx stream, HAProxy
+#  4b TCP relay, fixed rate the same stream paced at 1 Gbit/s: the proxy's CPU per GB relayed
 #   5 upgrades under load   20 upgrades in 10 s under each of three clients: wrk keep-alive, wrk new connection,
 #                           an idle keep-alive pool (bench/tools idlepool: 100 connections, each used once every
 #                           300 ms, no retry); baton handoffs driven like examples/demo.rs, nginx `kill -HUP`,
@@ -24,6 +25,14 @@
 #   6 handoff latency       50 baton upgrades: start of the new process -> it answers on the inherited sockets,
 #                           and when `baton migrate` returns
 #   7 memory                VmRSS of baton idle and under load, of the empty-slot placeholder, of the peers
+#   8 fixed request rate    bench/tools fixedrate (open loop, latency from each request's due time: no coordinated
+#                           omission) at 2k, 10k and 30k req/s over 64 keep-alive connections: the latency each
+#                           proxy adds to direct (p50, p99, p99.9), and the proxy's CPU per request at 10k req/s
+#   9 10,000 connections    10,000 idle keep-alive connections (bench/tools holdconns): RSS of each proxy holding
+#                           them; a baton upgrade hands all of them over (commit -> last acknowledged, none lost,
+#                           the next request on each one answered)
+#  10 two workers           scenario 1 (-c128) and 8 with baton --workers 2, nginx worker_processes 2, HAProxy
+#                           nbthread 2
 # The table (bench/chart renders it, with the chart) says "met" or "MISSED" for each target. Missed targets never
 # fail the run: the exit code is non-zero only when the harness itself breaks (a tool missing after install,
 # a process that does not start, output that does not parse).
@@ -43,26 +52,36 @@ CARGO=${CARGO:-cargo}
 START_S=$SECONDS
 
 if [[ $MODE == full ]]; then
-  WARMUP=1 DUR=5            # seconds: warm-up run, measured run (scenarios 1-3c)
-  ROUNDS=3                  # scenarios 1-2: measured runs per target, interleaved; the median is reported
-  TCP_SECS=3 TCP_WARM=0.5   # scenario 4
+  WARMUP=1 DUR=2            # seconds: warm-up run, measured run (scenarios 1-3c)
+  ROUNDS=3                  # scenarios 1, 2, 4, 4b, 8, 10: measured runs per target, interleaved; medians reported
+  TCP_SECS=2 TCP_WARM=0.5   # scenario 4
+  TCP_RATE_SECS=2           # scenario 4b, per run (after TCP_WARM)
   UPG_COUNT=20 UPG_SPAN=10  # scenario 5: upgrades within UPG_SPAN seconds
   IDLE_PRE=1 IDLE_TAIL=2 IDLE_SETTLE=1 # scenario 5, idle pool: seconds before the first upgrade, after the span
   HANDOFF_COUNT=50 HANDOFF_GAP_MS=100
+  FR_SECS=2 FR_WARM=0.3     # scenarios 8 and 10: measured seconds per fixed-rate run, after a warm-up
+  MANY_CONNS=10000          # scenario 9
   OUT_DIR=$ROOT/bench
 else
   WARMUP=0 DUR=1 ROUNDS=1
-  TCP_SECS=1 TCP_WARM=0.2
+  TCP_SECS=1 TCP_WARM=0.2 TCP_RATE_SECS=0.3
   UPG_COUNT=2 UPG_SPAN=1
   IDLE_PRE=0.3 IDLE_TAIL=0.5 IDLE_SETTLE=0.3
   HANDOFF_COUNT=3 HANDOFF_GAP_MS=100
+  FR_SECS=0.3 FR_WARM=0.1
+  MANY_CONNS=1000
   OUT_DIR=$ROOT/target/bench/smoke
 fi
 CONNS=32               # wrk connections
-WIDE_CONNS=128         # scenario 1, second run: enough connections to keep every proxy busy
+WIDE_CONNS=128         # scenario 1, second run: enough connections to keep every proxy busy; scenario 10
 H2_CONNS=16 H2_STREAMS=16
 IDLE_CONNS=100 IDLE_ROUND_MS=300 # scenario 5 idle pool: keep-alive connections, each used once per round
 IDLE_LOAD_S=$(awk -v a="$IDLE_PRE" -v b="$UPG_SPAN" -v c="$IDLE_TAIL" 'BEGIN { print a + b + c }')
+FR_RATES=(2000 10000 30000) # scenario 8: requests per second
+FR_CONNS=64            # scenarios 8 and 10: keep-alive connections of the fixed-rate client
+FR_CPU_RATE=10000      # scenario 8: the rate whose runs give the CPU per request
+FR2_RATES=(10000 30000) # scenario 10: fixed rates with two workers
+TCP_RATE_GBIT=1        # scenario 4b
 DRAIN=2s               # baton handoff.drain_timeout in the upgrade scenarios
 
 log() { printf '[%4ds] %s\n' "$((SECONDS - START_S))" "$*"; }
@@ -192,7 +211,7 @@ EMPTY_STATIC=$ROOT/images/empty/target/$HOST/release/baton-empty
 TOOLS=$ROOT/target/bench/release
 CHART=$TOOLS/baton-bench-chart
 for f in "$BATON" "$EMPTY" "$EMPTY_STATIC" "$TOOLS/freeports" "$TOOLS/tcpbulk" "$TOOLS/idlepool" "$TOOLS/upgrader" \
-  "$TOOLS/grpcserver" "$TOOLS/grpcload" "$CHART"; do
+  "$TOOLS/grpcserver" "$TOOLS/grpcload" "$TOOLS/fixedrate" "$TOOLS/holdconns" "$CHART"; do
   [[ -x $f ]] || die "$f was not built"
 done
 BUILD_S=$((SECONDS - START_S))
@@ -243,7 +262,9 @@ put .params.idle_conns "$IDLE_CONNS"
 put .params.wide_conns "$WIDE_CONNS"
 put .params.idle_round_ms "$IDLE_ROUND_MS"
 put .params.idle_load_s "$IDLE_LOAD_S"
-put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s (h2c, and h2c to an h2c upstream), gRPC unary: grpcload $H2_CONNS connections x $H2_STREAMS streams, one thread, for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s, median of $ROUNDS interleaved rounds. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Every proxy: 1 worker; upstream: nginx, 1 worker (gRPC: grpcserver, 1 thread). Loopback only, nothing pinned."
+put .params.fixed_rate_conns "$FR_CONNS"
+put .params.many_conns "$MANY_CONNS"
+put_str .params.description "Load: wrk -t1 -c$CONNS (keep-alive also -c$WIDE_CONNS), ${WARMUP} s warm-up + ${DUR} s measured, HTTP/1.1 scenarios: median of $ROUNDS interleaved rounds; h2load -t1 -c$H2_CONNS -m$H2_STREAMS for ${DUR} s (h2c, and h2c to an h2c upstream), gRPC unary: grpcload $H2_CONNS connections x $H2_STREAMS streams, one thread, for ${DUR} s; TCP: one stream for ${TCP_SECS} s after ${TCP_WARM} s, median of $ROUNDS interleaved rounds. Upgrades: $UPG_COUNT in $UPG_SPAN s under wrk -c$CONNS (keep-alive, then Connection: close) and under an idle pool (idlepool: $IDLE_CONNS keep-alive connections, each used once every $IDLE_ROUND_MS ms, no retry, for $IDLE_LOAD_S s), baton handoff.drain_timeout $DRAIN; handoff latency over $HANDOFF_COUNT upgrades without load, ${HANDOFF_GAP_MS} ms apart. Fixed rate: bench/tools fixedrate (open loop) at ${FR_RATES[*]} req/s over $FR_CONNS keep-alive connections, ${FR_WARM} s + ${FR_SECS} s per run, $ROUNDS interleaved rounds, medians; TCP at a fixed $TCP_RATE_GBIT Gbit/s: ${TCP_RATE_SECS} s per run after ${TCP_WARM} s, $ROUNDS rounds; $MANY_CONNS idle keep-alive connections (holdconns) per proxy and through one baton upgrade. Every proxy: 1 worker (scenario 10: 2); upstream: nginx, 1 worker (gRPC: grpcserver, 1 thread). Loopback only, nothing pinned."
 
 # ---------------------------------------------------------------------------------------------------------
 # Ports, configs, processes
@@ -591,6 +612,74 @@ done
 unset WRK_CONNS
 
 # ---------------------------------------------------------------------------------------------------------
+# 8. A fixed request rate (open loop): the latency each proxy adds at a rate it is asked to carry, as a mesh user
+# sees it, and its CPU per request at a fixed rate. Run here, on the same processes as scenario 1.
+
+# cpu_sum PIDS...: the CPU time (ns) of every process given so far, summed (nginx with two workers has two).
+cpu_sum() {
+  local pid total=0
+  for pid in "$@"; do total=$((total + $(cpu_ns "$pid"))); done
+  echo "$total"
+}
+
+# fixedrate_json ADDR RATE: one bench/tools fixedrate run (FR_CONNS keep-alive connections, FR_WARM s warm-up,
+# FR_SECS s measured); prints its JSON.
+fixedrate_json() {
+  local out=$TMP/logs/fixedrate-$RANDOM.log
+  "$TOOLS/fixedrate" --target "$1" --rate "$2" --conns "$FR_CONNS" --seconds "$FR_SECS" --warmup "$FR_WARM" \
+    --timeout-ms 2000 2>"$out" || die "fixedrate $1 at $2 req/s failed: $(tail -3 "$out")"
+}
+
+# fixed_rate KEY ADDRS PIDS RATES...: for each rate, ROUNDS rounds, each over the targets of the associative array
+# named ADDRS (target -> ip:port) in the order of FR_TARGETS; the CPU of the processes PIDS names (target -> pids;
+# none for direct) over each run. .KEY.r<RATE>.<target> in results.json: the median over the rounds of each
+# latency percentile, of the achieved rate and of the CPU per request (each field on its own), the errors summed,
+# and every run in `runs`.
+fixed_rate() {
+  local key=$1 rate round t run c0 c1 j f
+  local -n fr_addr=$2 fr_pids=$3
+  shift 3
+  for rate in "$@"; do
+    for t in "${FR_TARGETS[@]}"; do rm -f "$TMP/fr-$key-$rate-$t"; done
+    for ((round = 1; round <= ROUNDS; round++)); do
+      for t in "${FR_TARGETS[@]}"; do
+        # shellcheck disable=SC2086  # a list of pids
+        c0=$(cpu_sum ${fr_pids[$t]:-})
+        run=$(fixedrate_json "${fr_addr[$t]}" "$rate")
+        # shellcheck disable=SC2086
+        c1=$(cpu_sum ${fr_pids[$t]:-})
+        jq -c --argjson ns "$((c1 - c0))" --argjson has "$([[ -n ${fr_pids[$t]:-} ]] && echo true || echo false)" \
+          'if $has and .responses_total > 0 then . + {cpu_us_per_req: ($ns / 1e3 / .responses_total)} else . end' \
+          <<<"$run" >>"$TMP/fr-$key-$rate-$t"
+        log "$key $rate req/s $t, round $round: $(tail -1 "$TMP/fr-$key-$rate-$t" | jq -r '"achieved \(.achieved_rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors|add), unfinished \(.unfinished)\(if .cpu_us_per_req then ", CPU \(.cpu_us_per_req*100|round/100) us/req" else "" end)"')"
+      done
+    done
+    for t in "${FR_TARGETS[@]}"; do
+      f=$TMP/fr-$key-$rate-$t
+      j=$(jq -s -c '. as $runs
+        | def median(f): [$runs[] | f | select(. != null)] | sort | if length == 0 then null else .[(length - 1) / 2 | floor] end;
+        {asked_rps: $runs[0].asked_rps, conns: $runs[0].conns, seconds: $runs[0].seconds,
+         achieved_rps: median(.achieved_rps), p50_us: median(.p50_us), p90_us: median(.p90_us),
+         p99_us: median(.p99_us), p999_us: median(.p999_us), max_us: median(.max_us), mean_us: median(.mean_us),
+         send_lag_p99_us: median(.send_lag_p99_us), cpu_us_per_req: median(.cpu_us_per_req),
+         errors: ([$runs[].errors | add] | add), unfinished: ([$runs[].unfinished] | add),
+         requests: ([$runs[].requests] | add), runs: $runs}' "$f") || die "fixed rate $key $rate $t: no runs"
+      put ".$key.r$rate.$t" "$j"
+      log "$key $rate req/s $t (median of $ROUNDS): $(jq -r '"achieved \(.achieved_rps|floor) req/s, p50 \(.p50_us) us, p99 \(.p99_us) us, p99.9 \(.p999_us) us, errors \(.errors), unfinished \(.unfinished)"' <<<"$j")"
+    done
+  done
+}
+
+FR_TARGETS=(direct baton nginx haproxy)
+declare -A FR_ADDR=([direct]="127.0.0.1:$UP" [baton]="127.0.0.1:$BATON_HTTP" [nginx]="127.0.0.1:$NGX"
+  [haproxy]="127.0.0.1:$HAP")
+declare -A FR_PIDS=([baton]=$BATON_PID [nginx]=$NGINX_WORKER [haproxy]=$HAPROXY_WORKER)
+fixed_rate fixed_rate FR_ADDR FR_PIDS "${FR_RATES[@]}"
+put .fixed_rate.rates "$(printf '%s\n' "${FR_RATES[@]}" | jq -s -c .)"
+put .fixed_rate.cpu_rate "$FR_CPU_RATE"
+put_str .fixed_rate.note "Fixed rate: bench/tools fixedrate, one thread, $FR_CONNS keep-alive connections, request k due at k/rate on connection k mod $FR_CONNS, one request at a time per connection; latency from the due time to the end of the response (a request that waits for its connection counts its wait: no coordinated omission); ${FR_WARM} s warm-up, ${FR_SECS} s measured, $ROUNDS interleaved rounds per rate, each figure the median of the rounds. Added latency = through the proxy minus direct (the same client against the upstream). A rate counts as sustained when the achieved rate is at least 95% of it. CPU per request: the proxy process's user + kernel time (/proc/PID/schedstat) over the run divided by the responses of the run."
+
+# ---------------------------------------------------------------------------------------------------------
 # 3. h2c (prior knowledge): nginx 1.22 serves h2c on a plain `listen ... http2` port, so direct works.
 
 # conns_to PID PORT: the established TCP connections process PID holds to 127.0.0.1:PORT (its sockets' inodes
@@ -712,6 +801,30 @@ for t in "${TARGETS[@]}"; do
   put ".tcp_bulk.$t" "$j"
   log "tcp bulk $t (median of $ROUNDS): $(jq -r '"\(.gbit_s) Gbit/s, runs \(.gbit_s_runs)"' <<<"$j")"
 done
+
+# ---------------------------------------------------------------------------------------------------------
+# 4b. TCP relay at a fixed rate: the same stream paced at TCP_RATE_GBIT; the proxy's CPU per GB relayed.
+
+for t in baton nginx haproxy; do rm -f "$TMP/tcprate-runs-$t"; done
+for ((round = 1; round <= ROUNDS; round++)); do
+  for t in baton nginx haproxy; do
+    c0=$(cpu_ns "${MEM_PID[$t]}")
+    run=$("$TOOLS/tcpbulk" send --target "${TCP_ADDR[$t]}" --seconds "$TCP_RATE_SECS" --warmup "$TCP_WARM" \
+      --rate-gbit "$TCP_RATE_GBIT" 2>"$TMP/logs/tcpbulk.err") || die "tcpbulk at $TCP_RATE_GBIT Gbit/s through $t failed: $(cat "$TMP/logs/tcpbulk.err")"
+    c1=$(cpu_ns "${MEM_PID[$t]}")
+    jq -c --argjson ns "$((c1 - c0))" '. + {cpu_ms_per_gb: ($ns / 1e6 / (.bytes_total / 1e9))}' <<<"$run" \
+      >>"$TMP/tcprate-runs-$t"
+    log "tcp at $TCP_RATE_GBIT Gbit/s $t, round $round: $(tail -1 "$TMP/tcprate-runs-$t" | jq -r '"\(.gbit_s) Gbit/s (verified \(.verified)), CPU \(.cpu_ms_per_gb*10|round/10) ms per GB"')"
+  done
+done
+for t in baton nginx haproxy; do
+  j=$(median_run cpu_ms_per_gb "$TMP/tcprate-runs-$t")
+  put ".tcp_rate.$t" "$j"
+  log "tcp at $TCP_RATE_GBIT Gbit/s $t (median of $ROUNDS): $(jq -r '"\(.cpu_ms_per_gb*10|round/10) ms CPU per GB at \(.gbit_s) Gbit/s, runs \(.cpu_ms_per_gb_runs)"' <<<"$j")"
+done
+put .tcp_rate.rate_gbit "$TCP_RATE_GBIT"
+put_str .tcp_rate.note "TCP relay at a fixed rate: tcpbulk send --rate-gbit $TCP_RATE_GBIT (64 KiB writes, each when the bytes before it are due) through each proxy into the sink, ${TCP_WARM} s + ${TCP_RATE_SECS} s per run, $ROUNDS interleaved rounds, the median run by CPU per GB; CPU: the proxy process's user + kernel time (/proc/PID/schedstat) over the run per GB (1e9 bytes) sent."
+
 stop_pid "$BATON_PID" # the static instance is done; the upgrade scenarios run their own
 
 # ---------------------------------------------------------------------------------------------------------
@@ -721,7 +834,8 @@ UPG_INTERVAL_MS=$((UPG_SPAN * 1000 / UPG_COUNT))
 LOAD_S=$((1 + UPG_SPAN + 2)) # 1 s before the first upgrade, 2 s after the last (the baton drain timeout)
 
 # baton_upgrader NAME COUNT INTERVAL_MS: starts the upgrader on two new free ports (instance 1 serving when it
-# returns); sets UPG_PID, UPG_DIR, UPG_HTTP.
+# returns); sets UPG_PID, UPG_DIR, UPG_HTTP. UPG_HANDOFF_EXTRA: more `handoff:` fields (YAML lines); UPG_ARGS:
+# more upgrader arguments; UPG_WRAP: a command to run the upgrader through (with_nofile).
 baton_upgrader() {
   local name=$1 count=$2 interval=$3 http admin
   read -r http admin <<<"$("$TOOLS/freeports" 2)"
@@ -743,10 +857,13 @@ admin:
 handoff:
   uds_dir: $UPG_DIR/uds
   drain_timeout: $DRAIN
+${UPG_HANDOFF_EXTRA:-}
 EOF
   local extra=()
   for a in "${BATON_ARGS[@]}"; do extra+=(--baton-arg "$a"); done
-  start_bg "$name" "$TOOLS/upgrader" --baton "$BATON" --config "$UPG_DIR/baton.yaml" --uds-dir "$UPG_DIR/uds" \
+  extra+=(${UPG_ARGS[@]+"${UPG_ARGS[@]}"})
+  # shellcheck disable=SC2086  # UPG_WRAP: a command name or nothing
+  start_bg "$name" ${UPG_WRAP:-} "$TOOLS/upgrader" --baton "$BATON" --config "$UPG_DIR/baton.yaml" --uds-dir "$UPG_DIR/uds" \
     --admin "127.0.0.1:$admin" --log-dir "$UPG_DIR/logs" --out "$UPG_DIR/report.json" --count "$count" \
     --interval-ms "$interval" --trigger "$UPG_DIR/go" --stop-file "$UPG_DIR/stop" "${extra[@]}"
   UPG_PID=$BG_PID
@@ -759,14 +876,19 @@ EOF
   die "upgrader $name: baton instance 1 not serving after 10 s"
 }
 
-# finish_upgrader: waits for the report, stops the last instance; prints the report.
-finish_upgrader() {
+# upgrader_done: waits (up to 30 s) for the upgrader to have written its report; the last instance still serves.
+upgrader_done() {
   local i
   for ((i = 0; i < 600; i++)); do
     grep -q '^done' "$TMP/logs/$(basename "$UPG_DIR").log" 2>/dev/null && break
     kill -0 "$UPG_PID" 2>/dev/null || break
     sleep 0.05
   done
+}
+
+# finish_upgrader: waits for the report, stops the last instance; prints the report.
+finish_upgrader() {
+  upgrader_done
   touch "$UPG_DIR/stop"
   wait "$UPG_PID" 2>/dev/null || true
   forget "$UPG_PID"
@@ -877,6 +999,255 @@ touch "$UPG_DIR/go"
 report=$(finish_upgrader)
 put .handoff "$report"
 log "handoff: $(jq -r '[.upgrades[] | select(.ok)] | length' <<<"$report")/$HANDOFF_COUNT upgrades ok; start->serving ms: $(jq -c '[.upgrades[].serve_ms] | sort | {min: .[0], median: .[length/2|floor], max: .[-1]}' <<<"$report")"
+
+# ---------------------------------------------------------------------------------------------------------
+# 9. MANY_CONNS idle keep-alive connections: each proxy's RSS holding them (its own instance, configured for that
+# many), and a baton upgrade that hands every one of them over.
+
+# with_nofile CMD...: CMD with the soft open-file limit raised to NOFILE (for the processes of scenario 9).
+with_nofile() {
+  ulimit -Sn "$NOFILE" || exit 1
+  exec "$@"
+}
+NOFILE=$(ulimit -Hn)
+[[ $NOFILE == unlimited ]] && NOFILE=65536
+((NOFILE >= MANY_CONNS + 1000)) ||
+  die "scenario 9 holds $MANY_CONNS connections: it needs an open-file hard limit of at least $((MANY_CONNS + 1000)) (ulimit -Hn is $NOFILE)"
+
+# field NAME LINE: the value of NAME=value in a log line of baton's (text format).
+field() { sed -n "s/.* $1=\"\{0,1\}\([0-9.a-z]*\).*/\1/p" <<<"$2"; }
+
+# hold_start ADDR NAME: starts holdconns (MANY_CONNS connections to ADDR, one request each) and waits until it
+# holds them; sets HOLD_PID, HOLD_OUT, HOLD_GO.
+hold_start() {
+  local i
+  HOLD_OUT=$TMP/logs/$2.log HOLD_GO=$TMP/$2.go
+  start_bg "$2" with_nofile "$TOOLS/holdconns" --target "$1" --conns "$MANY_CONNS" --go "$HOLD_GO" --timeout-ms 5000
+  HOLD_PID=$BG_PID
+  for ((i = 0; i < 1200; i++)); do
+    grep -q '^open ' "$HOLD_OUT" 2>/dev/null && break
+    kill -0 "$HOLD_PID" 2>/dev/null || die "holdconns $2 exited: $(tail -3 "$HOLD_OUT")"
+    sleep 0.05
+  done
+  grep -q '^open ' "$HOLD_OUT" || die "holdconns $2: not holding its connections after 60 s"
+  [[ $(awk '/^open /{print $2}' "$HOLD_OUT") == "$MANY_CONNS" ]] ||
+    die "holdconns $2 holds only $(awk '/^open /{print $2}' "$HOLD_OUT") of $MANY_CONNS connections: $(grep -v '^open' "$HOLD_OUT" | tail -2)"
+}
+
+# hold_finish: the next request on every connection held; sets HOLD_JSON to holdconns' JSON.
+hold_finish() {
+  touch "$HOLD_GO"
+  wait "$HOLD_PID" || die "holdconns failed: $(tail -3 "$HOLD_OUT")"
+  forget "$HOLD_PID"
+  HOLD_JSON=$(grep '^{' "$HOLD_OUT" | tail -1 | jq -c .) && [[ -n $HOLD_JSON ]] ||
+    die "holdconns printed no JSON: $(tail -3 "$HOLD_OUT")"
+}
+
+read -r MANY_NGX MANY_HAP <<<"$("$TOOLS/freeports" 2)"
+mkdir -p "$TMP/many-nginx/tmp" "$TMP/many-haproxy"
+{
+  cat <<EOF
+daemon off;
+worker_processes 1;
+worker_rlimit_nofile $((MANY_CONNS + 4000 < NOFILE ? MANY_CONNS + 4000 : NOFILE));
+pid $TMP/many-nginx/nginx.pid;
+error_log $TMP/many-nginx/error.log warn;
+events { worker_connections $((MANY_CONNS + 1024)); }
+http {
+EOF
+  nginx_http_common "$TMP/many-nginx"
+  cat <<EOF
+  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$MANY_NGX;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+} >"$TMP/many-nginx/nginx.conf"
+# HAProxy sizes its fd table for two sockets per connection (maxconn 10,400: 20,837) and by default refuses to
+# start below that; `no strict-limits` lets it run within the hard limit, which holds MANY_CONNS idle client
+# connections and the few upstream ones.
+cat >"$TMP/many-haproxy/haproxy.cfg" <<EOF
+global
+  nbthread 1
+  maxconn $((MANY_CONNS + 400))
+  no strict-limits
+defaults
+  timeout connect 1s
+  timeout client 60s
+  timeout server 30s
+  timeout http-keep-alive 60s
+frontend fe
+  mode http
+  option http-keep-alive
+  option forwardfor
+  bind 127.0.0.1:$MANY_HAP
+  default_backend be
+backend be
+  mode http
+  option http-keep-alive
+  http-reuse always
+  server up 127.0.0.1:$UP
+EOF
+
+for t in baton nginx haproxy; do
+  case $t in
+    baton)
+      # Kruise-style upgrade (upgrader --count 1); the old instance is reset only once it says it is superseded
+      # (every connection handed over), and its probation is short, so it gets there soon after.
+      UPG_HANDOFF_EXTRA="  probation: 100ms" UPG_ARGS=(--wait-superseded) UPG_WRAP=with_nofile
+      baton_upgrader many-baton 1 100
+      unset UPG_HANDOFF_EXTRA UPG_ARGS UPG_WRAP
+      pid=$(awk '/^ready/ {print $2}' "$TMP/logs/many-baton.log")
+      addr=127.0.0.1:$UPG_HTTP
+      ;;
+    nginx)
+      start_bg many-nginx with_nofile nginx -c "$TMP/many-nginx/nginx.conf" -p "$TMP/many-nginx" -e "$TMP/many-nginx/error.log"
+      proc=$BG_PID addr=127.0.0.1:$MANY_NGX
+      wait_port "$MANY_NGX" "nginx ($MANY_CONNS connections)" "$TMP/logs/many-nginx.log"
+      pid=$(child_of "$proc") || die "no nginx worker process (scenario 9)"
+      ;;
+    haproxy)
+      start_bg many-haproxy with_nofile haproxy -db -f "$TMP/many-haproxy/haproxy.cfg"
+      proc=$BG_PID pid=$BG_PID addr=127.0.0.1:$MANY_HAP
+      wait_port "$MANY_HAP" "haproxy ($MANY_CONNS connections)" "$TMP/logs/many-haproxy.log"
+      ;;
+  esac
+  sleep 0.3
+  put ".many_conns.$t.rss_before_kib" "$(rss_kib "$pid")"
+  hold_start "$addr" "holdconns-$t"
+  sleep 0.5
+  put ".many_conns.$t.rss_holding_kib" "$(rss_kib "$pid")"
+  put ".many_conns.$t.open_ms" "$(awk '/^open /{print $3}' "$HOLD_OUT")"
+  if [[ $t == baton ]]; then
+    touch "$UPG_DIR/go"
+    upgrader_done
+    report=$(cat "$UPG_DIR/report.json" 2>/dev/null) || die "the upgrader of scenario 9 wrote no report"
+    new_pid=$(jq -r .final_pid <<<"$report")
+    put ".many_conns.baton.rss_after_handoff_kib" "$(rss_kib "$new_pid")"
+  fi
+  hold_finish
+  put ".many_conns.$t.holdconns" "$HOLD_JSON"
+  if [[ $t == baton ]]; then
+    report=$(finish_upgrader)
+    put .many_conns.baton.upgrader "$report"
+    # What the two instances logged: the old one's hub (offered, taken, the last acknowledgement after the
+    # commit), the new one's receiving side (adopted, refused).
+    sent=$(grep -h 'connection migration over' "$UPG_DIR/logs/baton-1.log" | tail -1)
+    got=$(grep -h 'connection migration from the predecessor over' "$UPG_DIR/logs/baton-2.log" | tail -1)
+    [[ -n $sent && -n $got ]] || die "scenario 9: the baton logs have no migration summary (see $UPG_DIR/logs)"
+    put .many_conns.baton.migration "$(jq -n -c --arg offered "$(field offered "$sent")" --arg taken "$(field taken "$sent")" \
+      --arg up "$(field upstream_taken "$sent")" --arg last "$(field last_ack_ms "$sent")" \
+      --arg elapsed "$(field elapsed_ms "$sent")" --arg adopted "$(field adopted "$got")" \
+      --arg refused "$(field refused "$got")" \
+      '{offered: ($offered | tonumber? // null), taken: ($taken | tonumber? // null),
+        upstream_taken: ($up | tonumber? // null), last_ack_ms: ($last | tonumber? // null),
+        elapsed_ms: ($elapsed | tonumber? // null), adopted: ($adopted | tonumber? // null),
+        refused: ($refused | tonumber? // null)}')"
+  else
+    stop_pid "$proc"
+  fi
+  log "$MANY_CONNS connections, $t: $(jq -r --arg t "$t" '.many_conns[$t] | "RSS \(.rss_before_kib) KiB before, \(.rss_holding_kib) KiB holding them (opened in \(.open_ms) ms); next request on each: \(.holdconns.second_ok) ok, \(.holdconns.second_failed) failed\(if .migration then "; upgrade: offered \(.migration.offered), taken \(.migration.taken), adopted \(.migration.adopted), last acknowledged \(.migration.last_ack_ms) ms after the commit; the new instance holds them in \(.rss_after_handoff_kib) KiB" else "" end)"' "$RESULTS")"
+done
+put .many_conns.conns "$MANY_CONNS"
+put_str .many_conns.note "$MANY_CONNS idle keep-alive connections: bench/tools holdconns opens them 256 at a time, one GET / on each, then holds them idle; RSS (VmRSS) of the proxy's process before and while holding them. Each proxy its own instance sized for them: nginx worker_connections $((MANY_CONNS + 1024)), HAProxy maxconn $((MANY_CONNS + 400)) with \`no strict-limits\`, baton as is (the soft open-file limit raised to the hard one, $NOFILE, for all three). baton is then upgraded once, Kruise style (upgrader, handoff.probation 100ms); the old instance logs when the successor acknowledged the last connection it took, counted from the commit. Then the next request on every connection: a connection lost in the handoff would fail it."
+
+# ---------------------------------------------------------------------------------------------------------
+# 10. Two workers: the keep-alive throughput (wrk -c$WIDE_CONNS) and the fixed-rate latency of FR2_RATES with baton
+# --workers 2, nginx worker_processes 2, HAProxy nbthread 2 (their own instances; the upstream as before).
+
+read -r TWO_BATON TWO_ADMIN TWO_NGX TWO_HAP <<<"$("$TOOLS/freeports" 4)"
+mkdir -p "$TMP/two-nginx/tmp" "$TMP/two-haproxy" "$TMP/uds-two"
+{
+  echo "daemon off;"
+  echo "worker_processes 2;"
+  echo "worker_rlimit_nofile 16384;"
+  echo "pid $TMP/two-nginx/nginx.pid;"
+  echo "error_log $TMP/two-nginx/error.log warn;"
+  echo "events { worker_connections 8192; }"
+  echo "http {"
+  nginx_http_common "$TMP/two-nginx"
+  cat <<EOF
+  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
+  server {
+    listen 127.0.0.1:$TWO_NGX;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+    }
+  }
+}
+EOF
+} >"$TMP/two-nginx/nginx.conf"
+sed -e 's/^  nbthread 1$/  nbthread 2/' -e '/^frontend fe_h2up$/,$d' -e "s/^  bind 127.0.0.1:$HAP\$/  bind 127.0.0.1:$TWO_HAP/" \
+  -e "/^  bind 127.0.0.1:$HAP_H2 proto h2\$/d" -e '/^  stats socket /d' "$TMP/haproxy/haproxy.cfg" >"$TMP/two-haproxy/haproxy.cfg"
+grep -q "^  nbthread 2$" "$TMP/two-haproxy/haproxy.cfg" && grep -q "bind 127.0.0.1:$TWO_HAP" "$TMP/two-haproxy/haproxy.cfg" ||
+  die "the two-thread HAProxy config was not derived: $(cat "$TMP/two-haproxy/haproxy.cfg")"
+cat >"$TMP/two-baton.yaml" <<EOF
+listeners:
+  - name: http
+    address: 127.0.0.1:$TWO_BATON
+    protocol: http
+    cluster: app
+clusters:
+  - name: app
+    endpoints: ["127.0.0.1:$UP"]
+admin:
+  address: 127.0.0.1:$TWO_ADMIN
+handoff:
+  uds_dir: $TMP/uds-two
+EOF
+start_bg two-nginx nginx -c "$TMP/two-nginx/nginx.conf" -p "$TMP/two-nginx" -e "$TMP/two-nginx/error.log"
+TWO_NGINX_PID=$BG_PID
+start_bg two-haproxy haproxy -db -f "$TMP/two-haproxy/haproxy.cfg"
+TWO_HAPROXY_PID=$BG_PID
+TWO_BATON_ARGS=()
+[[ ${#BATON_ARGS[@]} -gt 0 ]] && TWO_BATON_ARGS=(--workers 2)
+start_bg two-baton "${BATON_ENV[@]}" "$BATON" run --config "$TMP/two-baton.yaml" "${TWO_BATON_ARGS[@]}"
+TWO_BATON_PID=$BG_PID
+for p in "$TWO_BATON:baton --workers 2" "$TWO_NGX:nginx worker_processes 2" "$TWO_HAP:haproxy nbthread 2"; do
+  wait_port "${p%%:*}" "${p#*:}" "$TMP/logs"
+done
+check_ok "baton --workers 2" "http://127.0.0.1:$TWO_BATON/"
+check_ok "nginx worker_processes 2" "http://127.0.0.1:$TWO_NGX/"
+check_ok "haproxy nbthread 2" "http://127.0.0.1:$TWO_HAP/"
+threads=$(awk '/^Threads:/ {print $2}' "/proc/$TWO_HAPROXY_PID/status")
+[[ ${threads:-0} -ge 2 ]] || die "HAProxy (nbthread 2) runs ${threads:-no} threads"
+
+declare -A TWO_URL=([baton]="http://127.0.0.1:$TWO_BATON/" [nginx]="http://127.0.0.1:$TWO_NGX/"
+  [haproxy]="http://127.0.0.1:$TWO_HAP/")
+export WRK_CONNS=$WIDE_CONNS
+for t in baton nginx haproxy; do rm -f "$TMP/runs-two-$t"; done
+for ((round = 1; round <= ROUNDS; round++)); do
+  for t in baton nginx haproxy; do
+    ((WARMUP > 0 && round == 1)) && wrk_json "${WARMUP}s" "${TWO_URL[$t]}" >/dev/null
+    wrk_json "${DUR}s" "${TWO_URL[$t]}" >>"$TMP/runs-two-$t"
+    echo >>"$TMP/runs-two-$t"
+    log "two workers keep-alive $t, round $round: $(tail -2 "$TMP/runs-two-$t" | jq -r 'select(.) | "\(.rps|floor) req/s"')"
+  done
+done
+unset WRK_CONNS
+for t in baton nginx haproxy; do
+  j=$(median_run rps "$TMP/runs-two-$t")
+  put ".two_workers.keepalive.$t" "$j"
+  log "two workers keep-alive $t (median of $ROUNDS): $(jq -r '"\(.rps|floor) req/s, p99 \(.p99_us) us, runs \(.rps_runs)"' <<<"$j")"
+done
+FR_TARGETS=(baton nginx haproxy)
+declare -A TWO_ADDR=([baton]="127.0.0.1:$TWO_BATON" [nginx]="127.0.0.1:$TWO_NGX" [haproxy]="127.0.0.1:$TWO_HAP")
+declare -A TWO_PIDS=()
+fixed_rate two_workers TWO_ADDR TWO_PIDS "${FR2_RATES[@]}"
+put .two_workers.rates "$(printf '%s\n' "${FR2_RATES[@]}" | jq -s -c .)"
+put .two_workers.connections "$WIDE_CONNS"
+put_str .two_workers.note "Two workers: baton --workers 2, nginx worker_processes 2, HAProxy nbthread 2, each its own instance in front of the same upstream (nginx, one worker). Keep-alive: wrk -t1 -c$WIDE_CONNS, $ROUNDS interleaved rounds, the median run; direct is scenario 1's figure with $WIDE_CONNS connections. Fixed rate: as scenario 8 at ${FR2_RATES[*]} req/s; added latency against scenario 8's direct runs."
+for pid in "$TWO_BATON_PID" "$TWO_NGINX_PID" "$TWO_HAPROXY_PID"; do stop_pid "$pid"; done
 
 # ---------------------------------------------------------------------------------------------------------
 # Report

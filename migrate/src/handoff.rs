@@ -53,6 +53,7 @@
 //! | new, protocol 2 | [`Session::commit_live`], then [`ConnReceiver::next`] | adopt each [`ReceivedConn`], [`ConnReceiver::ack`], serve |
 //! | postStart hook | [`watch_takeover`] | exit 0 if the final report is `ok`, else 1 |
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
@@ -471,9 +472,10 @@ impl ConnSender {
             .filter(|&(i, _)| verdicts[i] == ConnVerdict::Refused)
             .map(|(i, c)| (i, payload_size(c)))
             .collect();
+        // Frames of at most MAX_FDS_PER_FRAME fds and MAX_CONN_FRAME_BYTES of payload each.
+        let mut frames: Vec<&[(usize, usize)]> = Vec::new();
         let mut rest = &sendable[..];
         while !rest.is_empty() {
-            // One frame: at most MAX_FDS_PER_FRAME fds and MAX_CONN_FRAME_BYTES of payload.
             let (mut fds, mut bytes, mut n) = (0, 0, 0);
             for &(i, size) in rest {
                 let more = batch[i].fds.len();
@@ -483,19 +485,35 @@ impl ConnSender {
                 (fds, bytes, n) = (fds + more, bytes + size, n + 1);
             }
             let (frame, later) = rest.split_at(n);
-            self.send_frame(batch, frame, &mut verdicts).await?;
+            frames.push(frame);
             rest = later;
+        }
+        // Up to FRAMES_IN_FLIGHT frames go out before the first acknowledgement is read: the successor reads one
+        // frame, adopts it, acknowledges it and reads the next, so the acknowledgements come back in order while
+        // it already has the next frame to work on (no change to the protocol: a successor of any version does
+        // the same).
+        let mut out: VecDeque<(Vec<(u64, usize)>, Instant)> = VecDeque::with_capacity(FRAMES_IN_FLIGHT);
+        for frame in frames {
+            if out.len() == FRAMES_IN_FLIGHT {
+                if let Some((ids, deadline)) = out.pop_front() {
+                    self.read_ack(ids, deadline, &mut verdicts).await?;
+                }
+            }
+            out.push_back(self.send_frame(batch, frame).await?);
+        }
+        while let Some((ids, deadline)) = out.pop_front() {
+            self.read_ack(ids, deadline, &mut verdicts).await?;
         }
         Ok(verdicts)
     }
 
-    /// Sends one CONNS frame of `batch[i]` for each `(i, _)` of `frame`, and records the acknowledgement.
+    /// Sends one CONNS frame of `batch[i]` for each `(i, _)` of `frame`: the ids it gave them (with their index in
+    /// `batch`), and the deadline of its acknowledgement.
     async fn send_frame(
         &mut self,
         batch: &[OutgoingConn<'_>],
         frame: &[(usize, usize)],
-        verdicts: &mut [ConnVerdict],
-    ) -> Result<(), HandoffError> {
+    ) -> Result<(Vec<(u64, usize)>, Instant), HandoffError> {
         let mut tags = Vec::with_capacity(frame.len());
         let mut attached: Vec<BorrowedFd<'_>> = Vec::new();
         let mut ids = Vec::with_capacity(frame.len());
@@ -515,6 +533,16 @@ impl ConnSender {
         }
         let deadline = Instant::now() + self.timeout;
         self.conn.send(&Message::Conns(tags), &attached, deadline).await?;
+        Ok((ids, deadline))
+    }
+
+    /// Reads the acknowledgement of the oldest frame out, whose connections are `ids`, and records it.
+    async fn read_ack(
+        &mut self,
+        ids: Vec<(u64, usize)>,
+        deadline: Instant,
+        verdicts: &mut [ConnVerdict],
+    ) -> Result<(), HandoffError> {
         let (accepted, refused) = match self.conn.recv(deadline).await? {
             (Message::ConnsAck { accepted, refused }, _) => (accepted, refused),
             (other, _) => return Err(unexpected(&other, "CONNS_ACK")),
@@ -611,6 +639,13 @@ fn payload_size(c: &OutgoingConn<'_>) -> usize {
 
 /// Largest payload budget of one CONNS frame (the frame limit is [`crate::wire::MAX_FRAME`]).
 const MAX_CONN_FRAME_BYTES: usize = 768 * 1024;
+
+/// CONNS frames [`ConnSender::send`] has out at once, unacknowledged: the successor works on one while the next
+/// ones are already on their way (10,000 idle connections: 152 ms with one frame out at a time, 92-101 ms with
+/// eight, on a 2-core machine). The kernel refuses to queue more fds in Unix sockets than the sender's soft
+/// open-file limit (ETOOMANYREFS), so `FRAMES_IN_FLIGHT * MAX_FDS_PER_FRAME` (512) stays below the usual
+/// default of 1024.
+const FRAMES_IN_FLIGHT: usize = 8;
 
 /// New side of the migration, after [`Session::commit_live`]: receives the predecessor's live client connections
 /// as they arrive.

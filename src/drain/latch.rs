@@ -18,19 +18,47 @@ pub struct Latch {
     fired: AtomicBool,
     next: AtomicU64,
     waiters: Mutex<HashMap<u64, Waker>>,
+    /// Waiters of a [`Latch::fire_held`] not woken yet.
+    held: Mutex<Vec<Waker>>,
 }
 
 impl Latch {
     /// Fires: every pending and future [`Latch::wait`] resolves.
     pub fn fire(&self) {
+        self.fire_held(usize::MAX);
+    }
+
+    /// Fires, but wakes only `first` of the tasks waiting now; the others are held until [`Latch::wake_held`]
+    /// wakes them, a few at a time (a migration's waves: see [`crate::drain::Departures`]). A held task that wakes
+    /// for another reason sees the latch fired; a wait that starts after the firing resolves at once.
+    pub fn fire_held(&self, first: usize) {
         self.fired.store(true, Ordering::Release);
         let waiters = match self.waiters.lock() {
             Ok(mut w) => std::mem::take(&mut *w),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };
-        for waker in waiters.into_values() {
+        match self.held.lock() {
+            Ok(mut held) => held.extend(waiters.into_values()),
+            Err(poisoned) => poisoned.into_inner().extend(waiters.into_values()),
+        }
+        self.wake_held(first);
+    }
+
+    /// Wakes up to `n` of the tasks a [`Latch::fire_held`] held; returns how many are still held.
+    pub fn wake_held(&self, n: usize) -> usize {
+        let (wake, left) = {
+            let mut held = match self.held.lock() {
+                Ok(h) => h,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let from = held.len().saturating_sub(n);
+            let wake: Vec<Waker> = held.drain(from..).collect();
+            (wake, held.len())
+        };
+        for waker in wake {
             waker.wake();
         }
+        left
     }
 
     /// Whether it fired.
@@ -122,6 +150,40 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), latch.wait())
             .await
             .expect("a wait after the firing resolves at once");
+    }
+
+    #[tokio::test]
+    async fn held_waiters_wake_a_few_at_a_time() {
+        let latch = Arc::new(Latch::default());
+        let woken = Arc::new(AtomicU64::new(0));
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let (s, w) = (latch.clone(), woken.clone());
+                tokio::spawn(async move {
+                    s.wait().await;
+                    w.fetch_add(1, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        latch.fire_held(3);
+        assert!(latch.fired());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(woken.load(Ordering::Relaxed), 3, "only the first wave");
+        assert_eq!(latch.wake_held(4), 3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(woken.load(Ordering::Relaxed), 7);
+        tokio::time::timeout(Duration::from_secs(5), latch.wait())
+            .await
+            .expect("a wait after the firing resolves at once, held or not");
+        assert_eq!(latch.wake_held(usize::MAX), 0);
+        for w in waiters {
+            tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("woken")
+                .expect("joined");
+        }
+        assert_eq!(latch.wake_held(1), 0, "nothing left to wake");
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ pub mod detached;
 pub mod latch;
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::task::TaskTracker;
@@ -83,10 +83,19 @@ impl Drain {
 
     /// Starts the migration of live connections: every connection task heads for its quiescent point and
     /// [`Drain::depart`]s. Returns the departures to offer to the successor; `None` if a migration already began.
-    pub fn begin_migration(&self) -> Option<Departures> {
+    ///
+    /// The connection tasks waiting for the migration are woken in waves (a quarter of [`MIGRATION_WAVE`] now, so
+    /// that the first batch leaves soon, then [`MIGRATION_WAVE`] at a time as the [`Departures`] are taken: see
+    /// there), so that the first ones reach the successor while the others are still leaving, rather than all of
+    /// them leaving before the first is sent. A task that
+    /// wakes for another reason (a request) sees the migration begun and departs after its exchange.
+    pub fn begin_migration(self: &Arc<Self>) -> Option<Departures> {
         let queue = self.queue.lock().ok()?.take()?;
-        self.migration.fire();
-        Some(Departures(queue))
+        self.migration.fire_held(MIGRATION_WAVE / 4);
+        Some(Departures {
+            queue,
+            drain: self.clone(),
+        })
     }
 
     /// Whether a migration started.
@@ -180,18 +189,45 @@ impl Departure {
     }
 }
 
+/// Connection tasks a migration wakes at a time (see [`Drain::begin_migration`]).
+pub const MIGRATION_WAVE: usize = 1024;
+
 /// The connections leaving, in the order they reached their quiescent point (see [`Drain::begin_migration`]).
+///
+/// The connection tasks are woken in waves: [`Departures::recv`] wakes the next one when no departure is waiting,
+/// [`Departures::next_wave`] earlier; dropping it wakes every task still held.
 #[derive(Debug)]
-pub struct Departures(mpsc::UnboundedReceiver<Departure>);
+pub struct Departures {
+    queue: mpsc::UnboundedReceiver<Departure>,
+    drain: Arc<Drain>,
+}
 
 impl Departures {
     /// The next departure; `None` once no connection task can send one.
     pub async fn recv(&mut self) -> Option<Departure> {
-        self.0.recv().await
+        if let Ok(d) = self.queue.try_recv() {
+            return Some(d);
+        }
+        // Nothing waiting: the next wave, if tasks are still held.
+        self.next_wave();
+        self.queue.recv().await
     }
 
     /// A departure already waiting, if any.
     pub fn try_recv(&mut self) -> Option<Departure> {
-        self.0.try_recv().ok()
+        self.queue.try_recv().ok()
+    }
+
+    /// Wakes the next wave of connection tasks now: they head for their quiescent point while the caller sends
+    /// what it has.
+    pub fn next_wave(&self) {
+        self.drain.migration.wake_held(MIGRATION_WAVE);
+    }
+}
+
+impl Drop for Departures {
+    fn drop(&mut self) {
+        // Nobody takes departures any more: no task may stay held.
+        self.drain.migration.wake_held(usize::MAX);
     }
 }

@@ -88,6 +88,7 @@ impl Life<'_> {
                 }
                 Ended::HandedOver(handed) => *handed,
             };
+            let committed_at = Instant::now();
             self.begin_drain("handed over to a successor");
             let kept = server.keep(&committed.ready.adopted);
             server.stop_accepting().await;
@@ -95,8 +96,9 @@ impl Life<'_> {
             let drain = server.drain().clone();
             let migrating = session.is_some();
             // Live connections go to the successor if it takes them; otherwise they finish here, gracefully.
-            let mut hub =
-                session.and_then(|s| migration::send::start(s, &drain, server.upstreams().clone(), self.state.clone()));
+            let mut hub = session.and_then(|s| {
+                migration::send::start(s, &drain, server.upstreams().clone(), self.state.clone(), committed_at)
+            });
             if hub.is_none() {
                 drain.begin_graceful();
             }

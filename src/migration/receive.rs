@@ -25,9 +25,12 @@ pub fn spawn(
     on_error: fn(&HandoffError),
 ) {
     let drain_ = drain.clone();
+    // Spawned at the commit: the times logged at the end count from here.
+    let committed_at = Instant::now();
     drain.spawn(async move {
         let drain = drain_;
         let (mut adopted, mut refused) = (0usize, 0usize);
+        let mut last_ack: Option<Instant> = None;
         loop {
             // The predecessor sends as its connections reach a quiescent point, for up to its drain timeout.
             let patience = Instant::now() + Duration::from_secs(24 * 3600);
@@ -55,9 +58,13 @@ pub fn spawn(
                     adopted += accepted.len();
                     refused += refusing.len();
                     let deadline = Instant::now() + Duration::from_secs(10);
+                    let any = !accepted.is_empty();
                     if let Err(e) = receiver.ack(accepted, refusing, deadline.into()).await {
                         tracing::warn!(error = %e, "cannot acknowledge handed-over connections; serving them anyway");
                         break;
+                    }
+                    if any {
+                        last_ack = Some(Instant::now());
                     }
                 }
                 Ok(Received::End(last)) => {
@@ -73,6 +80,13 @@ pub fn spawn(
                 }
             }
         }
-        tracing::info!(adopted, refused, "connection migration from the predecessor over");
+        let ms = |t: Instant| format!("{:.1}", t.duration_since(committed_at).as_secs_f64() * 1e3);
+        tracing::info!(
+            adopted,
+            refused,
+            last_ack_ms = %last_ack.map(ms).unwrap_or_else(|| "none".into()),
+            elapsed_ms = %ms(Instant::now()),
+            "connection migration from the predecessor over"
+        );
     });
 }

@@ -4,6 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::time::Instant;
 
 use baton_migrate::{ConnSender, ConnVerdict, OutgoingConn};
 use tokio::task::JoinHandle;
@@ -15,16 +16,18 @@ use crate::telemetry::state::State;
 use crate::upstream::Cluster;
 
 /// Most connections offered in one batch.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 /// Starts the migration on `drain`: every connection task heads for its quiescent point and departs, and a hub
 /// task sends them over `session`, with the idle upstream connections of `upstreams`. The hub ends, sending this
-/// instance's final counters, once every connection task has ended. `None` if a migration had already started.
+/// instance's final counters, once every connection task has ended; it logs how long after `committed_at` (the
+/// commit) the successor acknowledged the last connection it took. `None` if a migration had already started.
 pub fn start(
     session: ConnSender,
     drain: &Arc<Drain>,
     upstreams: Upstreams,
     state: Arc<State>,
+    committed_at: Instant,
 ) -> Option<JoinHandle<()>> {
     let departures = drain.begin_migration()?;
     Some(tokio::spawn(run_hub(
@@ -33,6 +36,7 @@ pub fn start(
         drain.clone(),
         upstreams,
         state,
+        committed_at,
     )))
 }
 
@@ -47,7 +51,11 @@ async fn run_hub(
     drain: Arc<Drain>,
     upstreams: Upstreams,
     state: Arc<State>,
+    committed_at: Instant,
 ) {
+    // When the successor last acknowledged a connection it took (client or upstream).
+    let mut last_taken: Option<Instant> = None;
+    let mut batches = 0usize;
     // Per cluster: how many idle upstream connections the successor should get for the clients sent so far.
     let mut owed = vec![0usize; upstreams.clusters.len()];
     let mut broken = false;
@@ -67,6 +75,8 @@ async fn run_hub(
                 None => break,
             }
         }
+        // The next connections leave while this batch travels.
+        departures.next_wave();
         // Each client connection of the batch gave its upstream connection back before departing: it goes first,
         // so that the successor has it before the client's next request.
         for d in &batch {
@@ -85,6 +95,9 @@ async fn run_hub(
                 Ok((offered, took)) => {
                     upstream_sent += offered;
                     upstream_taken += took;
+                    if took > 0 {
+                        last_taken = Some(Instant::now());
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "connection migration failed: serving the remaining connections here, closing them gracefully");
@@ -101,8 +114,12 @@ async fn run_hub(
         }
         let result = send_batch(&mut session, &batch).await;
         sent += batch.len();
+        batches += 1;
         match result {
             Ok(verdicts) => {
+                if verdicts.iter().any(|v| v.taken()) {
+                    last_taken = Some(Instant::now());
+                }
                 for (d, verdict) in batch.into_iter().zip(verdicts) {
                     if verdict.taken() {
                         taken += 1;
@@ -132,11 +149,17 @@ async fn run_hub(
             }
         }
     }
+    let ms = |t: Instant| t.duration_since(committed_at).as_secs_f64() * 1e3;
     tracing::info!(
         offered = sent,
         taken,
         upstream_offered = upstream_sent,
         upstream_taken,
+        batches,
+        last_ack_ms = %last_taken
+            .map(|t| format!("{:.1}", ms(t)))
+            .unwrap_or_else(|| "none".into()),
+        elapsed_ms = %format!("{:.1}", ms(Instant::now())),
         "connection migration over: nothing left to hand over"
     );
     if !broken {

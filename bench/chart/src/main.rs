@@ -437,6 +437,396 @@ fn grpc_unary(r: &mut Results, rep: &mut Report) {
     }
 }
 
+/// A rate with thousands separators (2,000).
+fn rate_label(rate: f64) -> String {
+    fmt_num(Some(rate), 0)
+}
+
+/// The rates of a fixed-rate scenario (`fixed_rate` or `two_workers`), as results.json lists them.
+fn rates(r: &Results, key: &str) -> Vec<f64> {
+    r.v.pointer(&format!("/{key}/rates"))
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default()
+}
+
+/// Whether the target of a fixed-rate run carried the rate: its achieved rate at least 95% of the asked one.
+fn sustained(r: &Results, key: &str, rate: f64, p: &str) -> Option<bool> {
+    let achieved = r.opt(&format!("{key}/r{rate:.0}/{p}/achieved_rps"))?;
+    Some(achieved >= 0.95 * rate)
+}
+
+/// Latency a proxy adds at a fixed rate: its percentile `field` (µs) minus direct's. `direct_key`: the scenario
+/// whose direct runs are the reference (scenario 10 has none of its own).
+fn added(r: &Results, key: &str, direct_key: &str, rate: f64, p: &str, field: &str) -> Option<f64> {
+    let through = r.opt(&format!("{key}/r{rate:.0}/{p}/{field}"))?;
+    let direct = r.opt(&format!("{direct_key}/r{rate:.0}/direct/{field}"))?;
+    Some(through - direct)
+}
+
+/// Cells of a fixed-rate row: `value(p)` for each proxy, "(not sustained)" after a proxy that did not carry the
+/// rate; direct's own figure in the direct column when `direct` is given.
+fn rate_cells(
+    r: &Results,
+    key: &str,
+    rate: f64,
+    direct: Option<f64>,
+    decimals: usize,
+    value: impl Fn(&str) -> Option<f64>,
+) -> [String; 4] {
+    let mut cells: [String; 4] = ["—".into(), "n/a".into(), "n/a".into(), "n/a".into()];
+    if direct.is_some() {
+        cells[0] = fmt_num(direct, decimals);
+    }
+    for (i, p) in PROXIES.iter().enumerate().skip(1) {
+        let v = value(p);
+        cells[i] = match (v, sustained(r, key, rate, p)) {
+            (None, _) => "n/a".into(),
+            (Some(_), Some(false)) => format!("{} (not sustained)", fmt_num(v, decimals)),
+            (Some(_), _) => fmt_num(v, decimals),
+        };
+    }
+    cells
+}
+
+/// Scenario 8: latency added at a fixed rate (and the CPU per request at one of them).
+fn fixed_rate(r: &mut Results, rep: &mut Report) {
+    if !r.exists("fixed_rate") {
+        rep.notes
+            .push("no fixed-rate numbers in this results.json (a run from before that scenario)".into());
+        return;
+    }
+    let conns = r.opt("params/fixed_rate_conns").unwrap_or(64.0);
+    for rate in rates(r, "fixed_rate") {
+        let key = "fixed_rate";
+        let base = format!("{key}/r{rate:.0}");
+        if r.num(&format!("{base}/baton/p99_us")).is_none() {
+            continue;
+        }
+        let label = rate_label(rate);
+        // Achieved rate: direct's too.
+        let mut cells = rate_cells(r, key, rate, None, 0, |p| r.opt(&format!("{base}/{p}/achieved_rps")));
+        cells[0] = fmt_num(r.opt(&format!("{base}/direct/achieved_rps")), 0);
+        rep.push(Row {
+            metric: format!("8 fixed {label} req/s over {conns:.0} keep-alive connections: achieved req/s"),
+            cells,
+            ratio: "—".into(),
+            target: String::new(),
+            status: None,
+        });
+        let baton_sustains = sustained(r, key, rate, "baton") == Some(true);
+        for (name, field, target) in [
+            ("p50", "p50_us", false),
+            ("p99", "p99_us", true),
+            ("p99.9", "p999_us", true),
+        ] {
+            let vals = PROXIES.map(|p| {
+                if p == "direct" {
+                    None
+                } else {
+                    added(r, key, key, rate, p, field)
+                }
+            });
+            let best = [vals[2], vals[3]].into_iter().flatten().reduce(f64::min);
+            let ratio = match (vals[1], best) {
+                (Some(b), Some(best)) if best > 0.0 && target => format!("{:.3}×", b / best),
+                (Some(b), Some(best)) if best > 0.0 => format!("{:.2}×", b / best),
+                _ => "—".into(),
+            };
+            let unresolved = best.is_some_and(|b| b <= 0.0);
+            let (target_text, status) = if !target {
+                (String::new(), None)
+            } else if !baton_sustains {
+                ("≤ 0.8× best peer (baton does not sustain this rate)".to_string(), None)
+            } else if unresolved {
+                // Direct's own percentile is above a proxy's: the machine's noise at this percentile is larger
+                // than what the proxies add, so no ratio of added latencies means anything.
+                rep.notes.push(format!(
+                    "fixed {label} req/s, {name}: not resolved on this machine: direct's own {name} ({} µs, the median of its rounds) is above the best peer's through-the-proxy {name}, so the noise of the machine is larger than the latency the proxies add (each round's figures in results.json)",
+                    fmt_num(r.opt(&format!("{base}/direct/{field}")), 1)
+                ));
+                ("≤ 0.8× best peer (not resolved: see the notes)".to_string(), None)
+            } else {
+                (
+                    "≤ 0.8× best peer".to_string(),
+                    match (vals[1], best) {
+                        (Some(b), Some(best)) => Some(b <= 0.8 * best),
+                        _ => None,
+                    },
+                )
+            };
+            let direct = r.opt(&format!("{base}/direct/{field}"));
+            rep.push(Row {
+                metric: format!("8 fixed {label} req/s: latency added, {name} (µs)"),
+                cells: rate_cells(r, key, rate, direct, 1, |p| added(r, key, key, rate, p, field)),
+                ratio,
+                target: target_text,
+                status,
+            });
+        }
+        let lag = r.opt(&format!("{base}/direct/send_lag_p99_us"));
+        let errors: f64 = PROXIES
+            .iter()
+            .filter_map(|p| r.opt(&format!("{base}/{p}/errors")))
+            .sum();
+        if errors > 0.0 {
+            rep.notes.push(format!(
+                "fixed {label} req/s: {errors} failed requests in all (by target and kind in results.json)"
+            ));
+        }
+        if let Some(lag) = lag {
+            rep.notes.push(format!(
+                "fixed {label} req/s: the client itself wrote 99% of the requests that found their connection free within {lag:.0} µs of their due time (direct runs; its own timing error, the same for every target)"
+            ));
+        }
+    }
+    let cpu_rate = r.opt("fixed_rate/cpu_rate").unwrap_or(10_000.0);
+    let cpu = PROXIES.map(|p| r.opt(&format!("fixed_rate/r{cpu_rate:.0}/{p}/cpu_us_per_req")));
+    let ratio = ratio_against_peers(&cpu, Better::Lower);
+    rep.metric(
+        &format!(
+            "8 the proxy's CPU per request at a fixed {} req/s, user + kernel (µs)",
+            rate_label(cpu_rate)
+        ),
+        cpu,
+        2,
+        Better::Lower,
+        "≤ 0.75× best peer",
+        ratio.map(|x| x <= 0.75),
+    );
+    if let Some(row) = rep.rows.last_mut() {
+        row.cells[0] = "—".into();
+    }
+    rep.notes.push(
+        "fixed-rate rows: \"latency added\" is the proxy's percentile minus direct's at the same rate (the direct column holds direct's own); a proxy that achieves less than 95% of the asked rate does not sustain it, and its latencies then include the queue that builds up".into(),
+    );
+    let note = r.text("fixed_rate/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+}
+
+/// Scenario 4b: TCP relay at a fixed rate, the proxy's CPU per GB.
+fn tcp_rate(r: &mut Results, rep: &mut Report) {
+    if !r.exists("tcp_rate") {
+        rep.notes
+            .push("no fixed-rate TCP numbers in this results.json (a run from before that scenario)".into());
+        return;
+    }
+    let gbit = r.opt("tcp_rate/rate_gbit").unwrap_or(1.0);
+    let cpu = PROXIES.map(|p| {
+        if p == "direct" {
+            None
+        } else {
+            r.opt(&format!("tcp_rate/{p}/cpu_ms_per_gb"))
+        }
+    });
+    if cpu[1].is_none() {
+        r.problems.push("tcp_rate/baton/cpu_ms_per_gb: missing".into());
+    }
+    let ratio = ratio_against_peers(&cpu, Better::Lower);
+    rep.metric(
+        &format!("4b TCP relay at a fixed {gbit} Gbit/s: the proxy's CPU per GB relayed, user + kernel (ms)"),
+        cpu,
+        1,
+        Better::Lower,
+        "≤ 0.80× best peer",
+        ratio.map(|x| x <= 0.8),
+    );
+    if let Some(row) = rep.rows.last_mut() {
+        row.cells[0] = "—".into();
+    }
+    for p in PROXIES.iter().skip(1) {
+        if let Some(g) = r.opt(&format!("tcp_rate/{p}/gbit_s")) {
+            if g < 0.95 * gbit {
+                rep.notes.push(format!(
+                    "TCP relay at {gbit} Gbit/s through {p}: only {g:.3} Gbit/s achieved"
+                ));
+            }
+        }
+        if r.v.pointer(&format!("/tcp_rate/{p}/verified")) == Some(&Value::Bool(false)) {
+            rep.notes.push(format!(
+                "TCP relay at {gbit} Gbit/s through {p}: the sink's byte count did not match"
+            ));
+        }
+    }
+    let note = r.text("tcp_rate/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+}
+
+/// Scenario 9: many idle keep-alive connections; RSS, and baton's handoff of all of them.
+fn many_conns(r: &mut Results, rep: &mut Report) {
+    if !r.exists("many_conns") {
+        rep.notes
+            .push("no many-connection numbers in this results.json (a run from before that scenario)".into());
+        return;
+    }
+    let n = r.num("many_conns/conns").unwrap_or(0.0);
+    let label = fmt_num(Some(n), 0);
+    let mib = |v: Option<f64>| v.map(|k| k / 1024.0);
+    let holding = PROXIES.map(|p| mib(r.opt(&format!("many_conns/{p}/rss_holding_kib"))));
+    if holding[1].is_none() {
+        r.problems.push("many_conns/baton/rss_holding_kib: missing".into());
+    }
+    let ratio = ratio_against_peers(&holding, Better::Lower);
+    rep.metric(
+        &format!("9 RSS holding {label} idle keep-alive connections (MiB)"),
+        holding,
+        1,
+        Better::Lower,
+        "≤ 0.80× best peer",
+        ratio.map(|x| x <= 0.8),
+    );
+    if let Some(row) = rep.rows.last_mut() {
+        row.cells[0] = "—".into();
+    }
+    let per_conn = PROXIES.map(|p| {
+        let before = r.opt(&format!("many_conns/{p}/rss_before_kib"))?;
+        let hold = r.opt(&format!("many_conns/{p}/rss_holding_kib"))?;
+        (n > 0.0).then(|| (hold - before) / n)
+    });
+    rep.metric(
+        "9 RSS per idle connection: (holding − before) / connections (KiB)",
+        per_conn,
+        2,
+        Better::Lower,
+        "",
+        None,
+    );
+    if let Some(row) = rep.rows.last_mut() {
+        row.cells[0] = "—".into();
+    }
+    rep.metric(
+        "9 RSS before the connections, with the same config (MiB)",
+        PROXIES.map(|p| mib(r.opt(&format!("many_conns/{p}/rss_before_kib")))),
+        1,
+        Better::Lower,
+        "",
+        None,
+    );
+    if let Some(row) = rep.rows.last_mut() {
+        row.cells[0] = "—".into();
+    }
+    let last_ack = r.opt("many_conns/baton/migration/last_ack_ms");
+    rep.push(Row {
+        metric: format!("9 baton upgrade holding {label} idle connections: commit → last connection acknowledged (ms)"),
+        cells: ["—".into(), fmt_num(last_ack, 1), "—".into(), "—".into()],
+        ratio: "—".into(),
+        target: "≤ 100 ms".into(),
+        status: last_ack.map(|x| x <= 100.0),
+    });
+    let taken = r.opt("many_conns/baton/migration/taken");
+    let ok = |p: &str| r.opt(&format!("many_conns/{p}/holdconns/second_ok"));
+    let mut cells: [String; 4] = ["—".into(), "n/a".into(), "n/a".into(), "n/a".into()];
+    cells[1] = format!(
+        "{} taken, {} lost; next request {} / {} ok",
+        fmt_num(taken, 0),
+        fmt_num(taken.map(|t| n - t), 0),
+        fmt_num(ok("baton"), 0),
+        label
+    );
+    for (i, p) in PROXIES.iter().enumerate().skip(2) {
+        cells[i] = format!("no upgrade; next request {} / {label} ok", fmt_num(ok(p), 0));
+    }
+    rep.push(Row {
+        metric: format!("9 {label} connections through the upgrade: handed over, lost, next request on each"),
+        cells,
+        ratio: "—".into(),
+        target: "0 lost, every next request ok".into(),
+        status: match (taken, ok("baton")) {
+            (Some(t), Some(o)) => Some(t == n && o == n && n > 0.0),
+            _ => None,
+        },
+    });
+    let after = mib(r.opt("many_conns/baton/rss_after_handoff_kib"));
+    if let Some(after) = after {
+        rep.notes.push(format!(
+            "{label} connections: the new baton instance holds them, adopted, in {after:.1} MiB; the old one logged the last acknowledgement {} ms and its migration's end {} ms after the commit",
+            fmt_num(last_ack, 1),
+            fmt_num(r.opt("many_conns/baton/migration/elapsed_ms"), 1)
+        ));
+    }
+    for p in PROXIES.iter().skip(1) {
+        if let Some(f) = r.opt(&format!("many_conns/{p}/holdconns/second_failed")) {
+            if f > 0.0 {
+                let errors =
+                    r.v.pointer(&format!("/many_conns/{p}/holdconns/errors"))
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                rep.notes.push(format!(
+                    "{label} connections through {p}: {f} next requests failed ({errors})"
+                ));
+            }
+        }
+    }
+    let note = r.text("many_conns/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+}
+
+/// Scenario 10: two workers.
+fn two_workers(r: &mut Results, rep: &mut Report) {
+    if !r.exists("two_workers") {
+        rep.notes
+            .push("no two-worker numbers in this results.json (a run from before that scenario)".into());
+        return;
+    }
+    let conns = r.opt("two_workers/connections").unwrap_or(128.0);
+    let mut rps = PROXIES.map(|p| r.opt(&format!("two_workers/keepalive/{p}/rps")));
+    rps[0] = r.opt("http1_keepalive_wide/direct/rps");
+    rep.metric(
+        &format!("10 two workers: HTTP/1.1 keep-alive req/s (wrk -c{conns:.0})"),
+        rps,
+        0,
+        Better::Higher,
+        "",
+        None,
+    );
+    let mut p99 = PROXIES.map(|p| r.opt(&format!("two_workers/keepalive/{p}/p99_us")).map(|x| x / 1e3));
+    p99[0] = r.opt("http1_keepalive_wide/direct/p99_us").map(|x| x / 1e3);
+    rep.metric(
+        "10 two workers: keep-alive latency p99 (ms)",
+        p99,
+        3,
+        Better::Lower,
+        "",
+        None,
+    );
+    for rate in rates(r, "two_workers") {
+        let label = rate_label(rate);
+        for (name, field) in [("p99", "p99_us"), ("p99.9", "p999_us")] {
+            let vals = PROXIES.map(|p| {
+                if p == "direct" {
+                    None
+                } else {
+                    added(r, "two_workers", "fixed_rate", rate, p, field)
+                }
+            });
+            let ratio = ratio_against_peers(&vals, Better::Lower)
+                .filter(|_| [vals[2], vals[3]].into_iter().flatten().all(|x| x > 0.0))
+                .map(|x| format!("{x:.2}×"))
+                .unwrap_or_else(|| "—".into());
+            let direct = r.opt(&format!("fixed_rate/r{rate:.0}/direct/{field}"));
+            rep.push(Row {
+                metric: format!("10 two workers, fixed {label} req/s: latency added, {name} (µs)"),
+                cells: rate_cells(r, "two_workers", rate, direct, 1, |p| {
+                    added(r, "two_workers", "fixed_rate", rate, p, field)
+                }),
+                ratio,
+                target: String::new(),
+                status: None,
+            });
+        }
+    }
+    let note = r.text("two_workers/note");
+    if !note.is_empty() {
+        rep.notes.push(note);
+    }
+}
+
 fn build_report(r: &mut Results) -> Report {
     let mut rep = Report {
         rows: Vec::new(),
@@ -576,32 +966,27 @@ fn build_report(r: &mut Results) -> Report {
     h2c_upstream(r, &mut rep, h2[1]);
     grpc_unary(r, &mut rep);
 
-    // 4. TCP relay
+    // 4. TCP relay: throughput (no target: on two cores the sender, the proxy and the sink share them, so a relay
+    // cannot come near direct whatever its code; scenario 4b measures what the machine does not cap).
     let tcp = PROXIES.map(|p| r.opt(&format!("tcp_bulk/{p}/gbit_s")));
     if tcp[0].is_none() || tcp[1].is_none() {
         r.problems.push("tcp_bulk/{direct,baton}/gbit_s: missing".into());
     }
-    let vs_direct = match (tcp[1], tcp[0]) {
-        (Some(b), Some(d)) if d > 0.0 => Some(b / d),
-        _ => None,
-    };
-    rep.metric(
-        "4 TCP relay bulk (Gbit/s)",
-        tcp,
-        2,
-        Better::Higher,
-        &format!(
-            "≥ 0.80× direct (is {})",
-            vs_direct.map(|x| format!("{x:.2}×")).unwrap_or_else(|| "n/a".into())
-        ),
-        vs_direct.map(|x| x >= 0.8),
-    );
+    rep.metric("4 TCP relay bulk (Gbit/s)", tcp, 2, Better::Higher, "", None);
+    if let (Some(b), Some(d)) = (tcp[1], tcp[0]) {
+        rep.notes.push(format!(
+            "TCP relay bulk: baton relays {:.2}× direct; the sender, the proxy and the sink share two cores",
+            b / d
+        ));
+    }
     for p in PROXIES {
         if r.v.pointer(&format!("/tcp_bulk/{p}/verified")) == Some(&Value::Bool(false)) {
             rep.notes
                 .push(format!("TCP relay through {p}: the sink's byte count did not match"));
         }
     }
+
+    tcp_rate(r, &mut rep);
 
     // 5. upgrades under load, under each client: failed / total requests, then failed per 100 upgrades
     let count = r.opt("params/upgrades").unwrap_or(0.0);
@@ -808,6 +1193,9 @@ fn build_report(r: &mut Results) -> Report {
             },
         });
     }
+    fixed_rate(r, &mut rep);
+    many_conns(r, &mut rep);
+    two_workers(r, &mut rep);
     rep
 }
 
@@ -927,6 +1315,28 @@ mod chart {
         pub clip: Option<f64>,
     }
 
+    /// One line of a [`LinePanel`]: a value per x position, each marked as carried (filled dot) or not (hollow).
+    pub struct Line {
+        pub name: String,
+        pub color: usize,
+        pub dashed: bool,
+        pub points: Vec<Option<(f64, bool)>>,
+    }
+
+    /// Lines over a few named x positions (the rates), on a log y axis: values below `floor` are drawn at it.
+    pub struct LinePanel {
+        pub title: String,
+        pub y_label: String,
+        pub x: Vec<String>,
+        pub lines: Vec<Line>,
+        pub floor: f64,
+    }
+
+    pub enum Figure {
+        Bars(Panel),
+        Lines(LinePanel),
+    }
+
     /// A clip for a panel whose first series (direct) is over twice the tallest bar of the others.
     pub fn clip_direct(series: &[(String, usize, Vec<Option<f64>>)]) -> Option<f64> {
         let max = |s: &[(String, usize, Vec<Option<f64>>)]| {
@@ -950,17 +1360,113 @@ mod chart {
         }
     }
 
-    pub fn draw(path: &std::path::Path, title: &str, panels: &[Panel]) -> Result<(), String> {
-        let root = BitMapBackend::new(path, (2100, 1000)).into_drawing_area();
+    pub fn draw(path: &std::path::Path, title: &str, figures: &[Figure]) -> Result<(), String> {
+        let root = BitMapBackend::new(path, (2600, 1500)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
         let root = root
             .titled(title, ("sans-serif", 26).into_font())
             .map_err(|e| e.to_string())?;
-        let areas = root.split_evenly((2, 4));
-        for (panel, area) in panels.iter().zip(areas.iter()) {
-            draw_panel(&root, area, panel)?;
+        let areas = root.split_evenly((3, 5));
+        for (figure, area) in figures.iter().zip(areas.iter()) {
+            match figure {
+                Figure::Bars(panel) => draw_panel(&root, area, panel)?,
+                Figure::Lines(panel) => draw_lines(area, panel)?,
+            }
         }
         root.present().map_err(|e| e.to_string())
+    }
+
+    fn draw_lines<DB: DrawingBackend>(
+        area: &DrawingArea<DB, plotters::coord::Shift>,
+        p: &LinePanel,
+    ) -> Result<(), String> {
+        let values = p
+            .lines
+            .iter()
+            .flat_map(|l| l.points.iter().flatten().map(|(v, _)| v.max(p.floor)));
+        let max = values.fold(p.floor, f64::max);
+        let n = p.x.len().max(1) as f64;
+        let mut chart = ChartBuilder::on(area)
+            .caption(&p.title, ("sans-serif", 19).into_font())
+            .margin(12)
+            .margin_bottom(10)
+            .x_label_area_size(30)
+            .y_label_area_size(62)
+            .build_cartesian_2d(-0.3f64..(n - 0.7), (p.floor..max * 4.0).log_scale())
+            .map_err(|e| e.to_string())?;
+        let labels = p.x.clone();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(p.x.len())
+            .x_label_formatter(&|v| {
+                let i = v.round();
+                if (v - i).abs() < 0.01 && i >= 0.0 {
+                    labels.get(i as usize).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            })
+            .y_labels(8)
+            .light_line_style(WHITE)
+            .bold_line_style(RGBColor(215, 215, 215))
+            .y_desc(p.y_label.as_str())
+            .y_label_style(("sans-serif", 13).into_font())
+            .x_label_style(("sans-serif", 14).into_font())
+            .axis_desc_style(("sans-serif", 14).into_font())
+            .y_label_formatter(&|v| {
+                if *v >= 1000.0 {
+                    format!("{:.0}k", v / 1000.0)
+                } else {
+                    format!("{v:.0}")
+                }
+            })
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for line in &p.lines {
+            let c = COLORS[line.color % COLORS.len()];
+            let style = ShapeStyle {
+                color: c.to_rgba(),
+                filled: false,
+                stroke_width: 2,
+            };
+            let pts: Vec<(f64, f64)> = line
+                .points
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.map(|(y, _)| (i as f64, y.max(p.floor))))
+                .collect();
+            let legend = move |(x, y): (i32, i32)| PathElement::new(vec![(x, y), (x + 18, y)], style);
+            if line.dashed {
+                chart
+                    .draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))
+                    .map_err(|e| e.to_string())?
+                    .label(line.name.as_str())
+                    .legend(legend);
+            } else {
+                chart
+                    .draw_series(LineSeries::new(pts.clone(), style))
+                    .map_err(|e| e.to_string())?
+                    .label(line.name.as_str())
+                    .legend(legend);
+            }
+            let dots = line
+                .points
+                .iter()
+                .enumerate()
+                .filter_map(|(i, v)| v.map(|(y, ok)| (i as f64, y.max(p.floor), ok)))
+                .map(|(x, y, ok)| Circle::new((x, y), 5, if ok { c.filled() } else { c.stroke_width(2) }));
+            chart.draw_series(dots).map_err(|e| e.to_string())?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.4))
+            .label_font(("sans-serif", 13).into_font())
+            .draw()
+            .map_err(|e| e.to_string())?;
+        Ok(())
     }
 
     fn draw_panel<DB: DrawingBackend>(
@@ -1061,7 +1567,7 @@ mod chart {
     }
 }
 
-fn panels(r: &Results) -> Vec<chart::Panel> {
+fn bar_panels(r: &Results) -> Vec<chart::Panel> {
     use chart::Panel;
     let names = ["direct", "baton", "nginx", "HAProxy"];
     let per_proxy = |paths: &[&str], scale: f64| -> Vec<(String, usize, Vec<Option<f64>>)> {
@@ -1237,6 +1743,151 @@ fn panels(r: &Results) -> Vec<chart::Panel> {
             clip: None,
         },
     ]
+}
+
+/// Every figure of the chart: the bar panels, then the fixed-rate curves and the efficiency panels.
+fn panels(r: &Results) -> Vec<chart::Figure> {
+    use chart::{Figure, Line, LinePanel, Panel};
+    let mut figures: Vec<Figure> = bar_panels(r).into_iter().map(Figure::Bars).collect();
+    let names = ["direct", "baton", "nginx", "HAProxy"];
+    let one = rates(r, "fixed_rate");
+    let two = rates(r, "two_workers");
+    let x: Vec<String> = one.iter().map(|&v| format!("{} req/s", rate_label(v))).collect();
+    // One line per proxy (1 worker, solid; 2 workers, dashed): its added latency, or its own (direct too).
+    let curves = |field: &str, added_only: bool| -> Vec<Line> {
+        let mut lines = Vec::new();
+        for (i, p) in PROXIES.iter().enumerate() {
+            if added_only && *p == "direct" {
+                continue;
+            }
+            for (key, dashed) in [("fixed_rate", false), ("two_workers", true)] {
+                if dashed && (*p == "direct" || two.is_empty()) {
+                    continue;
+                }
+                let points: Vec<Option<(f64, bool)>> = one
+                    .iter()
+                    .map(|&rate| {
+                        let v = if added_only {
+                            added(r, key, "fixed_rate", rate, p, field)
+                        } else {
+                            r.opt(&format!("{key}/r{rate:.0}/{p}/{field}"))
+                        }?;
+                        Some((v, sustained(r, key, rate, p).unwrap_or(true)))
+                    })
+                    .collect();
+                if points.iter().all(Option::is_none) {
+                    continue;
+                }
+                lines.push(Line {
+                    name: format!("{}{}", names[i], if dashed { ", 2 workers" } else { "" }),
+                    color: i,
+                    dashed,
+                    points,
+                });
+            }
+        }
+        lines
+    };
+    let conns = r.opt("params/fixed_rate_conns").unwrap_or(64.0);
+    for (title, field, added_only) in [
+        ("Latency added at a fixed rate: p99", "p99_us", true),
+        ("Latency added at a fixed rate: p99.9", "p999_us", true),
+        ("Latency at a fixed rate, direct included: p99", "p99_us", false),
+    ] {
+        figures.push(Figure::Lines(LinePanel {
+            title: title.into(),
+            y_label: format!("µs (log; {conns:.0} conns; hollow: rate not sustained)"),
+            x: x.clone(),
+            lines: curves(field, added_only),
+            floor: 1.0,
+        }));
+    }
+    let proxies_only = |paths: &[&str], scale: f64| -> Vec<(String, usize, Vec<Option<f64>>)> {
+        PROXIES
+            .iter()
+            .enumerate()
+            .skip(1)
+            .map(|(i, p)| {
+                (
+                    names[i].to_string(),
+                    i,
+                    paths
+                        .iter()
+                        .map(|path| r.opt(&path.replace("{p}", p)).map(|x| x * scale))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let cpu_rate = r.opt("fixed_rate/cpu_rate").unwrap_or(10_000.0);
+    let cpu_path = format!("fixed_rate/r{cpu_rate:.0}/{{p}}/cpu_us_per_req");
+    figures.push(Figure::Bars(Panel {
+        title: "The proxy's CPU per request (user + kernel)".into(),
+        y_label: "µs per request".into(),
+        groups: vec![
+            format!("fixed {} req/s", rate_label(cpu_rate)),
+            "wrk keep-alive (flat out)".into(),
+        ],
+        series: proxies_only(&[cpu_path.as_str(), "http1_keepalive/{p}/cpu_us_per_req"], 1.0),
+        decimals: 1,
+        clip: None,
+    }));
+    let gbit = r.opt("tcp_rate/rate_gbit").unwrap_or(1.0);
+    figures.push(Figure::Bars(Panel {
+        title: format!("TCP relay at a fixed {gbit} Gbit/s: CPU per GB"),
+        y_label: "ms of CPU per GB relayed".into(),
+        groups: vec![format!("{gbit} Gbit/s")],
+        series: proxies_only(&["tcp_rate/{p}/cpu_ms_per_gb"], 1.0),
+        decimals: 0,
+        clip: None,
+    }));
+    let n = r.opt("many_conns/conns").unwrap_or(0.0);
+    let mut rss = proxies_only(
+        &["many_conns/{p}/rss_before_kib", "many_conns/{p}/rss_holding_kib"],
+        1.0 / 1024.0,
+    );
+    if let Some(b) = rss.first_mut() {
+        b.2.push(r.opt("many_conns/baton/rss_after_handoff_kib").map(|k| k / 1024.0));
+    }
+    figures.push(Figure::Bars(Panel {
+        title: format!("{} idle keep-alive connections: RSS", fmt_num(Some(n), 0)),
+        y_label: "MiB".into(),
+        groups: vec!["before".into(), "holding them".into(), "baton, after upgrade".into()],
+        series: rss,
+        decimals: 1,
+        clip: None,
+    }));
+    let mut two_rps = per_proxy_two(r, &names);
+    if let Some(d) = two_rps.first_mut() {
+        d.2 = vec![r.opt("http1_keepalive_wide/direct/rps")];
+    }
+    figures.push(Figure::Bars(Panel {
+        title: "Two workers each: HTTP/1.1 keep-alive throughput".into(),
+        y_label: "requests / s".into(),
+        groups: vec![format!(
+            "wrk -c{:.0}",
+            r.opt("two_workers/connections").unwrap_or(128.0)
+        )],
+        series: two_rps,
+        decimals: 0,
+        clip: None,
+    }));
+    figures
+}
+
+/// The two-worker keep-alive req/s of each target (direct filled in by the caller).
+fn per_proxy_two(r: &Results, names: &[&str; 4]) -> Vec<(String, usize, Vec<Option<f64>>)> {
+    PROXIES
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                names[i].to_string(),
+                i,
+                vec![r.opt(&format!("two_workers/keepalive/{p}/rps"))],
+            )
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------------------------------------------

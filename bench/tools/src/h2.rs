@@ -349,6 +349,49 @@ pub mod poll {
         }
     }
 
+    #[repr(C)]
+    struct Timespec {
+        tv_sec: std::ffi::c_long,
+        tv_nsec: std::ffi::c_long,
+    }
+
+    extern "C" {
+        fn ppoll(
+            fds: *mut PollFd,
+            nfds: std::ffi::c_ulong,
+            timeout: *const Timespec,
+            sigmask: *const std::ffi::c_void,
+        ) -> std::ffi::c_int;
+        fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+    }
+
+    /// Like [`wait`] with a timeout to the nanosecond (ppoll(2)): for clients that send on a schedule.
+    pub fn wait_for(fds: &mut [PollFd], timeout: std::time::Duration) -> std::io::Result<usize> {
+        let ts = Timespec {
+            tv_sec: timeout.as_secs().min(3600) as std::ffi::c_long,
+            tv_nsec: timeout.subsec_nanos() as std::ffi::c_long,
+        };
+        loop {
+            // SAFETY: as in `wait`; `ts` lives across the call and a null sigmask leaves the mask alone.
+            let r = unsafe { ppoll(fds.as_mut_ptr(), fds.len() as std::ffi::c_ulong, &ts, std::ptr::null()) };
+            if r >= 0 {
+                return Ok(r as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Asks the kernel to wake this thread's timed waits on time (PR_SET_TIMERSLACK to 1 ns instead of the
+    /// default 50 µs), so that a client on a schedule does not send late by the slack.
+    pub fn tight_timers() {
+        const PR_SET_TIMERSLACK: std::ffi::c_int = 29;
+        // SAFETY: prctl(2) with an integer argument; it only changes this thread's timer slack.
+        unsafe { prctl(PR_SET_TIMERSLACK, 1 as std::ffi::c_ulong) };
+    }
+
     /// Waits up to `timeout_ms` for any of `fds`; their `revents` say which.
     pub fn wait(fds: &mut [PollFd], timeout_ms: i32) -> std::io::Result<usize> {
         loop {

@@ -3,10 +3,14 @@
 //! ```text
 //! tcpbulk sink --listen 127.0.0.1:PORT
 //!     accepts connections; reads each to EOF, then answers the byte count (u64, big endian) and closes.
-//! tcpbulk send --target 127.0.0.1:PORT [--seconds 3] [--warmup 0.5] [--chunk 262144]
+//! tcpbulk send --target 127.0.0.1:PORT [--seconds 3] [--warmup 0.5] [--chunk 262144] [--rate-gbit G]
 //!     one connection: writes for warmup + seconds, half-closes, waits for the sink's count, and prints
-//!     {"gbit_s":…,"bytes":…,"seconds":…,"verified":true|false}
+//!     {"gbit_s":…,"bytes":…,"seconds":…,"verified":true|false,"bytes_total":…,"rate_gbit":…|null}
 //! ```
+//!
+//! With `--rate-gbit`, the writes are paced to that rate (each chunk, 65536 bytes unless `--chunk` says otherwise,
+//! written when the bytes before it are due), so that a proxy in between relays a fixed rate rather than all it
+//! can; `bytes_total` counts the warm-up too (for the proxy's CPU per byte over the whole run).
 //!
 //! The clock stops only when the sink has confirmed every byte, so bytes still buffered in a proxy are not
 //! counted as delivered. Only loopback addresses are accepted.
@@ -16,7 +20,8 @@ use std::time::{Duration, Instant};
 
 fn usage() -> ! {
     eprintln!(
-        "usage: tcpbulk sink --listen ADDR | tcpbulk send --target ADDR [--seconds S] [--warmup S] [--chunk BYTES]"
+        "usage: tcpbulk sink --listen ADDR | tcpbulk send --target ADDR [--seconds S] [--warmup S] [--chunk BYTES] \
+         [--rate-gbit G]"
     );
     std::process::exit(2);
 }
@@ -49,8 +54,12 @@ fn main() {
             };
             let seconds = num("--seconds", 3.0);
             let warmup = num("--warmup", 0.5);
-            let chunk = num("--chunk", 262_144.0) as usize;
-            send(target, seconds, warmup, chunk.max(1));
+            let rate = opt("--rate-gbit").map(|_| num("--rate-gbit", 0.0));
+            if rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+                usage();
+            }
+            let chunk = num("--chunk", if rate.is_some() { 65_536.0 } else { 262_144.0 }) as usize;
+            send(target, seconds, warmup, chunk.max(1), rate);
         }
         _ => usage(),
     }
@@ -84,7 +93,7 @@ fn sink(listen: SocketAddr) {
     }
 }
 
-fn send(target: SocketAddr, seconds: f64, warmup: f64, chunk: usize) {
+fn send(target: SocketAddr, seconds: f64, warmup: f64, chunk: usize, rate_gbit: Option<f64>) {
     let fail = |what: &str, e: std::io::Error| -> ! {
         eprintln!("tcpbulk: {what} {target}: {e}");
         std::process::exit(1);
@@ -97,6 +106,13 @@ fn send(target: SocketAddr, seconds: f64, warmup: f64, chunk: usize) {
     let mut total: u64 = 0;
     let mut at_warm: Option<(u64, Instant)> = if warmup <= 0.0 { Some((0, start)) } else { None };
     loop {
+        if let Some(rate) = rate_gbit {
+            // This chunk is due once the bytes before it have had their time at the rate.
+            let due = start + Duration::from_secs_f64(total as f64 * 8.0 / (rate * 1e9));
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         stream.write_all(&buf).unwrap_or_else(|e| fail("write to", e));
         total += chunk as u64;
         let now = Instant::now();
@@ -119,7 +135,9 @@ fn send(target: SocketAddr, seconds: f64, warmup: f64, chunk: usize) {
     let bytes = total - from_bytes;
     let secs = done.duration_since(from_t).as_secs_f64();
     println!(
-        "{{\"gbit_s\":{:.3},\"bytes\":{bytes},\"seconds\":{secs:.3},\"verified\":{verified}}}",
-        bytes as f64 * 8.0 / secs / 1e9
+        "{{\"gbit_s\":{:.3},\"bytes\":{bytes},\"seconds\":{secs:.3},\"verified\":{verified},\"bytes_total\":{total},\
+         \"rate_gbit\":{}}}",
+        bytes as f64 * 8.0 / secs / 1e9,
+        rate_gbit.map_or("null".to_string(), |r| r.to_string())
     );
 }

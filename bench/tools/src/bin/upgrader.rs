@@ -3,7 +3,7 @@
 //! ```text
 //! upgrader --baton PATH --config FILE --uds-dir DIR --admin 127.0.0.1:PORT --log-dir DIR --out FILE
 //!          [--count N] [--interval-ms MS] [--trigger FILE] [--stop-file FILE] [--migrate-timeout 10s]
-//!          [--baton-arg ARG]...
+//!          [--wait-superseded] [--baton-arg ARG]...
 //! ```
 //!
 //! 1. Starts instance 1 (`SIDECARSET_VERSION=1 SIDECARSET_VERSION_ALT=0`, fresh) and its postStart hook
@@ -12,6 +12,9 @@
 //!    upgrade k starts `baton run` with `VERSION=k ALT=k-1` and, right after, `baton migrate` with the same
 //!    env (the postStart hook); polls `/status` until the new pid answers (serving the inherited sockets) and
 //!    waits for `migrate` to exit; then SIGTERMs the old instance (the slot reset), without waiting for it.
+//!    With `--wait-superseded`, as the demo does, the reset waits (up to 15 s) for the old instance to log that it
+//!    is superseded (it handed over every live connection, its probation passed, it holds nothing); the time
+//!    from the start of the upgrade to that line is `superseded_ms` in the report.
 //! 3. Waits for every old instance to exit, writes the JSON report to `--out`, prints `done`.
 //! 4. Waits for `--stop-file` to exist (when given), then SIGTERMs the last instance and exits.
 //!
@@ -53,6 +56,7 @@ struct Args {
     trigger: Option<PathBuf>,
     stop_file: Option<PathBuf>,
     migrate_timeout: String,
+    wait_superseded: bool,
     baton_args: Vec<String>,
 }
 
@@ -75,6 +79,7 @@ fn parse_args() -> Args {
         trigger: None,
         stop_file: None,
         migrate_timeout: "10s".into(),
+        wait_superseded: false,
         baton_args: Vec::new(),
     };
     let mut it = raw.into_iter();
@@ -95,6 +100,7 @@ fn parse_args() -> Args {
             "--stop-file" => a.stop_file = Some(val().into()),
             "--migrate-timeout" => a.migrate_timeout = val(),
             "--baton-arg" => a.baton_args.push(val()),
+            "--wait-superseded" => a.wait_superseded = true,
             other => die(format!("unknown argument {other}")),
         }
     }
@@ -208,6 +214,7 @@ struct Upgrade {
     migrate_ms: Option<f64>,
     migrate_exit: String,
     internal_ms: Option<u64>,
+    superseded_ms: Option<f64>,
     ok: bool,
     log: PathBuf,
 }
@@ -303,10 +310,25 @@ fn main() {
             migrate_ms: migrated,
             migrate_exit,
             internal_ms: None,
+            superseded_ms: None,
             ok,
             log,
         });
         if ok {
+            if a.wait_superseded {
+                let old_log = a.log_dir.join(format!("baton-{version}.log"));
+                let end = Instant::now() + Duration::from_secs(15);
+                while Instant::now() < end && !matches!(current.try_wait(), Ok(Some(_))) {
+                    let text = std::fs::read_to_string(&old_log).unwrap_or_default();
+                    if text.contains("superseded: holding nothing") {
+                        if let Some(u) = upgrades.last_mut() {
+                            u.superseded_ms = Some(t0.elapsed().as_secs_f64() * 1e3);
+                        }
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
             // The slot reset: SIGTERM the old instance (it is already draining after the commit).
             signal(&current, SIGTERM);
             let old = std::mem::replace(&mut current, new);
@@ -342,7 +364,7 @@ fn main() {
     for (i, u) in upgrades.iter().enumerate() {
         let _ = write!(
             json,
-            "{}{{\"version\":{},\"pid\":{},\"ok\":{},\"serve_ms\":{},\"migrate_ms\":{},\"migrate_exit\":{},\"internal_ms\":{}}}",
+            "{}{{\"version\":{},\"pid\":{},\"ok\":{},\"serve_ms\":{},\"migrate_ms\":{},\"migrate_exit\":{},\"internal_ms\":{},\"superseded_ms\":{}}}",
             if i > 0 { "," } else { "" },
             u.version,
             u.pid,
@@ -351,6 +373,7 @@ fn main() {
             opt_f(u.migrate_ms),
             u.migrate_exit,
             u.internal_ms.map(|x| x.to_string()).unwrap_or_else(|| "null".into()),
+            opt_f(u.superseded_ms),
         );
     }
     json.push_str("],\"old_exits\":[");
