@@ -461,10 +461,24 @@ impl ConnSender {
     /// 1..=[`MAX_FDS_PER_CONN`] fds) or [`ConnVerdict::TooLarge`] (its buffers do not fit one frame: see
     /// [`conn_fits`]). The others of the batch are sent all the same.
     ///
-    /// On `Err` the successor is gone or misbehaving: resume every connection of `batch`, and do not call
-    /// `send` again.
-    pub async fn send(&mut self, batch: &[OutgoingConn<'_>]) -> Result<Vec<ConnVerdict>, HandoffError> {
+    /// On `Err` the successor is gone or misbehaving: do not call `send` again. A batch goes out in several
+    /// frames, and the successor may have acknowledged some before the failure: [`SendError::verdicts`] says, as
+    /// on `Ok`, which connections it took (close your copies: it serves them) and which are still yours (resume
+    /// them), so that no connection is served by both.
+    pub async fn send(&mut self, batch: &[OutgoingConn<'_>]) -> Result<Vec<ConnVerdict>, SendError> {
         let mut verdicts: Vec<ConnVerdict> = batch.iter().map(ConnVerdict::unsendable).collect();
+        match self.send_frames(batch, &mut verdicts).await {
+            Ok(()) => Ok(verdicts),
+            Err(error) => Err(SendError { error, verdicts }),
+        }
+    }
+
+    /// [`ConnSender::send`]'s work: records each acknowledged connection's verdict in `verdicts` as it comes.
+    async fn send_frames(
+        &mut self,
+        batch: &[OutgoingConn<'_>],
+        verdicts: &mut [ConnVerdict],
+    ) -> Result<(), HandoffError> {
         // What the protocol can carry is sent; the rest keeps its verdict and stays with the caller.
         let sendable: Vec<(usize, usize)> = batch
             .iter()
@@ -496,15 +510,15 @@ impl ConnSender {
         for frame in frames {
             if out.len() == FRAMES_IN_FLIGHT {
                 if let Some((ids, deadline)) = out.pop_front() {
-                    self.read_ack(ids, deadline, &mut verdicts).await?;
+                    self.read_ack(ids, deadline, verdicts).await?;
                 }
             }
             out.push_back(self.send_frame(batch, frame).await?);
         }
         while let Some((ids, deadline)) = out.pop_front() {
-            self.read_ack(ids, deadline, &mut verdicts).await?;
+            self.read_ack(ids, deadline, verdicts).await?;
         }
-        Ok(verdicts)
+        Ok(())
     }
 
     /// Sends one CONNS frame of `batch[i]` for each `(i, _)` of `frame`: the ids it gave them (with their index in
@@ -565,6 +579,25 @@ impl ConnSender {
     pub async fn end(mut self, state: serde_json::Value) -> Result<(), HandoffError> {
         let deadline = Instant::now() + self.timeout;
         self.conn.send(&Message::ConnsEnd(state), &[], deadline).await
+    }
+}
+
+/// [`ConnSender::send`] failed: why, and what became of each connection of the batch all the same.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SendError {
+    /// Why the session broke.
+    #[source]
+    pub error: HandoffError,
+    /// Per connection of the batch, in order: [`ConnVerdict::Taken`] for those the successor acknowledged before
+    /// the failure (it serves them: close your copies), anything else for those still yours (resume them).
+    pub verdicts: Vec<ConnVerdict>,
+}
+
+impl From<SendError> for HandoffError {
+    /// The cause alone, for callers that own nothing of the batch any more either way.
+    fn from(e: SendError) -> HandoffError {
+        e.error
     }
 }
 

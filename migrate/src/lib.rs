@@ -65,7 +65,7 @@ pub use error::{HandoffError, StepError};
 pub use handoff::{
     conn_fits, hand_over, hand_over_live, hand_over_live_until, hand_over_with, watch_takeover, Committed,
     ConnReceiver, ConnSender, ConnVerdict, Identity, Inheritance, Inherited, Offer, Offered, OutgoingConn, Received,
-    ReceivedConn, Session, Takeover, TakeoverOptions,
+    ReceivedConn, SendError, Session, Takeover, TakeoverOptions,
 };
 pub use role::{Role, RoleError};
 pub use watch::SuccessorWatch;

@@ -478,6 +478,92 @@ async fn unacknowledged_connections_stay_with_the_old_instance() {
     assert_eq!(&got, b"still");
 }
 
+/// A batch larger than one frame, whose successor acknowledges the first frame and dies before acknowledging the
+/// second: the error says which connections it took (it serves them), and only the others stay with the old side.
+/// Before, the whole batch went back to the old side, and the first frame's connections were served twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_a_partial_acknowledgement_leaves_only_the_rest_with_the_old_instance() {
+    use baton_migrate::{OutgoingConn, Received, SendError};
+
+    let n = baton_migrate::wire::MAX_FDS_PER_FRAME + 6; // two frames
+    let (_tmp, dir, serving, l, conns) = old_with_connections(n);
+    let (clients, served): (Vec<TcpStream>, Vec<TcpStream>) = conns.into_iter().unzip();
+
+    let mut takeover = Takeover::start(&dir, me(1, "v2"), opts()).expect("takeover");
+    let mut watch = SuccessorWatch::new(&dir);
+    let stream = watch.next().await;
+    let old = tokio::spawn(async move {
+        let mut sender = commit_live(stream, &l).await;
+        drop(serving);
+        let batch: Vec<OutgoingConn<'_>> = served
+            .iter()
+            .map(|s| OutgoingConn {
+                kind: "tcp".into(),
+                listener: "a".into(),
+                fds: vec![s.as_fd()],
+                buffers: vec![],
+            })
+            .collect();
+        let sent = sender.send(&batch).await;
+        let verdicts = match sent {
+            Err(SendError { error, verdicts }) => {
+                assert!(!error.to_string().is_empty());
+                verdicts
+            }
+            Ok(v) => panic!("the second frame was never acknowledged, yet: {v:?}"),
+        };
+        (verdicts, served)
+    });
+    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
+        panic!("peer expected");
+    };
+    let inherited = session.listeners.pop().expect("listener");
+    let mut receiver = session
+        .commit_live(Ready {
+            adopted: vec![inherited.tag.name.clone()],
+            ..Ready::default()
+        })
+        .await
+        .expect("commit")
+        .expect("protocol 2");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let Ok(Received::Conns(first)) = receiver.next(deadline).await else {
+        panic!("a first frame");
+    };
+    let first_len = first.len();
+    assert!(first_len < n, "the batch spans frames");
+    let mut adopted = Vec::new();
+    let ids = first.iter().map(|c| c.tag.id).collect();
+    for c in first {
+        adopted.extend(c.fds);
+    }
+    receiver.ack(ids, Vec::new(), deadline).await.expect("ack");
+    let Ok(Received::Conns(_second)) = receiver.next(deadline).await else {
+        panic!("a second frame");
+    };
+    drop(receiver); // dies before acknowledging the second frame
+    drop(takeover);
+
+    let (verdicts, mut served) = old.await.expect("old side");
+    let taken = verdicts.iter().filter(|v| v.taken()).count();
+    assert_eq!(taken, first_len, "{verdicts:?}");
+    assert!(verdicts[..first_len].iter().all(|v| v.taken()));
+    assert!(verdicts[first_len..].iter().all(|v| !v.taken()));
+    // Taken: the successor's copy reaches the client. Not taken: the old side's copy still works.
+    let mut taken_fd = std::net::TcpStream::from(adopted.swap_remove(0));
+    taken_fd.write_all(b"new").expect("write");
+    let mut clients = clients;
+    let mut got = [0u8; 3];
+    clients[0].read_exact(&mut got).expect("read");
+    assert_eq!(&got, b"new");
+    let last = n - 1;
+    clients[last].write_all(b"old").expect("write");
+    served[last]
+        .read_exact(&mut got)
+        .expect("the old instance still owns it");
+    assert_eq!(&got, b"old");
+}
+
 /// An old instance's side for the live-connection tests: a uds dir (in `tmp`) with serving.lock held, a listener,
 /// and `n` accepted connections with their clients.
 #[allow(clippy::type_complexity)]

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use baton_migrate::{ConnSender, ConnVerdict, OutgoingConn};
+use baton_migrate::{ConnSender, ConnVerdict, OutgoingConn, SendError};
 use tokio::task::JoinHandle;
 
 use crate::drain::detached::stream_fd;
@@ -142,10 +142,19 @@ async fn run_hub(
                     d.returned(again);
                 }
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "connection migration failed: serving the remaining connections here, closing them gracefully");
+            Err(SendError { error, verdicts }) => {
+                tracing::warn!(error = %error, "connection migration failed: serving the remaining connections here, closing them gracefully");
                 broken = true;
-                batch.into_iter().for_each(|d| d.returned(false));
+                // What the successor acknowledged before the failure is its own: only the rest is served here.
+                for (d, verdict) in batch.into_iter().zip(verdicts) {
+                    if verdict.taken() {
+                        taken += 1;
+                        last_taken = Some(Instant::now());
+                        d.taken();
+                    } else {
+                        d.returned(false);
+                    }
+                }
             }
         }
     }
@@ -171,10 +180,7 @@ async fn run_hub(
 }
 
 /// Offers one batch: what became of each connection.
-async fn send_batch(
-    session: &mut ConnSender,
-    batch: &[Departure],
-) -> Result<Vec<ConnVerdict>, baton_migrate::HandoffError> {
+async fn send_batch(session: &mut ConnSender, batch: &[Departure]) -> Result<Vec<ConnVerdict>, SendError> {
     let outgoing: Vec<OutgoingConn<'_>> = batch
         .iter()
         .map(|d| {
