@@ -36,6 +36,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
+use baton_bench_tools::args::Flags;
 use baton_bench_tools::h2::poll::{self, PollFd, POLLOUT};
 use baton_bench_tools::http1::{self, Response};
 
@@ -58,19 +59,6 @@ struct Args {
     path: String,
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!("fixedrate: {msg}");
-    eprintln!(
-        "usage: fixedrate --target 127.0.0.1:PORT --rate REQ_PER_S [--conns 64] [--seconds 2] [--warmup 0.5] \
-         [--timeout-ms 2000] [--path /]"
-    );
-    std::process::exit(2);
-}
-
-fn bad<T>(flag: &str, val: &str) -> T {
-    usage(&format!("{flag}: bad value {val}"))
-}
-
 fn parse_args() -> Args {
     let mut a = Args {
         target: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -81,32 +69,34 @@ fn parse_args() -> Args {
         timeout: Duration::from_secs(2),
         path: "/".into(),
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = raw.into_iter();
-    while let Some(flag) = it.next() {
-        let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+    let mut f = Flags::from_env(
+        "fixedrate",
+        "fixedrate --target 127.0.0.1:PORT --rate REQ_PER_S [--conns 64] [--seconds 2] [--warmup 0.5] \
+         [--timeout-ms 2000] [--path /]",
+    );
+    while let Some((flag, val)) = f.next_pair() {
         match flag.as_str() {
-            "--target" => a.target = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--rate" => a.rate = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--conns" => a.conns = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--seconds" => a.seconds = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--warmup" => a.warmup = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--timeout-ms" => a.timeout = Duration::from_millis(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
+            "--target" => a.target = f.parse(&flag, &val),
+            "--rate" => a.rate = f.parse(&flag, &val),
+            "--conns" => a.conns = f.parse(&flag, &val),
+            "--seconds" => a.seconds = f.parse(&flag, &val),
+            "--warmup" => a.warmup = f.parse(&flag, &val),
+            "--timeout-ms" => a.timeout = Duration::from_millis(f.parse(&flag, &val)),
             "--path" => a.path = val,
-            _ => usage(&format!("unknown argument {flag}")),
+            _ => f.fail(&format!("unknown argument {flag}")),
         }
     }
     if !a.target.ip().is_loopback() || a.target.port() == 0 {
-        usage("--target must be a loopback ip:port");
+        f.fail("--target must be a loopback ip:port");
     }
     if !(a.rate > 0.0 && a.rate.is_finite()) || a.conns == 0 || a.timeout.is_zero() {
-        usage("--rate, --conns and --timeout-ms must be positive");
+        f.fail("--rate, --conns and --timeout-ms must be positive");
     }
     if !(a.seconds > 0.0 && a.seconds.is_finite() && a.warmup >= 0.0 && a.warmup.is_finite()) {
-        usage("--seconds must be positive and --warmup not negative");
+        f.fail("--seconds must be positive and --warmup not negative");
     }
     if !a.path.starts_with('/') || a.path.contains(char::is_whitespace) {
-        usage("--path must start with / and hold no whitespace");
+        f.fail("--path must start with / and hold no whitespace");
     }
     a
 }

@@ -32,6 +32,7 @@ use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use baton_bench_tools::args::Flags;
 use baton_bench_tools::grpc;
 use baton_bench_tools::h2::{self, poll, Head, Io};
 use baton_bench_tools::hpack::{Decoder, Encoder};
@@ -75,19 +76,6 @@ struct Args {
     timeout: Duration,
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!("grpcload: {msg}");
-    eprintln!(
-        "usage: grpcload --target 127.0.0.1:PORT [--conns 16] [--streams 16] [--seconds 5] [--warmup 1] \
-         [--calls N] [--timeout-ms 5000]"
-    );
-    std::process::exit(2);
-}
-
-fn bad<T>(flag: &str, val: &str) -> T {
-    usage(&format!("{flag}: bad value {val}"))
-}
-
 fn parse_args() -> Args {
     let mut a = Args {
         target: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -98,29 +86,31 @@ fn parse_args() -> Args {
         calls: None,
         timeout: Duration::from_secs(5),
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = raw.into_iter();
-    while let Some(flag) = it.next() {
-        let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+    let mut f = Flags::from_env(
+        "grpcload",
+        "grpcload --target 127.0.0.1:PORT [--conns 16] [--streams 16] [--seconds 5] [--warmup 1] \
+         [--calls N] [--timeout-ms 5000]",
+    );
+    while let Some((flag, val)) = f.next_pair() {
         match flag.as_str() {
-            "--target" => a.target = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--conns" => a.conns = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--streams" => a.streams = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--seconds" => a.seconds = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--warmup" => a.warmup = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--calls" => a.calls = Some(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
-            "--timeout-ms" => a.timeout = Duration::from_millis(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
-            _ => usage(&format!("unknown argument {flag}")),
+            "--target" => a.target = f.parse(&flag, &val),
+            "--conns" => a.conns = f.parse(&flag, &val),
+            "--streams" => a.streams = f.parse(&flag, &val),
+            "--seconds" => a.seconds = f.parse(&flag, &val),
+            "--warmup" => a.warmup = f.parse(&flag, &val),
+            "--calls" => a.calls = Some(f.parse(&flag, &val)),
+            "--timeout-ms" => a.timeout = Duration::from_millis(f.parse(&flag, &val)),
+            _ => f.fail(&format!("unknown argument {flag}")),
         }
     }
     if !a.target.ip().is_loopback() || a.target.port() == 0 {
-        usage("--target must be a loopback ip:port");
+        f.fail("--target must be a loopback ip:port");
     }
     if a.conns == 0 || a.streams == 0 || a.timeout.is_zero() || a.calls == Some(0) {
-        usage("--conns, --streams, --timeout-ms and --calls must be positive");
+        f.fail("--conns, --streams, --timeout-ms and --calls must be positive");
     }
     if !(a.seconds > 0.0 && a.seconds.is_finite() && a.warmup >= 0.0 && a.warmup.is_finite()) {
-        usage("--seconds must be positive and --warmup not negative");
+        f.fail("--seconds must be positive and --warmup not negative");
     }
     a
 }

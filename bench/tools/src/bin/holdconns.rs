@@ -25,6 +25,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use baton_bench_tools::args::Flags;
 use baton_bench_tools::http1::{self, Response};
 
 const KINDS: [&str; 6] = ["write", "eof", "reset", "timeout", "status", "bad_response"];
@@ -44,18 +45,6 @@ struct Args {
     wait: Duration,
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!("holdconns: {msg}");
-    eprintln!(
-        "usage: holdconns --target 127.0.0.1:PORT --conns N [--batch 256] [--timeout-ms 5000] [--go FILE] [--wait-s 120]"
-    );
-    std::process::exit(2);
-}
-
-fn bad<T>(flag: &str, val: &str) -> T {
-    usage(&format!("{flag}: bad value {val}"))
-}
-
 fn parse_args() -> Args {
     let mut a = Args {
         target: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -65,25 +54,26 @@ fn parse_args() -> Args {
         go: None,
         wait: Duration::from_secs(120),
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = raw.into_iter();
-    while let Some(flag) = it.next() {
-        let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+    let mut f = Flags::from_env(
+        "holdconns",
+        "holdconns --target 127.0.0.1:PORT --conns N [--batch 256] [--timeout-ms 5000] [--go FILE] [--wait-s 120]",
+    );
+    while let Some((flag, val)) = f.next_pair() {
         match flag.as_str() {
-            "--target" => a.target = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--conns" => a.conns = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--batch" => a.batch = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--timeout-ms" => a.timeout = Duration::from_millis(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
+            "--target" => a.target = f.parse(&flag, &val),
+            "--conns" => a.conns = f.parse(&flag, &val),
+            "--batch" => a.batch = f.parse(&flag, &val),
+            "--timeout-ms" => a.timeout = Duration::from_millis(f.parse(&flag, &val)),
             "--go" => a.go = Some(val.into()),
-            "--wait-s" => a.wait = Duration::from_secs(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
-            _ => usage(&format!("unknown argument {flag}")),
+            "--wait-s" => a.wait = Duration::from_secs(f.parse(&flag, &val)),
+            _ => f.fail(&format!("unknown argument {flag}")),
         }
     }
     if !a.target.ip().is_loopback() || a.target.port() == 0 {
-        usage("--target must be a loopback ip:port");
+        f.fail("--target must be a loopback ip:port");
     }
     if a.conns == 0 || a.batch == 0 || a.timeout.is_zero() {
-        usage("--conns, --batch and --timeout-ms must be positive");
+        f.fail("--conns, --batch and --timeout-ms must be positive");
     }
     a
 }

@@ -21,6 +21,7 @@
 //! "max_us":…,"conns":…,"round_ms":…,"seconds":…}` (latency of the successful requests). `eof` is a connection
 //! found closed by the server (EOF before any byte of the response), `truncated` an EOF within the response.
 //! Exit 1 when the initial connections cannot be opened, 2 for bad arguments. Only loopback targets.
+use baton_bench_tools::args::Flags;
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -53,18 +54,6 @@ struct Args {
     timeout: Duration,
 }
 
-fn usage(msg: &str) -> ! {
-    eprintln!("idlepool: {msg}");
-    eprintln!(
-        "usage: idlepool --target 127.0.0.1:PORT [--conns 100] [--round-ms 300] [--seconds 10] [--timeout-ms 2000]"
-    );
-    std::process::exit(2);
-}
-
-fn bad<T>(flag: &str, val: &str) -> T {
-    usage(&format!("{flag}: bad value {val}"))
-}
-
 fn parse_args() -> Args {
     let mut a = Args {
         target: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -73,24 +62,25 @@ fn parse_args() -> Args {
         seconds: 10.0,
         timeout: Duration::from_secs(2),
     };
-    let raw: Vec<String> = std::env::args().skip(1).collect();
-    let mut it = raw.into_iter();
-    while let Some(flag) = it.next() {
-        let val = it.next().unwrap_or_else(|| usage(&format!("{flag} needs a value")));
+    let mut f = Flags::from_env(
+        "idlepool",
+        "idlepool --target 127.0.0.1:PORT [--conns 100] [--round-ms 300] [--seconds 10] [--timeout-ms 2000]",
+    );
+    while let Some((flag, val)) = f.next_pair() {
         match flag.as_str() {
-            "--target" => a.target = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--conns" => a.conns = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--round-ms" => a.round = Duration::from_millis(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
-            "--seconds" => a.seconds = val.parse().unwrap_or_else(|_| bad(&flag, &val)),
-            "--timeout-ms" => a.timeout = Duration::from_millis(val.parse().unwrap_or_else(|_| bad(&flag, &val))),
-            _ => usage(&format!("unknown argument {flag}")),
+            "--target" => a.target = f.parse(&flag, &val),
+            "--conns" => a.conns = f.parse(&flag, &val),
+            "--round-ms" => a.round = Duration::from_millis(f.parse(&flag, &val)),
+            "--seconds" => a.seconds = f.parse(&flag, &val),
+            "--timeout-ms" => a.timeout = Duration::from_millis(f.parse(&flag, &val)),
+            _ => f.fail(&format!("unknown argument {flag}")),
         }
     }
     if !a.target.ip().is_loopback() || a.target.port() == 0 {
-        usage("--target must be a loopback ip:port");
+        f.fail("--target must be a loopback ip:port");
     }
     if a.conns == 0 || a.round.is_zero() || a.timeout.is_zero() || !(a.seconds > 0.0 && a.seconds.is_finite()) {
-        usage("--conns, --round-ms, --timeout-ms and --seconds must be positive");
+        f.fail("--conns, --round-ms, --timeout-ms and --seconds must be positive");
     }
     a
 }
