@@ -301,16 +301,8 @@ async fn live_connections_move_after_the_commit() {
         (committed.generation, taken, served_a, served_b)
     });
 
-    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
-        panic!("a live peer holds serving.lock");
-    };
-    assert_eq!(session.peer_state, Some(serde_json::json!({"counters": 41})));
-    let inherited = session.listeners.pop().expect("listener");
-    let ready = Ready {
-        adopted: vec![inherited.tag.name.clone()],
-        ..Ready::default()
-    };
-    let mut receiver = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    let (peer_state, mut receiver) = commit_live_new(&mut takeover).await;
+    assert_eq!(peer_state, Some(serde_json::json!({"counters": 41})));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let Received::Conns(conns) = receiver.next(deadline).await.expect("conns") else {
         panic!("expected connections first");
@@ -396,15 +388,7 @@ async fn unsendable_connections_are_named_not_sent() {
         verdicts
     });
 
-    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
-        panic!("a live peer holds serving.lock");
-    };
-    let inherited = session.listeners.pop().expect("listener");
-    let ready = Ready {
-        adopted: vec![inherited.tag.name.clone()],
-        ..Ready::default()
-    };
-    let mut receiver = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    let (_, mut receiver) = commit_live_new(&mut takeover).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let Received::Conns(conns) = receiver.next(deadline).await.expect("conns") else {
         panic!("expected connections first");
@@ -448,18 +432,7 @@ async fn unacknowledged_connections_stay_with_the_old_instance() {
         let sent = sender.send(&batch).await;
         (sent.map_err(|e| e.to_string()), served)
     });
-    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
-        panic!("peer expected");
-    };
-    let inherited = session.listeners.pop().expect("listener");
-    let mut receiver = session
-        .commit_live(Ready {
-            adopted: vec![inherited.tag.name.clone()],
-            ..Ready::default()
-        })
-        .await
-        .expect("commit")
-        .expect("protocol 2");
+    let (_, mut receiver) = commit_live_new(&mut takeover).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     match receiver.next(deadline).await {
         Err(HandoffError::Failpoint("conns-before-ack")) => {}
@@ -514,18 +487,7 @@ async fn a_failure_after_a_partial_acknowledgement_leaves_only_the_rest_with_the
         };
         (verdicts, served)
     });
-    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
-        panic!("peer expected");
-    };
-    let inherited = session.listeners.pop().expect("listener");
-    let mut receiver = session
-        .commit_live(Ready {
-            adopted: vec![inherited.tag.name.clone()],
-            ..Ready::default()
-        })
-        .await
-        .expect("commit")
-        .expect("protocol 2");
+    let (_, mut receiver) = commit_live_new(&mut takeover).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let Ok(Received::Conns(first)) = receiver.next(deadline).await else {
         panic!("a first frame");
@@ -562,6 +524,22 @@ async fn a_failure_after_a_partial_acknowledgement_leaves_only_the_rest_with_the
         .read_exact(&mut got)
         .expect("the old instance still owns it");
     assert_eq!(&got, b"old");
+}
+
+/// The new side of the live-connection tests: takes the one listener the (live) predecessor offers and commits
+/// with protocol 2; the predecessor's state, and the receiver of its connections.
+async fn commit_live_new(takeover: &mut Takeover) -> (Option<serde_json::Value>, baton_migrate::ConnReceiver) {
+    let Inheritance::Peer(mut session) = takeover.receive().await.expect("receive") else {
+        panic!("a live peer holds serving.lock");
+    };
+    let peer_state = session.peer_state.clone();
+    let inherited = session.listeners.pop().expect("listener");
+    let ready = Ready {
+        adopted: vec![inherited.tag.name.clone()],
+        ..Ready::default()
+    };
+    let receiver = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    (peer_state, receiver)
 }
 
 /// An old instance's side for the live-connection tests: a uds dir (in `tmp`) with serving.lock held, a listener,

@@ -115,47 +115,43 @@ async fn run_hub(
         let result = send_batch(&mut session, &batch).await;
         sent += batch.len();
         batches += 1;
-        match result {
-            Ok(verdicts) => {
-                if verdicts.iter().any(|v| v.taken()) {
-                    last_taken = Some(Instant::now());
-                }
-                for (d, verdict) in batch.into_iter().zip(verdicts) {
-                    if verdict.taken() {
-                        taken += 1;
-                        d.taken(); // our copies close; the successor has its own
-                        continue;
-                    }
-                    // Too large to travel now: it holds less once it has written some out, so it is offered
-                    // again. Refused (the successor's config has no place for it) or unsendable fds: it would be
-                    // the same next time, so it is served here to its end.
-                    let again = verdict == ConnVerdict::TooLarge;
-                    let c = d.conn();
-                    tracing::warn!(
-                        listener = %c.listener,
-                        kind = c.kind.as_str(),
-                        buffered = c.buffers.iter().map(Vec::len).sum::<usize>(),
-                        reason = %verdict,
-                        offered_again = again,
-                        "a connection was not handed over; serving it here"
-                    );
-                    d.returned(again);
-                }
-            }
+        // On a failure, what the successor acknowledged before it is its own all the same: only the rest is served
+        // here.
+        let verdicts = match result {
+            Ok(verdicts) => verdicts,
             Err(SendError { error, verdicts }) => {
                 tracing::warn!(error = %error, "connection migration failed: serving the remaining connections here, closing them gracefully");
                 broken = true;
-                // What the successor acknowledged before the failure is its own: only the rest is served here.
-                for (d, verdict) in batch.into_iter().zip(verdicts) {
-                    if verdict.taken() {
-                        taken += 1;
-                        last_taken = Some(Instant::now());
-                        d.taken();
-                    } else {
-                        d.returned(false);
-                    }
-                }
+                verdicts
             }
+        };
+        if verdicts.iter().any(|v| v.taken()) {
+            last_taken = Some(Instant::now());
+        }
+        for (d, verdict) in batch.into_iter().zip(verdicts) {
+            if verdict.taken() {
+                taken += 1;
+                d.taken(); // our copies close; the successor has its own
+                continue;
+            }
+            if broken {
+                d.returned(false);
+                continue;
+            }
+            // Too large to travel now: it holds less once it has written some out, so it is offered again.
+            // Refused (the successor's config has no place for it) or unsendable fds: it would be the same next
+            // time, so it is served here to its end.
+            let again = verdict == ConnVerdict::TooLarge;
+            let c = d.conn();
+            tracing::warn!(
+                listener = %c.listener,
+                kind = c.kind.as_str(),
+                buffered = c.buffers.iter().map(Vec::len).sum::<usize>(),
+                reason = %verdict,
+                offered_again = again,
+                "a connection was not handed over; serving it here"
+            );
+            d.returned(again);
         }
     }
     let ms = |t: Instant| t.duration_since(committed_at).as_secs_f64() * 1e3;
