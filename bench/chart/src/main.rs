@@ -183,6 +183,25 @@ struct Report {
 }
 
 impl Report {
+    /// Whether `results.json` lacks scenario `key` (a run from before it), noted as "no `what` numbers".
+    fn absent(&mut self, r: &Results, key: &str, what: &str) -> bool {
+        let absent = !r.exists(key);
+        if absent {
+            self.notes.push(format!(
+                "no {what} numbers in this results.json (a run from before that scenario)"
+            ));
+        }
+        absent
+    }
+
+    /// Scenario `key`'s own note in `results.json`, if it has one.
+    fn note_from(&mut self, r: &Results, key: &str) {
+        let note = r.text(&format!("{key}/note"));
+        if !note.is_empty() {
+            self.notes.push(note);
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn metric(
         &mut self,
@@ -331,9 +350,7 @@ fn upstream_conns_row(r: &Results, scenario: &str, metric: &str) -> Row {
 
 /// Scenario 3b: h2load against fronts that speak HTTP/2 to the upstream. `h2c_baton`: baton's req/s in scenario 3.
 fn h2c_upstream(r: &mut Results, rep: &mut Report, h2c_baton: Option<f64>) {
-    if !r.exists("h2c_upstream") {
-        rep.notes
-            .push("no h2c → h2c upstream numbers in this results.json (a run from before that scenario)".into());
+    if rep.absent(r, "h2c_upstream", "h2c → h2c upstream") {
         return;
     }
     let rps = PROXIES.map(|p| r.opt(&format!("h2c_upstream/{p}/rps")));
@@ -373,17 +390,12 @@ fn h2c_upstream(r: &mut Results, rep: &mut Report, h2c_baton: Option<f64>) {
             up / h2c
         ));
     }
-    let note = r.text("h2c_upstream/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "h2c_upstream");
 }
 
 /// Scenario 3c: gRPC unary calls (grpcload against grpcserver).
 fn grpc_unary(r: &mut Results, rep: &mut Report) {
-    if !r.exists("grpc_unary") {
-        rep.notes
-            .push("no gRPC unary numbers in this results.json (a run from before that scenario)".into());
+    if rep.absent(r, "grpc_unary", "gRPC unary") {
         return;
     }
     let calls = PROXIES.map(|p| r.opt(&format!("grpc_unary/{p}/calls_per_s")));
@@ -431,10 +443,7 @@ fn grpc_unary(r: &mut Results, rep: &mut Report) {
         "grpc_unary",
         "3c gRPC unary: the proxy's connections to the upstream, mid-run",
     ));
-    let note = r.text("grpc_unary/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "grpc_unary");
 }
 
 /// A rate with thousands separators (2,000).
@@ -491,9 +500,7 @@ fn rate_cells(
 
 /// Scenario 8: latency added at a fixed rate (and the CPU per request at one of them).
 fn fixed_rate(r: &mut Results, rep: &mut Report) {
-    if !r.exists("fixed_rate") {
-        rep.notes
-            .push("no fixed-rate numbers in this results.json (a run from before that scenario)".into());
+    if rep.absent(r, "fixed_rate", "fixed-rate") {
         return;
     }
     let conns = r.opt("params/fixed_rate_conns").unwrap_or(64.0);
@@ -600,17 +607,12 @@ fn fixed_rate(r: &mut Results, rep: &mut Report) {
     rep.notes.push(
         "fixed-rate rows: \"latency added\" is the proxy's percentile minus direct's at the same rate (the direct column holds direct's own); a proxy that achieves less than 95% of the asked rate does not sustain it, and its latencies then include the queue that builds up".into(),
     );
-    let note = r.text("fixed_rate/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "fixed_rate");
 }
 
 /// Scenario 4b: TCP relay at a fixed rate, the proxy's CPU per GB.
 fn tcp_rate(r: &mut Results, rep: &mut Report) {
-    if !r.exists("tcp_rate") {
-        rep.notes
-            .push("no fixed-rate TCP numbers in this results.json (a run from before that scenario)".into());
+    if rep.absent(r, "tcp_rate", "fixed-rate TCP") {
         return;
     }
     let gbit = r.opt("tcp_rate/rate_gbit").unwrap_or(1.0);
@@ -650,17 +652,12 @@ fn tcp_rate(r: &mut Results, rep: &mut Report) {
             ));
         }
     }
-    let note = r.text("tcp_rate/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "tcp_rate");
 }
 
 /// Scenario 9: many idle keep-alive connections; RSS, and baton's handoff of all of them.
 fn many_conns(r: &mut Results, rep: &mut Report) {
-    if !r.exists("many_conns") {
-        rep.notes
-            .push("no many-connection numbers in this results.json (a run from before that scenario)".into());
+    if rep.absent(r, "many_conns", "many-connection") {
         return;
     }
     let n = r.num("many_conns/conns").unwrap_or(0.0);
@@ -761,17 +758,12 @@ fn many_conns(r: &mut Results, rep: &mut Report) {
             }
         }
     }
-    let note = r.text("many_conns/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "many_conns");
 }
 
 /// Scenario 10: two workers.
 fn two_workers(r: &mut Results, rep: &mut Report) {
-    if !r.exists("two_workers") {
-        rep.notes
-            .push("no two-worker numbers in this results.json (a run from before that scenario)".into());
+    if rep.absent(r, "two_workers", "two-worker") {
         return;
     }
     let conns = r.opt("two_workers/connections").unwrap_or(128.0);
@@ -821,10 +813,7 @@ fn two_workers(r: &mut Results, rep: &mut Report) {
             });
         }
     }
-    let note = r.text("two_workers/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "two_workers");
 }
 
 fn build_report(r: &mut Results) -> Report {
@@ -957,10 +946,7 @@ fn build_report(r: &mut Results) -> Report {
             h2b / h1b
         ));
     }
-    let note = r.text("h2c/note");
-    if !note.is_empty() {
-        rep.notes.push(note);
-    }
+    rep.note_from(r, "h2c");
 
     // 3b. h2c to an h2c upstream, 3c. gRPC unary calls
     h2c_upstream(r, &mut rep, h2[1]);
