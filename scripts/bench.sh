@@ -298,6 +298,24 @@ nginx_http_common() { # DIR
 EOF
 }
 
+# nginx's reverse proxy to the HTTP/1.1 upstream (inside `http { }`): an `app` upstream block with kept-alive
+# connections and a server listening on each argument (`ADDR:PORT`, or `ADDR:PORT http2`).
+nginx_proxy_app() { # LISTEN...
+  echo "  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }"
+  echo "  server {"
+  local l
+  for l in "$@"; do echo "    listen $l;"; done
+  cat <<'EOF'
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    }
+  }
+EOF
+}
+
 # Upstream: nginx, HTTP/1.1 on UP and h2c (prior knowledge, `listen ... http2` on a plain port) on UP_H2; on UP_H2
 # /proto answers with the protocol and method it got, for the sanity check of the HTTP/2 upstream paths.
 mkdir -p "$TMP/upstream/tmp" "$TMP/nginx/tmp" "$TMP/haproxy" "$TMP/uds-static"
@@ -331,18 +349,8 @@ start_bg grpc-upstream "$TOOLS/grpcserver" --listen "127.0.0.1:$GRPC_UP"
   nginx_common "$TMP/nginx"
   echo "http {"
   nginx_http_common "$TMP/nginx"
+  nginx_proxy_app "127.0.0.1:$NGX" "127.0.0.1:$NGX_H2 http2"
   cat <<EOF
-  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
-  server {
-    listen 127.0.0.1:$NGX;
-    listen 127.0.0.1:$NGX_H2 http2;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
   upstream h2app { server 127.0.0.1:$UP_H2; keepalive 256; keepalive_requests 100000000; }
   upstream grpcapp { server 127.0.0.1:$GRPC_UP; keepalive 256; keepalive_requests 100000000; }
   server {
@@ -1056,19 +1064,8 @@ events { worker_connections $((MANY_CONNS + 1024)); }
 http {
 EOF
   nginx_http_common "$TMP/many-nginx"
-  cat <<EOF
-  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
-  server {
-    listen 127.0.0.1:$MANY_NGX;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
+  nginx_proxy_app "127.0.0.1:$MANY_NGX"
+  echo "}"
 } >"$TMP/many-nginx/nginx.conf"
 # HAProxy sizes its fd table for two sockets per connection (maxconn 10,400: 20,837) and by default refuses to
 # start below that; `no strict-limits` lets it run within the hard limit, which holds MANY_CONNS idle client
@@ -1173,19 +1170,8 @@ mkdir -p "$TMP/two-nginx/tmp" "$TMP/two-haproxy" "$TMP/uds-two"
   echo "events { worker_connections 8192; }"
   echo "http {"
   nginx_http_common "$TMP/two-nginx"
-  cat <<EOF
-  upstream app { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 100000000; }
-  server {
-    listen 127.0.0.1:$TWO_NGX;
-    location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-    }
-  }
-}
-EOF
+  nginx_proxy_app "127.0.0.1:$TWO_NGX"
+  echo "}"
 } >"$TMP/two-nginx/nginx.conf"
 sed -e 's/^  nbthread 1$/  nbthread 2/' -e '/^frontend fe_h2up$/,$d' -e "s/^  bind 127.0.0.1:$HAP\$/  bind 127.0.0.1:$TWO_HAP/" \
   -e "/^  bind 127.0.0.1:$HAP_H2 proto h2\$/d" -e '/^  stats socket /d' "$TMP/haproxy/haproxy.cfg" >"$TMP/two-haproxy/haproxy.cfg"
