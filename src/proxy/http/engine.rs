@@ -137,9 +137,9 @@ async fn run(
     // A burst woken by a readable socket reads here once whatever comes (the client may have sent part of a
     // request, or nothing after all); any other wait with nothing of the next request read ends the burst.
     let mut may_park = !cbuf.is_empty() || resumed.is_some();
-    let (spare, mut bufs) = Buffers::take();
+    let mut bufs = Buffers::take();
     if cbuf.capacity() == 0 {
-        cbuf = spare;
+        cbuf = Buffers::take_read();
     }
     let mut migration = ctx.drain.migration();
     let timer = tokio::time::sleep(cluster.request_timeout);

@@ -174,46 +174,54 @@ impl Buffers {
         &mut self.to_up
     }
 
-    /// A connection's read buffer and exchange buffers, from this thread's spares if it has any (see
-    /// [`Buffers::spare`]).
-    pub(super) fn take() -> (Vec<u8>, Buffers) {
-        SPARES.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    /// Exchange buffers, from this thread's spares if it has any (see [`Buffers::spare`]).
+    pub(super) fn take() -> Buffers {
+        SPARE_SETS.with(|s| s.borrow_mut().pop()).unwrap_or_default()
+    }
+
+    /// A connection's read buffer, from this thread's spares if it has any: for a connection that holds none (one
+    /// that comes with bytes already read keeps its own buffer, and the spare stays for another).
+    pub(super) fn take_read() -> Vec<u8> {
+        SPARE_READS.with(|s| s.borrow_mut().pop()).unwrap_or_default()
     }
 
     /// Keeps the buffers of a connection that went idle for the next connection of this thread that wakes up: an
     /// idle connection holds none, and a busy one does not allocate them again for each request. At most
-    /// [`SPARES_KEPT`] sets are kept, and none that grew past [`SPARE_MOST`].
+    /// [`SPARES_KEPT`] of each are kept, and none that grew past [`SPARE_MOST`].
     pub(super) fn spare(mut self, mut cbuf: Vec<u8>) {
-        let sizes = [
-            cbuf.capacity(),
-            self.to_up.capacity(),
-            self.to_client.capacity(),
-            self.ubuf.capacity(),
-        ];
-        if sizes.iter().any(|&c| c > SPARE_MOST) {
-            return;
+        if cbuf.capacity() <= SPARE_MOST {
+            cbuf.clear();
+            keep(&SPARE_READS, cbuf);
         }
-        cbuf.clear();
-        self.to_up.clear();
-        self.to_client.clear();
-        self.ubuf.clear();
-        SPARES.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < SPARES_KEPT {
-                s.push((cbuf, self));
-            }
-        });
+        let sizes = [self.to_up.capacity(), self.to_client.capacity(), self.ubuf.capacity()];
+        if sizes.iter().all(|&c| c <= SPARE_MOST) {
+            self.to_up.clear();
+            self.to_client.clear();
+            self.ubuf.clear();
+            keep(&SPARE_SETS, self);
+        }
     }
 }
 
-/// Spare buffer sets kept per thread: enough for the connections of a busy thread that are between two requests at
-/// once, few enough to weigh nothing (at most 4 × [`SPARE_MOST`] each).
+/// Adds `spare` to this thread's list `spares`, unless it holds [`SPARES_KEPT`] already.
+fn keep<T: 'static>(spares: &'static std::thread::LocalKey<std::cell::RefCell<Vec<T>>>, spare: T) {
+    spares.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < SPARES_KEPT {
+            s.push(spare);
+        }
+    });
+}
+
+/// Spare read buffers and spare exchange buffer sets kept per thread: enough for the connections of a busy thread
+/// that are between two requests at once, few enough to weigh nothing (at most 4 × [`SPARE_MOST`] a connection).
 const SPARES_KEPT: usize = 64;
 /// The largest buffer kept as a spare.
 const SPARE_MOST: usize = 32 * 1024;
 
 thread_local! {
-    static SPARES: std::cell::RefCell<Vec<(Vec<u8>, Buffers)>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_READS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SPARE_SETS: std::cell::RefCell<Vec<Buffers>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl Exchange {
@@ -902,23 +910,23 @@ mod tests {
     fn spare_buffers_are_reused_bounded_and_never_kept_when_large() {
         // A thread of its own: the spares are per thread.
         std::thread::spawn(|| {
-            let (cbuf, bufs) = Buffers::take();
+            let (cbuf, bufs) = (Buffers::take_read(), Buffers::take());
             assert_eq!(cbuf.capacity(), 0, "no spare yet");
             let mut cbuf = cbuf;
             cbuf.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
             let cap = cbuf.capacity();
             bufs.spare(cbuf);
-            let (again, _) = Buffers::take();
+            let again = Buffers::take_read();
             assert_eq!(again.capacity(), cap, "the spare comes back");
             assert!(again.is_empty(), "cleared");
 
             Buffers::default().spare(vec![0; SPARE_MOST + 1]);
-            assert_eq!(Buffers::take().0.capacity(), 0, "a grown buffer is not kept");
+            assert_eq!(Buffers::take_read().capacity(), 0, "a grown buffer is not kept");
 
             for _ in 0..SPARES_KEPT + 10 {
                 Buffers::default().spare(Vec::with_capacity(16));
             }
-            let kept = std::iter::from_fn(|| Some(Buffers::take().0.capacity()))
+            let kept = std::iter::from_fn(|| Some(Buffers::take_read().capacity()))
                 .take_while(|&c| c > 0)
                 .count();
             assert_eq!(kept, SPARES_KEPT);
