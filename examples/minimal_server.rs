@@ -23,7 +23,7 @@ use baton_migrate::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -129,7 +129,8 @@ async fn serve(listen: SocketAddr, dir: &UdsDir) -> Result<()> {
     Ok(())
 }
 
-/// New side: receive the predecessor's listener, accept on it, commit. Binds fresh if there is no predecessor.
+/// New side: receive the predecessor's listener, commit, accept on it from COMMIT on. Binds fresh if there is no
+/// predecessor.
 async fn take_over(listen: SocketAddr, dir: &UdsDir) -> Result<(Server, Takeover, String)> {
     let mut takeover = Takeover::start(dir, me(1), TakeoverOptions::new(HANDOFF_TIMEOUT))?;
     step!("takeover: waiting on {}", dir.reconfig_path().display());
@@ -160,14 +161,15 @@ async fn take_over(listen: SocketAddr, dir: &UdsDir) -> Result<(Server, Takeover
     let std_listener = std::net::TcpListener::from(inherited.fd);
     // It arrives in blocking mode; tokio needs it non-blocking.
     std_listener.set_nonblocking(true)?;
-    // READY promises that we accept: start accepting before the commit.
-    let server = Server::start(TcpListener::from_std(std_listener)?, generation);
+    // Ready to accept, but held: until COMMIT the predecessor serves, and a connection we took now would die
+    // with us if the handoff failed.
+    let server = Server::start_held(TcpListener::from_std(std_listener)?, generation);
     let ready = Ready {
         adopted: vec![NAME.into()],
         bound: vec![],
         unclaimed,
     };
-    match session.commit(ready).await {
+    match session.commit(ready, || server.go.notify_one()).await {
         Ok(()) => step!("takeover: committed"),
         Err(e) if matches!(e.error, HandoffError::Refused(_)) => {
             let reason = format!("commit refused ({e}); the predecessor keeps serving");
@@ -176,7 +178,10 @@ async fn take_over(listen: SocketAddr, dir: &UdsDir) -> Result<(Server, Takeover
             return Err(reason.into());
         }
         // It crashed or hung after READY: we accept on the same socket, so serving on is safe.
-        Err(e) => step!("takeover: commit not confirmed ({e}); serving anyway"),
+        Err(e) => {
+            step!("takeover: commit not confirmed ({e}); serving anyway");
+            server.go.notify_one(); // one permit: harmless if COMMIT had come and started it
+        }
     }
     Ok((server, takeover, format!("adopted {listen}; generation {generation}")))
 }
@@ -199,16 +204,31 @@ struct Server {
     listener: Arc<TcpListener>,
     generation: u64,
     stop: watch::Sender<bool>,
+    /// Lets the accept loop of a held server start.
+    go: Arc<Notify>,
     task: JoinHandle<JoinSet<()>>,
 }
 
 impl Server {
     fn start(listener: TcpListener, generation: u64) -> Server {
+        let server = Server::start_held(listener, generation);
+        server.go.notify_one();
+        server
+    }
+
+    /// An accept loop that waits for `go` before it accepts (or for `stop`, and never accepts).
+    fn start_held(listener: TcpListener, generation: u64) -> Server {
         let listener = Arc::new(listener);
         let (stop, mut stopped) = watch::channel(false);
+        let go = Arc::new(Notify::new());
         let accepting = listener.clone();
+        let released = go.clone();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
+            tokio::select! {
+                _ = stopped.changed() => return conns,
+                _ = released.notified() => {}
+            }
             loop {
                 tokio::select! {
                     biased;
@@ -227,6 +247,7 @@ impl Server {
             listener,
             generation,
             stop,
+            go,
             task,
         }
     }

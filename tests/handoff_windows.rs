@@ -5,7 +5,9 @@
 //!   and serves again, so no connection is refused;
 //! - the new instance's receiving side of the connection handover is part of its drain: once stopping it refuses
 //!   what arrives (the predecessor keeps it) and waits for the predecessor's end instead of exiting under it;
-//! - a superseded instance under the Kruise env holds nothing and idles until SIGTERM; without the env it exits.
+//! - a superseded instance under the Kruise env holds nothing and idles until SIGTERM; without the env it exits;
+//! - a successor accepts nothing before the commit: until then the old instance serves every new connection, so
+//!   a successor that dies or is refused before it takes no client with it.
 
 // Helpers outside #[test] functions unwrap too: a panic is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -76,6 +78,54 @@ async fn a_stop_signal_during_a_handoff_aborts_it_at_once() {
         said.contains("SIGTERM") && said.contains("aborted"),
         "baton migrate names the abort: {said}"
     );
+}
+
+/// The successor holds the listening sockets for 2 s before READY (failpoint `delay-ready`): every connection
+/// opened meanwhile goes to the old instance (`/status` on the shared admin port names its pid), never to the
+/// successor, which could still die or be refused with it; after the commit the successor serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_successor_accepts_nothing_before_the_commit() {
+    let s = Setup::new("10s", "5s").await;
+    let mut old = start_old(&s, &Env::versions("1", "0")).await;
+    let env = Env::versions(R2, "1").with("BATON_FAILPOINT", "delay-ready");
+    let mut new = s.spawn_run("new", &env);
+    let mut hook = s.spawn_migrate("migrate", &env, "10s");
+    let holding = wait_until(Duration::from_secs(10), || async {
+        new.stderr().contains("received listeners")
+    })
+    .await;
+    assert!(
+        holding,
+        "the successor never received the listeners; stderr:
+{}",
+        new.stderr()
+    );
+    // Well inside the 2 s before READY.
+    let (mut to_old, mut to_new) = (0, 0);
+    let until = Instant::now() + Duration::from_millis(1200);
+    while Instant::now() < until {
+        match status_pid(s.admin).await {
+            Some(pid) if pid == u64::from(old.pid()) => to_old += 1,
+            Some(pid) if pid == u64::from(new.pid()) => to_new += 1,
+            other => panic!("GET /status before the commit: {other:?}"),
+        }
+    }
+    eprintln!("before the commit: {to_old} connections served by the old instance, {to_new} by the successor");
+    assert!(to_old > 20, "too few requests to tell: {to_old}");
+    assert_eq!(to_new, 0, "the successor accepted connections before the commit");
+    assert!(
+        !new.stderr().contains("handoff complete"),
+        "the delay was over before the checks ended: {}",
+        new.stderr()
+    );
+
+    let (hook_code, _) = hook.expect_exit(Duration::from_secs(15)).await;
+    assert_eq!(hook_code, Some(0), "baton migrate: {}{}", hook.stdout(), hook.stderr());
+    assert_eq!(old.expect_handed_over(Duration::from_secs(10)).await.0, Some(0));
+    assert_eq!(status_pid(s.admin).await, Some(u64::from(new.pid())));
+    proxy_ok(s.http).await.expect("the successor serves after the commit");
+    new.sigterm();
+    assert_eq!(new.expect_exit(Duration::from_secs(10)).await.0, Some(0));
 }
 
 /// Clients opening new connections at a high rate; the new instance is SIGKILLed the moment its postStart hook

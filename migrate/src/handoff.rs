@@ -12,9 +12,9 @@
 //!   LISTENERS {tags} + SCM_RIGHTS fds ...  ───────▶  (batches of at most 64)
 //!   LISTENERS_END {total}                  ───────▶  validates every fd: socket, listening, address;
 //!                                                    adopts what its config claims, binds the rest,
-//!                                                    accepts on all of them
+//!                                                    is ready to accept on all of them (does not yet)
 //!                                          ◀───────  READY {adopted, bound, unclaimed}
-//!   COMMIT                                 ───────▶
+//!   COMMIT                                 ───────▶  starts accepting on all of them
 //!                                          ◀───────  DONE
 //!   stops accepting (keeps the queue: no shutdown()),
 //!   releases serving.lock                            handoff complete: tells `migrate`, closes unclaimed fds
@@ -37,7 +37,9 @@
 //!
 //! Until the old instance receives DONE it has changed nothing: any error, timeout or crash of the new instance
 //! before that leaves it serving exactly as before (Envoy #14295 drained before the new one listened; Pingora shut
-//! down even when the send failed). Every read and write runs under the handoff deadline.
+//! down even when the send failed). The new instance accepts only from COMMIT on, so a new instance that dies
+//! before it takes no accepted connection down with it: until then every connection stays in the shared queue,
+//! for the old one. Every read and write runs under the handoff deadline.
 //!
 //! `migrate` hooks connect to the same socket as [`PeerRole::Watcher`] and receive [`Progress`] until the final
 //! report; the new instance keeps the socket open after the handoff until a watcher has read that report (or the
@@ -47,7 +49,7 @@
 //!
 //! | side | calls | then |
 //! |------|-------|------|
-//! | new | [`Takeover::start`], [`Takeover::receive`] | adopt [`Session::listeners`], accept on them, [`Session::commit`], hold a [`crate::ServingLock`], [`Takeover::finish`] |
+//! | new | [`Takeover::start`], [`Takeover::receive`] | adopt [`Session::listeners`], [`Session::commit`] (which starts your accepting on COMMIT), hold a [`crate::ServingLock`], [`Takeover::finish`] |
 //! | old | [`crate::SuccessorWatch::next`], [`hand_over`] | on `Ok`: stop accepting (no `shutdown()`), drop the [`crate::ServingLock`], drain, exit |
 //! | old, protocol 2 | [`hand_over_live`]; on `Ok` as after [`hand_over`], and [`ConnSender::send`] each connection once quiescent | close what was taken, resume the rest; [`ConnSender::end`], drain, exit |
 //! | new, protocol 2 | [`Session::commit_live`], then [`ConnReceiver::next`] | adopt each [`ReceivedConn`], [`ConnReceiver::ack`], serve |
@@ -113,13 +115,13 @@ pub struct Committed {
 
 /// Old side: hands `listeners` to the successor at the other end of `stream`.
 ///
-/// On `Ok` the successor is accepting on every listener and has acknowledged the commit: the caller must now stop
+/// On `Ok` the successor accepts on every listener and has acknowledged the commit: the caller must now stop
 /// accepting (without `shutdown()`), release its [`crate::ServingLock`], and drain. On `Err` nothing changed and
 /// the caller keeps serving.
 ///
 /// `stream` comes from [`crate::SuccessorWatch::next`]; `timeout` bounds the whole exchange (HELLO to DONE), so a
-/// successor that hangs costs at most that long. Keep accepting while this runs: the successor accepts in
-/// parallel from READY on, and both processes take connections from the same queue until the commit.
+/// successor that hangs costs at most that long. Keep accepting while this runs: the successor starts accepting
+/// as it reads COMMIT, and both processes take connections from the same queue until DONE arrives here.
 ///
 /// Both sides, in one process (in real life they are two containers sharing the uds dir):
 ///
@@ -157,7 +159,8 @@ pub struct Committed {
 ///         let inherited = session.listeners.pop().ok_or("nothing handed over")?;
 ///         assert_eq!(inherited.check, Ok(addr));
 ///         let adopted = TcpListener::from(inherited.fd); // set_nonblocking(true) before giving it to tokio
-///         session.commit(Ready { adopted: vec![inherited.tag.name], ..Ready::default() }).await?;
+///         let ready = Ready { adopted: vec![inherited.tag.name], ..Ready::default() };
+///         session.commit(ready, || { /* start the accept loop on `adopted` */ }).await?;
 ///         drop(takeover); // a real server would `finish()`, which waits for the postStart hook
 ///         Ok::<_, Error>(adopted)
 ///     }
@@ -337,7 +340,7 @@ async fn offer_steps(
         std::future::pending::<()>().await;
     }
 
-    // 3. READY: the successor accepts on everything.
+    // 3. READY: the successor can accept on everything.
     reached.step = "ready";
     let ready = await_ready(conn, deadline).await?;
     step_event("old", "ready", me.generation, &peer.version, t0);
@@ -401,7 +404,7 @@ async fn send_listeners(conn: &mut Conn, listeners: &[Offered<'_>], deadline: In
         .map_err(|e| e.at("listeners"))
 }
 
-/// Old side, step 3: waits for READY, the successor's word that it accepts on every listener.
+/// Old side, step 3: waits for READY, the successor's word that it can accept on every listener.
 async fn await_ready(conn: &mut Conn, deadline: Instant) -> Result<Ready, StepError> {
     match conn.recv(deadline).await.map_err(|e| e.at("ready"))?.0 {
         Message::Ready(r) => Ok(r),
@@ -794,7 +797,7 @@ pub enum Inheritance {
     /// No live instance holds the uds dir: bind every listener fresh (the ports are free), then
     /// [`Takeover::finish`] so the postStart hook returns.
     NoPeer,
-    /// A predecessor sent its listeners: adopt them, accept, then [`Session::commit`].
+    /// A predecessor sent its listeners: adopt them, then [`Session::commit`] (which says when to accept).
     Peer(Box<Session>),
 }
 
@@ -819,8 +822,8 @@ pub struct Inherited {
 /// An open handoff session on the new side, after the listeners arrived.
 ///
 /// The predecessor is waiting for READY and still accepting. Take the listeners you want out of
-/// [`Session::listeners`], start accepting on them, then [`Session::commit`]; or [`Session::refuse`] if you
-/// cannot use them, and the predecessor carries on as if nothing happened.
+/// [`Session::listeners`], make them ready to accept on, then [`Session::commit`], which tells you when to start;
+/// or [`Session::refuse`] if you cannot use them, and the predecessor carries on as if nothing happened.
 pub struct Session {
     conn: Conn,
     deadline: Instant,
@@ -867,7 +870,8 @@ impl Takeover {
     ///         takeover.finish(true, "fresh", "no live predecessor; bound every listener").await;
     ///     }
     ///     Inheritance::Peer(session) => {
-    ///         // Adopt session.listeners, accept, commit, hold serving.lock: see `Session::commit`.
+    ///         // Adopt session.listeners, commit (accepting from COMMIT on), hold serving.lock: see
+    ///         // `Session::commit`.
     /// #       unreachable!();
     ///     }
     /// }
@@ -1093,19 +1097,25 @@ impl Drop for Takeover {
 }
 
 impl Session {
-    /// Sends READY (the caller accepts on every listener now), waits for COMMIT, acknowledges with DONE.
+    /// Sends READY, waits for COMMIT, calls `accept` (start accepting on every listener you adopted or bound),
+    /// acknowledges with DONE.
     ///
-    /// On `Err(HandoffError::Refused)` the predecessor said it keeps serving: the caller should stop accepting,
-    /// drain what it accepted, and exit. Any other error after READY means the predecessor crashed or hung
-    /// mid-commit; the sockets are shared, so the caller can keep serving (and the predecessor, if alive, too).
+    /// READY says you can serve every listener; accept on none of them before COMMIT. Until then the predecessor
+    /// serves everything from the shared queues, and a refusal or a crash here (of either process) leaves no
+    /// connection in the hands of an instance that will not serve it. `accept` runs once COMMIT is in, before
+    /// DONE goes out: from the predecessor's reading of DONE on, nobody else accepts on those sockets, and the
+    /// two overlap instead of leaving a gap.
     ///
-    /// READY is a promise, so call this only once accept loops run on every listener you adopted or bound: from
-    /// the old instance's DONE on, nobody else accepts on those sockets. Take your [`crate::ServingLock`] after
-    /// it returns (see [`Takeover::receive`] for why not before); on success, listeners left in
-    /// [`Session::listeners`] are closed, and [`Takeover::finish`] tells the postStart hook.
+    /// On `Err(HandoffError::Refused)` the predecessor said it keeps serving: `accept` was not called; close the
+    /// listeners and exit. Any other error after READY means the predecessor crashed or hung mid-commit; the
+    /// sockets are shared, so serve anyway: start accepting yourself if `accept` was not called (make starting
+    /// twice harmless). Take your [`crate::ServingLock`] after this returns (see [`Takeover::receive`] for why not
+    /// before); on success, listeners left in [`Session::listeners`] are closed, and [`Takeover::finish`] tells
+    /// the postStart hook.
     ///
     /// ```no_run
     /// use std::net::SocketAddr;
+    /// use std::sync::Arc;
     /// use baton_migrate::{HandoffError, Ready, Session, UdsDir};
     ///
     /// # async fn adopt(mut session: Box<Session>, dir: &UdsDir, wanted: SocketAddr)
@@ -1119,34 +1129,47 @@ impl Session {
     /// let std_listener = std::net::TcpListener::from(inherited.fd);
     /// std_listener.set_nonblocking(true)?; // it arrives in blocking mode
     /// let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    /// tokio::spawn(async move {
-    ///     while let Ok((conn, _)) = listener.accept().await { /* serve conn */ }
+    /// // The accept loop, held until the commit (a Notify keeps one permit: starting twice is harmless).
+    /// let go = Arc::new(tokio::sync::Notify::new());
+    /// tokio::spawn({
+    ///     let go = go.clone();
+    ///     async move {
+    ///         go.notified().await;
+    ///         while let Ok((conn, _)) = listener.accept().await { /* serve conn */ }
+    ///     }
     /// });
     /// let ready = Ready {
     ///     adopted: vec![inherited.tag.name],
     ///     bound: vec![],
     ///     unclaimed: session.listeners.iter().map(|l| l.tag.name.clone()).collect(),
     /// };
-    /// match session.commit(ready).await {
+    /// match session.commit(ready, || go.notify_one()).await {
     ///     Ok(()) => {}
     ///     Err(e) if matches!(e.error, HandoffError::Refused(_)) => {
-    ///         // The predecessor keeps serving: stop accepting, drain what we accepted, exit non-zero.
+    ///         // The predecessor keeps serving; we accepted nothing. Exit non-zero.
     ///         return Err(e.into());
     ///     }
-    ///     Err(e) => eprintln!("the predecessor did not confirm the commit ({e}); serving anyway"),
+    ///     Err(e) => {
+    ///         eprintln!("the predecessor did not confirm the commit ({e}); serving anyway");
+    ///         go.notify_one();
+    ///     }
     /// }
     /// let serving = dir.hold_serving()?; // a successor will wait for us from now on
     /// # drop(serving);
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn commit(self, ready: Ready) -> Result<(), StepError> {
-        self.commit_live(ready).await.map(drop)
+    pub async fn commit(self, ready: Ready, accept: impl FnOnce() + Send) -> Result<(), StepError> {
+        self.commit_live(ready, accept).await.map(drop)
     }
 
     /// [`Session::commit`], then keeps the session open to receive the predecessor's live connections
     /// ([`ConnReceiver`]); `None` when the predecessor speaks an older protocol that hands over none.
-    pub async fn commit_live(mut self, ready: Ready) -> Result<Option<ConnReceiver>, StepError> {
+    pub async fn commit_live(
+        mut self,
+        ready: Ready,
+        accept: impl FnOnce() + Send,
+    ) -> Result<Option<ConnReceiver>, StepError> {
         failpoint(&self.crash_at, "before-ready")?;
         if self.crash_at.as_deref() == Some("delay-ready") {
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -1163,6 +1186,7 @@ impl Session {
             Message::Refuse { reason } => return Err(HandoffError::Refused(reason).at("commit")),
             other => return Err(unexpected(&other, "COMMIT").at("commit")),
         }
+        accept();
         self.conn
             .send(&Message::Done, &[], self.deadline)
             .await

@@ -7,7 +7,7 @@
 //! - [`Role`] reads `SIDECARSET_VERSION` / `SIDECARSET_VERSION_ALT` and says whether to bind fresh, take over, or
 //!   idle.
 //! - [`Takeover`] (new side) owns `reconfig.sock` in the uds dir, receives the predecessor's listeners
-//!   ([`Inherited`], validated), and completes the two-phase commit once the caller accepts on all of them.
+//!   ([`Inherited`], validated), and runs the two-phase commit, telling the caller when to start accepting.
 //! - [`SuccessorWatch`] and [`hand_over`] (old side) notice the successor and send every listener with
 //!   SCM_RIGHTS; only an acknowledged commit tells the caller to stop accepting.
 //! - [`watch_takeover`] is the postStart hook's view: it blocks until the takeover ends, under a deadline.
@@ -37,8 +37,9 @@
 //!     match takeover.receive().await? {
 //!         Inheritance::NoPeer => { /* bind fresh, start accepting */ }
 //!         Inheritance::Peer(session) => {
-//!             // adopt session.listeners (check each `Inherited::check`), start accepting, then:
-//!             session.commit(Default::default()).await?;
+//!             // adopt session.listeners (check each `Inherited::check`), then commit: the predecessor
+//!             // serves until COMMIT, when the closure starts this instance's accept loops.
+//!             session.commit(Default::default(), || { /* start accepting */ }).await?;
 //!         }
 //!     }
 //!     let serving = dir.hold_serving()?; // from now on a successor waits for us

@@ -453,10 +453,13 @@ impl NewSide {
             assert_eq!(session.listeners[0].tag.name, "real");
             assert_eq!(session.listeners[0].check, Ok(addr));
             session
-                .commit(Ready {
-                    adopted: vec!["real".into()],
-                    ..Ready::default()
-                })
+                .commit(
+                    Ready {
+                        adopted: vec!["real".into()],
+                        ..Ready::default()
+                    },
+                    || {},
+                )
                 .await
                 .expect("commit");
         };
@@ -953,13 +956,18 @@ fn listeners_after_listeners_end() {
             (heard, a)
         });
         let session = side.receive_peer().await;
+        let mut accepted = false;
         let committed = session
-            .commit(Ready {
-                adopted: vec!["a".into()],
-                ..Ready::default()
-            })
+            .commit(
+                Ready {
+                    adopted: vec!["a".into()],
+                    ..Ready::default()
+                },
+                || accepted = true,
+            )
             .await;
         let err = committed.expect_err("a LISTENERS in place of COMMIT must fail the commit");
+        assert!(!accepted, "no COMMIT came: the new side must not be told to accept");
         assert_eq!(err.step, "commit");
         assert_eq!(
             err.error.to_string(),
@@ -1496,10 +1504,13 @@ fn two_batches_from_the_real_hand_over() {
                 Ok(Inheritance::Peer(session)) => {
                     assert_eq!(checks_of(&session), expected_checks(&listeners));
                     session
-                        .commit(Ready {
-                            adopted: listeners.iter().map(|(_, _, n)| n.clone()).collect(),
-                            ..Ready::default()
-                        })
+                        .commit(
+                            Ready {
+                                adopted: listeners.iter().map(|(_, _, n)| n.clone()).collect(),
+                                ..Ready::default()
+                            },
+                            || {},
+                        )
                         .await
                         .map_err(|e| e.to_string())
                 }

@@ -7,6 +7,8 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_migrate::wire::{self, Hello, Message, PeerRole};
@@ -74,22 +76,29 @@ async fn listeners_move_with_their_queued_connections() {
         .await
         .expect("successor seen");
 
-    let old = tokio::spawn(async move {
-        let offered = vec![
-            Offered {
-                tag: tag("a", &a),
-                fd: a.as_fd(),
-            },
-            Offered {
-                tag: tag("b", &b),
-                fd: b.as_fd(),
-            },
-        ];
-        let committed = hand_over(stream, &me(7, "v1"), &offered, Duration::from_secs(5)).await;
-        drop(serving);
-        // The old closes its copies; the queue must survive in the successor's.
-        drop((a, b));
-        committed
+    // Set by the new side's commit callback: when it starts accepting.
+    let accepting = Arc::new(AtomicBool::new(false));
+    let old = tokio::spawn({
+        let accepting = accepting.clone();
+        async move {
+            let offered = vec![
+                Offered {
+                    tag: tag("a", &a),
+                    fd: a.as_fd(),
+                },
+                Offered {
+                    tag: tag("b", &b),
+                    fd: b.as_fd(),
+                },
+            ];
+            let committed = hand_over(stream, &me(7, "v1"), &offered, Duration::from_secs(5)).await;
+            // The successor accepts before the old one stops: its callback ran before DONE went out.
+            let successor_accepting = accepting.load(Ordering::SeqCst);
+            drop(serving);
+            // The old closes its copies; the queue must survive in the successor's.
+            drop((a, b));
+            committed.map(|c| (c, successor_accepting))
+        }
     });
 
     let session = match takeover.receive().await.expect("receive") {
@@ -108,8 +117,17 @@ async fn listeners_move_with_their_queued_connections() {
         adopted: vec!["a".into(), "b".into()],
         ..Ready::default()
     };
-    session.commit(ready.clone()).await.expect("commit");
-    let committed = old.await.expect("join").expect("old side committed");
+    session
+        .commit(ready.clone(), || {
+            assert!(!accepting.swap(true, Ordering::SeqCst), "the accept callback runs once");
+        })
+        .await
+        .expect("commit");
+    let (committed, successor_accepting) = old.await.expect("join").expect("old side committed");
+    assert!(
+        successor_accepting,
+        "the old side had DONE before the new side was told to accept"
+    );
     assert_eq!(committed.ready, ready);
     assert_eq!(committed.generation, 8);
 
@@ -538,7 +556,11 @@ async fn commit_live_new(takeover: &mut Takeover) -> (Option<serde_json::Value>,
         adopted: vec![inherited.tag.name.clone()],
         ..Ready::default()
     };
-    let receiver = session.commit_live(ready).await.expect("commit").expect("protocol 2");
+    let receiver = session
+        .commit_live(ready, || {})
+        .await
+        .expect("commit")
+        .expect("protocol 2");
     (peer_state, receiver)
 }
 

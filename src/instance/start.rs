@@ -3,12 +3,15 @@
 //! A takeover, step by step ([`Start::take_over`]):
 //! 1. wait for the predecessor's listeners (a stop signal ends the wait, and the process);
 //! 2. no live predecessor: bind fresh ([`Start::fresh`]);
-//! 3. a predecessor: choose the config to serve, adopt its listeners (bind what it did not hand over) and start
-//!    accepting ([`Start::adopt`]);
-//! 4. commit: the predecessor stops accepting and starts handing over its live connections ([`Start::commit`]);
+//! 3. a predecessor: choose the config to serve, adopt its listeners (bind what it did not hand over) and set up
+//!    their accept loops, held ([`Start::adopt`]);
+//! 4. commit: start accepting; the predecessor stops accepting and starts handing over its live connections
+//!    ([`Start::commit`]);
 //! 5. hold `serving.lock` and report the handoff complete to the postStart hook ([`Start::complete`]).
 //!
-//! Until the commit a failure leaves the predecessor serving; after it this instance serves whatever happens.
+//! Until the commit a failure leaves the predecessor serving, and this instance has accepted nothing it could take
+//! down with it (its accept loops start only once committed: meanwhile new connections wait in the accept queue
+//! both share, and the predecessor serves them); after the commit this instance serves whatever happens.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -24,7 +27,7 @@ use super::error::StartError;
 use super::signals::StopSignals;
 use crate::config::Config;
 use crate::migration;
-use crate::server::listeners::{self, Listener};
+use crate::server::listeners;
 use crate::server::Server;
 use crate::telemetry::state::{Phase, State};
 use crate::upstream::Cluster;
@@ -67,7 +70,8 @@ impl Start<'_> {
     /// Binds every listener and announces itself on the uds dir as a live instance.
     pub(super) fn fresh(&self) -> Result<Running, StartError> {
         let listeners = listeners::bind_all(&listeners::wanted(self.config))?;
-        let server = self.start_server(listeners, &clusters(self.config))?;
+        let server =
+            Server::start(listeners, &clusters(self.config), self.state.clone()).map_err(StartError::Accept)?;
         let serving = self.hold_serving();
         tracing::info!(generation = self.state.generation(), "bound every listener; serving");
         Ok(Running {
@@ -75,10 +79,6 @@ impl Start<'_> {
             serving,
             config: self.config.clone(),
         })
-    }
-
-    fn start_server(&self, listeners: Vec<Listener>, clusters: &[Arc<Cluster>]) -> Result<Server, StartError> {
-        Server::start(listeners, clusters, self.state.clone()).map_err(StartError::Accept)
     }
 
     fn hold_serving(&self) -> Option<ServingLock> {
@@ -143,7 +143,8 @@ impl Start<'_> {
         }
     }
 
-    /// Step 3: adopts the predecessor's listeners under the effective config and starts accepting on them.
+    /// Step 3: adopts the predecessor's listeners under the effective config, with their accept loops held until
+    /// the commit.
     /// [`StartError::Refused`]: they do not fit (the caller refuses the handoff).
     fn adopt(&self, session: &mut Session) -> Result<Adopted, StartError> {
         let peer_generation = session.peer.generation;
@@ -155,7 +156,8 @@ impl Start<'_> {
         let wanted = listeners::wanted(&config);
         let adoption =
             listeners::adopt(&wanted, std::mem::take(&mut session.listeners)).map_err(StartError::Refused)?;
-        let server = self.start_server(adoption.listeners, &clusters(&config))?;
+        let server = Server::start_held(adoption.listeners, &clusters(&config), self.state.clone())
+            .map_err(StartError::Accept)?;
         Ok(Adopted {
             server,
             config,
@@ -165,15 +167,18 @@ impl Start<'_> {
         })
     }
 
-    /// Step 4: commits, and starts adopting the live connections the predecessor hands over. `Ok` with a warning
-    /// for the report when serving anyway after a predecessor that did not confirm; `Err` when the predecessor
-    /// refused the commit and serves on.
+    /// Step 4: commits, starts accepting, and starts adopting the live connections the predecessor hands over.
+    /// `Ok` with a warning for the report when serving anyway after a predecessor that did not confirm; `Err` when
+    /// the predecessor refused the commit and serves on (this instance accepted nothing).
     async fn commit(
         &self,
         session: Session,
         adopted: Adopted,
     ) -> Result<(Adopted, Option<String>), (Adopted, StepError)> {
-        match session.commit_live(adopted.ready.clone()).await {
+        let committed = session
+            .commit_live(adopted.ready.clone(), || adopted.server.start_accepting())
+            .await;
+        match committed {
             Ok(receiver) => {
                 if let Some(receiver) = receiver {
                     migration::receive::spawn(
@@ -192,6 +197,7 @@ impl Start<'_> {
                 // After READY, a silent or vanished predecessor crashed or hung mid-commit. We accept on the very
                 // sockets it held, so serving on is safe whether it is dead or stuck (a live one may accept too:
                 // one shared queue, nothing lost). Stepping back could leave nobody.
+                adopted.server.start_accepting();
                 let alive = !self.predecessor_gone(Duration::from_millis(200)).await;
                 tracing::warn!(error = %e, predecessor_alive = alive, "the predecessor did not confirm the commit; serving anyway");
                 let warning = format!(
@@ -207,8 +213,8 @@ impl Start<'_> {
         }
     }
 
-    /// The predecessor refused the commit and serves on: this instance steps back, finishing gracefully what it
-    /// accepted meanwhile.
+    /// The predecessor refused the commit and serves on: this instance steps back. It accepted nothing (its
+    /// accept loops were held), so the drain ends at once.
     async fn step_back(&self, adopted: Adopted, refused: StepError, takeover: Takeover) -> StartError {
         self.state.handoff.received_failed.fetch_add(1, Ordering::Relaxed);
         let error = StartError::PredecessorServes(refused);
@@ -219,7 +225,7 @@ impl Start<'_> {
         let report = adopted.server.finish(self.config.handoff.drain_timeout).await;
         tracing::info!(
             elapsed_ms = report.elapsed.as_millis() as u64,
-            "drained what this instance accepted"
+            "stepped back: the predecessor serves on"
         );
         error
     }

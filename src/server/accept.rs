@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::drain::Drain;
+use crate::drain::{Drain, Latch};
 use crate::proxy::ListenerProxy;
 use crate::telemetry::admin;
 use crate::telemetry::state::State;
@@ -18,8 +18,13 @@ pub(super) enum Serves {
     Admin(Arc<State>),
 }
 
-/// Accepts until the drain says stop.
-pub(super) async fn accept_loop(socket: Arc<TcpListener>, serves: Serves, drain: Arc<Drain>) {
+/// Accepts from when `accepting` fires until the drain says stop.
+pub(super) async fn accept_loop(socket: Arc<TcpListener>, serves: Serves, drain: Arc<Drain>, accepting: Arc<Latch>) {
+    tokio::select! {
+        biased;
+        _ = drain.accepting_stopped() => return,
+        _ = accepting.wait() => {}
+    }
     loop {
         let accepted = tokio::select! {
             biased;

@@ -18,7 +18,7 @@ use baton_migrate::{ListenerTag, Offered};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::drain::Drain;
+use crate::drain::{Drain, Latch};
 use crate::proxy::ListenerProxy;
 use crate::telemetry::metrics::ListenerMetrics;
 use crate::telemetry::state::State;
@@ -37,6 +37,8 @@ pub struct Server {
     /// The clusters the listeners send to: their idle upstream connections move at a migration too.
     upstreams: Upstreams,
     drain: Arc<Drain>,
+    /// Fired when the accept loops may start accepting (see [`Server::start_held`]).
+    accepting: Arc<Latch>,
     accept_tasks: Vec<JoinHandle<()>>,
     state: Arc<State>,
 }
@@ -71,6 +73,18 @@ pub struct DrainReport {
 impl Server {
     /// Starts accepting on every listener.
     pub fn start(listeners: Vec<Listener>, clusters: &[Arc<Cluster>], state: Arc<State>) -> io::Result<Server> {
+        let server = Server::start_held(listeners, clusters, state)?;
+        server.start_accepting();
+        Ok(server)
+    }
+
+    /// Sets up every listener and its accept loop, but accepts nothing until [`Server::start_accepting`].
+    ///
+    /// For a takeover: until the predecessor has committed, a connection this instance accepted would die with
+    /// it should the handoff fail here (a crash, a refusal), while the predecessor, still accepting on the same
+    /// sockets, would have served it. Held, the connections wait in the shared accept queue for whichever
+    /// instance ends up serving.
+    pub fn start_held(listeners: Vec<Listener>, clusters: &[Arc<Cluster>], state: Arc<State>) -> io::Result<Server> {
         let drain = Arc::new(Drain::default());
         let infos = listeners.iter().map(Listener::info).collect();
         let mut proxies = HashMap::new();
@@ -84,6 +98,7 @@ impl Server {
                 by_listener: HashMap::new(),
             },
             drain,
+            accepting: Arc::default(),
             accept_tasks: Vec::new(),
             state,
         };
@@ -109,7 +124,12 @@ impl Server {
                 }
                 Kind::Admin => accept::Serves::Admin(server.state.clone()),
             };
-            let task = tokio::spawn(accept::accept_loop(socket.clone(), serves, server.drain.clone()));
+            let task = tokio::spawn(accept::accept_loop(
+                socket.clone(),
+                serves,
+                server.drain.clone(),
+                server.accepting.clone(),
+            ));
             server.accept_tasks.push(task);
             server.listeners.push(Served {
                 tag,
@@ -123,6 +143,11 @@ impl Server {
         server.addresses = Arc::new(addresses);
         server.state.set_listeners(infos);
         Ok(server)
+    }
+
+    /// Lets the accept loops of a [`Server::start_held`] server accept (once; later calls do nothing).
+    pub fn start_accepting(&self) {
+        self.accepting.fire();
     }
 
     /// This server's shutdown state: the caller starts a graceful drain or a migration on it.
