@@ -42,7 +42,15 @@ pub enum PoolError {
     /// body failed: see [`PoolError::client_body_failed`]).
     #[error("exchange: {0}")]
     Exchange(#[source] hyper::Error),
+    /// A new connection's upstream sent bytes before it was sent a request, and the request was dropped unsent:
+    /// an HTTP/1 server never does that; an HTTP/2 server opens with its SETTINGS frame.
+    #[error("{}", SPOKE_FIRST)]
+    SpokeFirst,
 }
+
+/// What [`PoolError::SpokeFirst`] says.
+pub const SPOKE_FIRST: &str =
+    "the upstream spoke before it was sent a request (HTTP/1 servers never do; HTTP/2 servers send SETTINGS first)";
 
 impl PoolError {
     /// Whether the client's request body caused it (hyper reports that as a user error).

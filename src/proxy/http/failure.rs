@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 
 use crate::proxy::warn::Cause;
 use crate::proxy::ListenerCtx;
+use crate::upstream::SPOKE_FIRST;
 
 /// Why no upstream response head arrived.
 #[derive(Debug)]
@@ -95,9 +96,10 @@ impl Failure {
 }
 
 /// Whether an HTTP/1 client's reason says the upstream answered in another protocol than HTTP/1.x: HTTP/2 frames,
-/// or no status line at all (the engine's parser), or hyper's parser refusing the first bytes as a version.
+/// or no status line at all (the engine's parser), hyper's parser refusing the first bytes as a version, or an
+/// upstream that spoke before it was asked (hyper's client, when the bytes came before the request went out).
 fn not_http1(why: &str) -> bool {
-    why == HTTP2_FRAMES || why == NOT_HTTP1 || why.contains("invalid HTTP version")
+    why == HTTP2_FRAMES || why == NOT_HTTP1 || why == SPOKE_FIRST || why.contains("invalid HTTP version")
 }
 
 /// The warning logged when an upstream of an `http1` cluster answers in another protocol.
@@ -169,6 +171,7 @@ mod tests {
         assert!(not_http1("exchange: invalid HTTP version parsed"));
         assert!(not_http1(HTTP2_FRAMES));
         assert!(not_http1(NOT_HTTP1));
+        assert!(not_http1(&crate::upstream::PoolError::SpokeFirst.to_string()));
         assert!(!not_http1("connection reset by peer"));
         assert!(!not_http1("malformed response head"));
     }
