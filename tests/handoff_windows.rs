@@ -172,6 +172,11 @@ async fn a_successor_killed_after_the_commit_refuses_no_connection() {
     let st = status(s.admin).await.expect("status");
     assert_eq!(st["pid"].as_u64(), Some(u64::from(old.pid())), "{st}");
     assert_eq!(st["phase"], "serving", "{st}");
+    let counted = metrics(s.admin).await;
+    assert!(
+        counted.contains("baton_handoffs_total{side=\"old\",outcome=\"resumed\"} 1\n"),
+        "the resumption is counted:\n{counted}"
+    );
 
     // The restarted successor takes over as usual.
     let mut again = s.spawn_run("new-again", &env);

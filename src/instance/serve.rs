@@ -122,6 +122,7 @@ impl Life<'_> {
                     drain.begin_graceful();
                     match serve_again(kept, config, self.state) {
                         Ok(again) => {
+                            self.state.handoff.sent_resumed.fetch_add(1, Ordering::Relaxed);
                             server = again;
                             serving = hold_serving(self.dir);
                             finishing = None;

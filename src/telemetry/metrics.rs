@@ -171,6 +171,8 @@ pub struct HandoffMetrics {
     pub sent_committed: AtomicU64,
     /// Old side: failed attempts (this instance kept serving).
     pub sent_failed: AtomicU64,
+    /// Old side: committed handoffs whose successor died during the probation (this instance serves again).
+    pub sent_resumed: AtomicU64,
     /// New side: took over from a predecessor.
     pub received_committed: AtomicU64,
     /// New side: found no live predecessor and bound fresh.
@@ -187,6 +189,7 @@ impl HandoffMetrics {
         HandoffCounters {
             sent_committed: self.sent_committed.load(Ordering::Relaxed),
             sent_failed: self.sent_failed.load(Ordering::Relaxed),
+            sent_resumed: self.sent_resumed.load(Ordering::Relaxed),
             received_committed: self.received_committed.load(Ordering::Relaxed),
             received_fresh: self.received_fresh.load(Ordering::Relaxed),
             received_failed: self.received_failed.load(Ordering::Relaxed),
@@ -198,6 +201,7 @@ impl HandoffMetrics {
     pub fn add_counters(&self, c: &HandoffCounters) {
         add_saturating(&self.sent_committed, c.sent_committed);
         add_saturating(&self.sent_failed, c.sent_failed);
+        add_saturating(&self.sent_resumed, c.sent_resumed);
         add_saturating(&self.received_committed, c.received_committed);
         add_saturating(&self.received_fresh, c.received_fresh);
         add_saturating(&self.received_failed, c.received_failed);
@@ -490,6 +494,8 @@ pub struct HandoffCounters {
     pub sent_committed: u64,
     /// Old side: failed attempts.
     pub sent_failed: u64,
+    /// Old side: successor died during the probation, serving again.
+    pub sent_resumed: u64,
     /// New side: took over from a predecessor.
     pub received_committed: u64,
     /// New side: bound fresh.
@@ -506,6 +512,7 @@ impl HandoffCounters {
         HandoffCounters {
             sent_committed: f(self.sent_committed, o.sent_committed),
             sent_failed: f(self.sent_failed, o.sent_failed),
+            sent_resumed: f(self.sent_resumed, o.sent_resumed),
             received_committed: f(self.received_committed, o.received_committed),
             received_fresh: f(self.received_fresh, o.received_fresh),
             received_failed: f(self.received_failed, o.received_failed),
@@ -528,6 +535,7 @@ impl HandoffCounters {
         json!({
             "sent_committed": self.sent_committed,
             "sent_failed": self.sent_failed,
+            "sent_resumed": self.sent_resumed,
             "received_committed": self.received_committed,
             "received_fresh": self.received_fresh,
             "received_failed": self.received_failed,
@@ -544,6 +552,11 @@ impl HandoffCounters {
         HandoffCounters {
             sent_committed: read_u64(obj, "sent_committed", at, problems),
             sent_failed: read_u64(obj, "sent_failed", at, problems),
+            // Newer than the others: a predecessor that predates it sends none.
+            sent_resumed: match obj.get("sent_resumed") {
+                None => 0,
+                Some(_) => read_u64(obj, "sent_resumed", at, problems),
+            },
             received_committed: read_u64(obj, "received_committed", at, problems),
             received_fresh: read_u64(obj, "received_fresh", at, problems),
             received_failed: read_u64(obj, "received_failed", at, problems),
@@ -580,7 +593,7 @@ pub fn render(s: &Snapshot<'_>) -> String {
     instance(&mut out, s);
     requests(&mut out, s.listeners);
     traffic(&mut out, s.listeners);
-    handoffs(&mut out, s.handoff);
+    render_handoffs(&mut out, s.handoff);
     drain(&mut out, s);
     out
 }
@@ -707,16 +720,17 @@ fn traffic(o: &mut String, listeners: &[Arc<ListenerMetrics>]) {
 }
 
 /// Handoffs by side and outcome, and the handoff duration histogram.
-fn handoffs(o: &mut String, h: &HandoffMetrics) {
+pub(crate) fn render_handoffs(o: &mut String, h: &HandoffMetrics) {
     header(
         o,
         "baton_handoffs_total",
         "counter",
-        "Handoffs by side (old: sent, new: received) and outcome.",
+        "Handoffs by side (old: sent, new: received) and outcome (old, resumed: the successor died during the probation and this instance serves again).",
     );
     for (side, outcome, c) in [
         ("old", "committed", &h.sent_committed),
         ("old", "failed", &h.sent_failed),
+        ("old", "resumed", &h.sent_resumed),
         ("new", "committed", &h.received_committed),
         ("new", "fresh", &h.received_fresh),
         ("new", "failed", &h.received_failed),

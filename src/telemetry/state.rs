@@ -796,6 +796,33 @@ mod tests {
         assert_eq!(b.handoff.sent_failed.load(Ordering::Relaxed), 0);
     }
 
+    /// The count of probations that ended with the successor dead carries over an upgrade and shows in
+    /// `/metrics`; a predecessor too old to send it is not a problem (it counts 0).
+    #[test]
+    fn resumed_handoffs_carry_over_and_an_older_predecessor_without_them_is_no_problem() {
+        let a = State::new(Role::Fresh);
+        a.handoff.sent_committed.fetch_add(3, Ordering::Relaxed);
+        a.handoff.sent_resumed.fetch_add(2, Ordering::Relaxed);
+        let mut snapshot = a.counters_snapshot();
+        let b = State::new(Role::Takeover);
+        b.inherit_counters(&snapshot);
+        assert_eq!(b.handoff.sent_resumed.load(Ordering::Relaxed), 2);
+        let mut text = String::new();
+        crate::telemetry::metrics::render_handoffs(&mut text, &b.handoff);
+        assert!(
+            text.contains("baton_handoffs_total{side=\"old\",outcome=\"resumed\"} 2\n"),
+            "{text}"
+        );
+
+        if let Some(h) = snapshot["handoff"].as_object_mut() {
+            h.remove("sent_resumed");
+        }
+        let mut problems = Problems::default();
+        let older = HandoffCounters::from_json(&snapshot["handoff"], "handoff", &mut problems);
+        assert!(problems.is_empty(), "{:?}", problems.first);
+        assert_eq!((older.sent_committed, older.sent_resumed), (3, 0));
+    }
+
     #[test]
     fn huge_values_saturate_and_render() {
         let b = State::new(Role::Takeover);
