@@ -30,6 +30,16 @@ async fn start_old(s: &Setup, env: &Env) -> Baton {
     old
 }
 
+/// A serving old instance, and a successor slowed by failpoint `delay-ready` (2 s before READY) with its postStart
+/// hook (`baton migrate --timeout hook_timeout`): the old, the successor and the hook.
+async fn slow_successor(s: &Setup, hook_timeout: &str) -> (Baton, Baton, Baton) {
+    let old = start_old(s, &Env::versions("1", "0")).await;
+    let env = Env::versions(R2, "1").with("BATON_FAILPOINT", "delay-ready");
+    let new = s.spawn_run("new", &env);
+    let hook = s.spawn_migrate("migrate", &env, hook_timeout);
+    (old, new, hook)
+}
+
 /// SIGTERM reaches the old instance while its successor is slow to say READY (failpoint `delay-ready`: 2 s), with
 /// the shipped 30 s handoff timeout: the old instance refuses the successor at once naming the signal, and drains
 /// and exits well before the successor would have been ready; the successor exits 1 and so does its postStart
@@ -37,10 +47,7 @@ async fn start_old(s: &Setup, env: &Env) -> Baton {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_signal_during_a_handoff_aborts_it_at_once() {
     let s = Setup::new("30s", "10s").await;
-    let mut old = start_old(&s, &Env::versions("1", "0")).await;
-    let env = Env::versions(R2, "1").with("BATON_FAILPOINT", "delay-ready");
-    let mut new = s.spawn_run("new", &env);
-    let mut hook = s.spawn_migrate("migrate", &env, "20s");
+    let (mut old, mut new, mut hook) = slow_successor(&s, "20s").await;
     let inside = wait_until(Duration::from_secs(10), || async {
         old.stderr().contains("successor found on the uds dir")
     })
@@ -86,18 +93,14 @@ async fn a_stop_signal_during_a_handoff_aborts_it_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_successor_accepts_nothing_before_the_commit() {
     let s = Setup::new("10s", "5s").await;
-    let mut old = start_old(&s, &Env::versions("1", "0")).await;
-    let env = Env::versions(R2, "1").with("BATON_FAILPOINT", "delay-ready");
-    let mut new = s.spawn_run("new", &env);
-    let mut hook = s.spawn_migrate("migrate", &env, "10s");
+    let (mut old, mut new, mut hook) = slow_successor(&s, "10s").await;
     let holding = wait_until(Duration::from_secs(10), || async {
         new.stderr().contains("received listeners")
     })
     .await;
     assert!(
         holding,
-        "the successor never received the listeners; stderr:
-{}",
+        "the successor never received the listeners; stderr:\n{}",
         new.stderr()
     );
     // Well inside the 2 s before READY.
